@@ -1,0 +1,29 @@
+"Shared pytest setup: the `slow` marker (run with --runslow or RUN_SLOW=1) and the shared data folder."
+import os
+from pathlib import Path
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get('ROME_NB_SHARED_DATA', ROOT.parent / 'shared' / 'data'))
+
+
+def pytest_addoption(parser):
+    parser.addoption('--runslow', action='store_true', default=False, help='run tests marked slow')
+
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'slow: a long test (retraining, large runs); run with --runslow or RUN_SLOW=1')
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption('--runslow') or os.environ.get('RUN_SLOW') == '1': return
+    skip = pytest.mark.skip(reason='slow: run with --runslow or RUN_SLOW=1')
+    for item in items:
+        if 'slow' in item.keywords: item.add_marker(skip)
+
+
+@pytest.fixture
+def shared_data():
+    "The shared real-data folder (../shared/data from the project root); skips the test when it is absent."
+    if not SHARED_DATA.is_dir(): pytest.skip(f'shared data not found at {SHARED_DATA}')
+    return SHARED_DATA
