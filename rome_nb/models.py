@@ -6,8 +6,8 @@
 __all__ = ['TINY_CONFIGS', 'KINDS', 'MODEL_ALIASES', 'tiny_model', 'ModelArch', 'layername_from_arch', 'ArchitectureError',
            'detect_arch', 'model_arch', 'set_arch', 'layername', 'tiny_tokenizer', 'default_device', 'ensure_pad_token',
            'ModelAndTokenizer', 'load_causal_lm', 'position_ids_from_mask', 'pad_token_id', 'make_inputs',
-           'decode_tokens', 'token_char_ends', 'find_token_range', 'logits_last', 'predict_from_input', 'predict_token',
-           'generate_fast']
+           'target_token_ids', 'encode_with_targets', 'target_logprobs', 'decode_tokens', 'token_char_ends',
+           'find_token_range', 'logits_last', 'predict_from_input', 'predict_token', 'generate_fast']
 
 # %% ../nbs/01_models.ipynb #f5bf05e5
 import re, math, unicodedata, inspect, warnings
@@ -403,6 +403,36 @@ def make_inputs(tokenizer,               # a Hugging Face tokenizer
     res = dict(input_ids=torch.tensor(ids, device=device), attention_mask=torch.tensor(mask, device=device))
     if position_ids: res['position_ids'] = position_ids_from_mask(res['attention_mask'])
     return res
+
+# %% ../nbs/01_models.ipynb #496b6f2a
+def target_token_ids(tokenizer,    # a Hugging Face tokenizer
+                     prompt:str,   # the prompt, without trailing space
+                     target:str,   # the continuation, without leading space
+                     sep:str=' '): # text between them
+    "Token ids of the prompt and of `target` as read after it: `(prompt_ids, target_ids)`."
+    if not isinstance(target, str) or not target.strip(): raise ValueError(f"empty target {target!r} for prompt {prompt!r}; give the target text")
+    p = _encode_all(tokenizer, [prompt])[0]
+    joint = tokenizer.encode(prompt + sep + target)
+    if joint[:len(p)] == p and len(joint) > len(p): return p, joint[len(p):]
+    return p, tokenizer.encode(sep + target, add_special_tokens=False)
+
+# %% ../nbs/01_models.ipynb #01091d8c
+def encode_with_targets(tokenizer, prompts:list, targets:list, device=None, sep=' '):
+    "Right-padded batch of `prompt + sep + target` and, per row, the target ids and their positions."
+    if len(prompts) != len(targets): raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
+    pairs = [target_token_ids(tokenizer, p, t, sep) for p, t in zip(prompts, targets)]
+    rows = [p + t for p, t in pairs]
+    n, pad = max(len(r) for r in rows), pad_token_id(tokenizer)
+    ids = torch.tensor([r + [pad] * (n - len(r)) for r in rows], device=device)
+    mask = torch.tensor([[1] * len(r) + [0] * (n - len(r)) for r in rows], device=device)
+    return dict(input_ids=ids, attention_mask=mask), [len(p) for p, _ in pairs], [t for _, t in pairs]
+
+def target_logprobs(model, tokenizer, prompts:list, targets:list, sep=' '):
+    "Log-probability of each token of each target after its prompt: a list of 1-D tensors."
+    inp, plens, tids = encode_with_targets(tokenizer, prompts, targets, next(model.parameters()).device, sep)
+    logp = torch.log_softmax(model(**inp).logits.float(), dim=-1)
+    return [logp[i, pl - 1: pl - 1 + len(t)].gather(-1, torch.tensor(t, device=logp.device)[:, None])[:, 0]
+            for i, (pl, t) in enumerate(zip(plens, tids))]
 
 # %% ../nbs/01_models.ipynb #db8ac2ae
 def decode_tokens(tokenizer, token_array):

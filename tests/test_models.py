@@ -160,3 +160,18 @@ def test_trace_removes_hooks_on_error():
     with pytest.raises(RuntimeError):
         with Trace(m, name, edit_output=lambda output: output * 0): raise RuntimeError('boom')
     assert len(get_module(m, name)._forward_hooks) == 0
+
+
+@pytest.mark.parametrize('style,family', [('bytelevel', 'gpt2'), ('metaspace', 'llama')])
+def test_target_logprobs_batched_equals_single(style, family):
+    from rome_nb.models import target_logprobs, target_token_ids
+    tok, m = tiny_tokenizer(style), tiny_model(family)
+    prompts, targets = ['The Eiffel Tower is in', 'Paris is the capital of', 'Toko'], ['Paris', 'France and Italy', 'Yasuda plays']
+    with torch.no_grad():
+        batched = target_logprobs(m, tok, prompts, targets)
+        for p, t, b in zip(prompts, targets, batched):
+            pi, ti = target_token_ids(tok, p, t)
+            assert tok.decode(ti).strip() == t
+            single = torch.log_softmax(m(torch.tensor([pi + ti])).logits[0], -1)
+            assert torch.allclose(b, torch.stack([single[len(pi) - 1 + j, x] for j, x in enumerate(ti)]), atol=1e-5)
+    with pytest.raises(ValueError, match='empty target'): target_logprobs(m, tok, ['a'], [''])
