@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['STAT_TYPES', 'HF_DATASETS', 'MAX_LEN', 'STATS_DIR', 'REMOTE_ROOT_URL', 'SecondMoment', 'Mean', 'NormMean',
-           'CombinedStat', 'make_stat', 'dataset_texts', 'model_max_len', 'pack_batches', 'collect_batch',
+           'CombinedStat', 'make_stat', 'dataset_texts', 'model_max_len', 'pack_batches', 'as_btd', 'collect_batch',
            'weights_fingerprint', 'tokenizer_fingerprint', 'stats_filename', 'save_stats', 'read_stats', 'layer_stats',
            'main']
 
@@ -212,10 +212,14 @@ def pack_batches(token_lists:list, # token id lists
     if cur: batches.append(cur)
     return [[token_lists[i] for i in b] for b in batches]
 
-# %% ../nbs/20_stats.ipynb #6c7445a2
+# %% ../nbs/20_stats.ipynb #64d0dbf1
 def _input_device(model):
     try: return get_module(model, model_arch(model).embed_module).weight.device
     except Exception: return next(model.parameters()).device
+
+def as_btd(x:torch.Tensor, batch:int, seq:int):
+    "`x` as [batch, seq, width]: some models (OPT) flatten tokens to [batch*seq, width] inside their MLP."
+    return x.reshape(batch, seq, -1) if x.dim() == 2 and x.shape[0] == batch * seq else x
 
 def _is_oom(e):
     return isinstance(e, getattr(torch.cuda, 'OutOfMemoryError', ())) or 'out of memory' in str(e).lower()
@@ -236,7 +240,7 @@ def collect_batch(model, layer_name:str, rows:list, stat:CombinedStat, pad_id:in
         h = len(rows) // 2
         collect_batch(model, layer_name, rows[:h], stat, pad_id, compute_dtype)
         return collect_batch(model, layer_name, rows[h:], stat, pad_id, compute_dtype)
-    feats = tr.input[mask.bool().to(tr.input.device)]
+    feats = as_btd(tr.input, *ids.shape)[mask.bool().to(tr.input.device)]
     stat.add(feats, compute_dtype)
 
 # %% ../nbs/20_stats.ipynb #bc1de738
