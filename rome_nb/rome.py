@@ -78,7 +78,7 @@ class ROMEHyperParams(HyperParams):
         ok = ('last', 'subject_last', 'subject_first', 'subject_first_after_last')
         if self.fact_token not in ok: raise ValueError(f"fact_token must be one of {ok}, got {self.fact_token!r}")
 
-# %% ../nbs/21_rome.ipynb #8413c59a
+# %% ../nbs/21_rome.ipynb #e7883919
 HPARAMS_DIR = Path(rome_nb.__file__).parent / 'hparams'
 
 def list_hparams(alg:str=None): # an algorithm folder such as 'ROME'; None: all
@@ -91,7 +91,8 @@ def hparams_path(alg:str,  # algorithm, e.g. 'ROME'
     "Path of the packaged hyperparameters of `alg` for model `name`; an error listing the available ones."
     p = Path(str(name))
     if p.suffix == '.json' and p.is_file(): return p
-    cands = [HPARAMS_DIR / alg / f"{str(name).replace('/', '_')}.json"]
+    name = str(name)[:-5] if str(name).endswith('.json') else str(name)  # a file name as the evaluation CLI takes it
+    cands = [HPARAMS_DIR / alg / f"{name.replace('/', '_')}.json"]
     if p.name != str(name): cands.append(HPARAMS_DIR / alg / f"{p.name}.json")  # a local directory named like a model
     for c in cands:
         if c.is_file(): return c
@@ -403,12 +404,13 @@ class _Timer:
 
 TIMING_PARTS = ('context_templates', 'key', 'cinv_k', 'v_optimisation', 'update')
 
-# %% ../nbs/21_rome.ipynb #abb1a79a
+# %% ../nbs/21_rome.ipynb #8b3f7d61
 def execute_rome(model, tok,
                  request:dict,            # the edit request
                  hparams:ROMEHyperParams, # hyperparameters
                  timings:dict=None,       # add the seconds spent in each part (`TIMING_PARTS`)
                  info:dict=None,          # diagnostics per layer: {layer: {...}}
+                 skip_lower=True,         # compute the layers below the edited one once (see `compute_v`)
                  verbose=False):
     "The rank-one update(s) for one request: `{weight_name: (u, v)}`; the model is left unchanged."
     request = check_request(request)
@@ -426,7 +428,7 @@ def execute_rome(model, tok,
             with _Timer(timings, 'cinv_k', model): u = compute_u(model, tok, request, hparams, layer, ctx, key=k)
             li = {}
             with _Timer(timings, 'v_optimisation', model):
-                v = compute_v(model, tok, request, hparams, layer, u, ctx, key=k, info=li, verbose=verbose)
+                v = compute_v(model, tok, request, hparams, layer, u, ctx, key=k, info=li, skip_lower=skip_lower, verbose=verbose)
             with _Timer(timings, 'update', model), torch.no_grad():
                 upd = rank_one_update(u, v, weights[wname], arch.weight_orientation)
                 if not torch.isfinite(upd).all(): raise FloatingPointError(f"non-finite update for {wname}")
@@ -440,24 +442,25 @@ def execute_rome(model, tok,
             for k_, w in weights.items(): w[...] = saved[k_]
     return deltas
 
-# %% ../nbs/21_rome.ipynb #8c1d20f5
+# %% ../nbs/21_rome.ipynb #97b0b462
 def restore_weights(model, weights_copy:dict):
     "Put back original weights (`{name: tensor}` from `apply_rome_to_model`), bit for bit."
     with torch.no_grad():
         for k, v in weights_copy.items(): get_parameter(model, k)[...] = v.to(get_parameter(model, k).device)
 
-def apply_deltas(model, deltas:dict, weights_copy:dict=None):
-    "Add the rank-one updates `{weight_name: (u, v)}` to `model`, saving originals into `weights_copy` first."
+def apply_deltas(model, deltas:dict, weights_copy:dict=None, orig_device=None):
+    "Add the rank-one updates `{weight_name: (u, v)}` to `model`, saving originals into `weights_copy` first (on `orig_device`)."
     orient = model_arch(model).weight_orientation
     with torch.no_grad():
         for name, (u, v) in deltas.items():
             w = get_parameter(model, name)
             upd = rank_one_update(u, v, w, orient)
             if not torch.isfinite(upd).all(): raise FloatingPointError(f"non-finite update for {name}")
-            if weights_copy is not None and name not in weights_copy: weights_copy[name] = w.detach().clone()
+            if weights_copy is not None and name not in weights_copy:
+                weights_copy[name] = w.detach().to(orig_device, copy=True) if orig_device is not None else w.detach().clone()
             w[...] += upd
 
-# %% ../nbs/21_rome.ipynb #fb9afdde
+# %% ../nbs/21_rome.ipynb #7dd96b42
 def apply_rome_to_model(model, tok,
                         requests,                 # a request dict or a list of them, applied one after another
                         hparams:ROMEHyperParams,  # hyperparameters
@@ -465,6 +468,8 @@ def apply_rome_to_model(model, tok,
                         return_orig_weights=False, # return the original values of the changed weights
                         timings:dict=None,        # add the seconds spent in each part
                         info:list=None,           # a list to append each request's diagnostics to
+                        return_orig_weights_device=None, # where to keep the originals (e.g. 'cpu' to save GPU memory)
+                        skip_lower=True,          # compute the layers below the edited one once per request
                         verbose=False,
                         **kwargs):                # accepted for compatibility with other editors' options (ignored)
     "Edit `model` with ROME: `(model, {weight_name: original weight})`; on any error the weights are left as they were."
@@ -474,8 +479,8 @@ def apply_rome_to_model(model, tok,
     try:
         for request in requests:
             ri = {}
-            deltas = execute_rome(model, tok, request, hparams, timings=timings, info=ri, verbose=verbose)
-            apply_deltas(model, deltas, originals)
+            deltas = execute_rome(model, tok, request, hparams, timings=timings, info=ri, skip_lower=skip_lower, verbose=verbose)
+            apply_deltas(model, deltas, originals, return_orig_weights_device)
             if info is not None: info.append(ri)
     except BaseException:
         restore_weights(model, originals); raise

@@ -138,11 +138,15 @@ def _file_texts(f):
             for line in fh:
                 if line.strip(): yield line.strip()
 
-# %% ../nbs/20_stats.ipynb #45769c26
+# %% ../nbs/20_stats.ipynb #40ace2d8
+def _offline():
+    "True when downloads are switched off ($ROME_NB_OFFLINE, $HF_DATASETS_OFFLINE or $HF_HUB_OFFLINE set)."
+    return any(os.environ.get(v, '0') not in ('0', '', 'false', 'False') for v in ('ROME_NB_OFFLINE', 'HF_DATASETS_OFFLINE', 'HF_HUB_OFFLINE'))
+
 def _hf_texts(name, download=True):
     "Texts of the train split of Hugging Face dataset `name`, streamed; a clear error when it cannot be reached."
     hub, cfg = HF_DATASETS.get(name, (name, None))
-    offline = any(os.environ.get(v, '0') not in ('0', '', 'false', 'False') for v in ('HF_DATASETS_OFFLINE', 'HF_HUB_OFFLINE'))
+    offline = _offline()
     hint = ("pass a local text or JSON file or folder as the dataset (e.g. a copy of wikitext-2-raw/wiki.test.raw), "
             "a list of strings, or 'toy' for the toy world's corpus")
     if offline or not download:
@@ -396,7 +400,7 @@ def _compute(model, tokenizer, layer_name, texts, stat, path, key, sample_size, 
     if stat.count == 0: raise ValueError(f"no tokens were read from the dataset {key['dataset']!r}")
     return stat, part
 
-# %% ../nbs/20_stats.ipynb #86b68d04
+# %% ../nbs/20_stats.ipynb #0f43bde1
 def layer_stats(model,                # the causal LM
                 tokenizer,            # its tokenizer
                 layer_name,           # module whose inputs are measured (e.g. 'transformer.h.17.mlp.c_proj'); an int: that block's down-projection
@@ -432,7 +436,7 @@ def layer_stats(model,                # the causal LM
     path = stats_filename(stats_dir, key['model'], ds_id, layer_name, to_collect, sample_size, precision, maxlen, model_len, key['weights'])
     width = _layer_width(model, layer_name)
     if not force_recompute:
-        if not path.exists() and download and texts is None and ds_id in HF_DATASETS:
+        if not path.exists() and download and not _offline() and texts is None and ds_id in HF_DATASETS:
             _try_download(f"{REMOTE_ROOT_URL}/{path.relative_to(stats_dir).as_posix()}", path)
         if path.exists():
             stat, why = read_stats(path, to_collect, key, width)

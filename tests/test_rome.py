@@ -110,7 +110,8 @@ def test_sequential_and_copy(tok, sd):
     model = tiny_model('gpt2', n_layer=3)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     r2 = {'prompt': '{} is located in', 'subject': 'The Eiffel Tower', 'target_new': 'Rome'}
-    edited, orig = R.apply_rome_to_model(model, tok, [REQ, r2], hp_for(sd), copy=True, return_orig_weights=True)
+    edited, orig = R.apply_rome_to_model(model, tok, [REQ, r2], hp_for(sd), copy=True, return_orig_weights=True,
+                                         return_orig_weights_device='cpu')  # the harness's conserve_memory option
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
     one, _ = R.apply_rome_to_model(model, tok, [REQ], hp_for(sd), copy=True)
     R.apply_rome_to_model(one, tok, [r2], hp_for(sd))
