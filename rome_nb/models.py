@@ -163,47 +163,41 @@ def _module_name(model, target):
     if target is None: return None
     return next((n for n, m in model.named_modules() if m is target), None)
 
-# %% ../nbs/01_models.ipynb #59b8573b
-def detect_arch(model:nn.Module, # a Hugging Face causal LM (or any model with a list of blocks)
-                **templates):    # explicit `ModelArch` template fields; they override detection
-    "Find the embedding, blocks, attention, MLP, down-projection, final norm and unembedding of `model`."
-    bad = set(templates) - set(_TEMPLATE_FIELDS)
-    if bad: raise ValueError(f"unknown template fields {sorted(bad)}; valid: {_TEMPLATE_FIELDS}")
-    t = {k: v for k, v in templates.items() if v is not None}
-    missing = []
-    if 'layer_module_tmp' not in t:
-        blocks = _find_blocks(model)
-        if blocks is None: missing.append('the list of transformer blocks (layer_module_tmp)')
-        else: t['layer_module_tmp'] = blocks + '.{}'
-    if 'layer_module_tmp' in t:
-        lt = t['layer_module_tmp']
-        blocks = lt[:-3] if lt.endswith('.{}') else None
-        block0 = get_module(model, lt.format(0))
-        if 'attn_module_tmp' not in t:
-            a = _child_by(block0, _ATTN_RE, ('Attention',))
-            if a is None: missing.append(f'the attention module inside {lt.format(0)} (attn_module_tmp)')
-            else: t['attn_module_tmp'] = lt + '.' + a
-        mlp_rel = None
-        if 'mlp_module_tmp' in t: mlp_rel = t['mlp_module_tmp'][len(lt) + 1:] if t['mlp_module_tmp'].startswith(lt + '.') else None
-        else: mlp_rel = _child_by(block0, _MLP_RE, ('MLP', 'FeedForward'))
-        attn_rel = t['attn_module_tmp'][len(lt) + 1:] if t.get('attn_module_tmp', '').startswith(lt + '.') else None
-    hidden = next((getattr(model.config, k) for k in ('hidden_size', 'n_embd', 'd_model')
-                   if isinstance(getattr(getattr(model, 'config', None), k, None), int)), None)
+# %% ../nbs/01_models.ipynb #7f49ed70
+def _hidden_size(model):
+    "Width of the residual stream, from the config or the embedding."
+    cfg = getattr(model, 'config', None)
+    for k in ('hidden_size', 'n_embd', 'd_model'):
+        if isinstance(getattr(cfg, k, None), int): return getattr(cfg, k)
     emb = model.get_input_embeddings() if hasattr(model, 'get_input_embeddings') else None
-    if hidden is None and emb is not None: hidden = emb.weight.shape[1]
-    dims = None
-    if 'layer_module_tmp' in t:
-        if 'rewrite_module_tmp' in t:
-            dims = _linear_dims(get_module(model, t['rewrite_module_tmp'].format(0)))
-        else:
-            dp = _find_down_proj(block0, mlp_rel, attn_rel, hidden)
-            if dp is None: missing.append(f'the MLP output projection inside {lt.format(0)} (rewrite_module_tmp)')
-            else: t['rewrite_module_tmp'], dims = lt + '.' + dp[0], dp[1]
-        if 'mlp_module_tmp' not in t:
-            if mlp_rel is not None: t['mlp_module_tmp'] = lt + '.' + mlp_rel
-            elif 'rewrite_module_tmp' in t: t['mlp_module_tmp'] = t['rewrite_module_tmp']
+    return emb.weight.shape[1] if emb is not None else None
+
+def _rel(tmp, lt):
+    "Name of template `tmp` relative to the block template `lt` (None if it is not inside the block)."
+    return tmp[len(lt) + 1:] if tmp and tmp.startswith(lt + '.') else None
+
+def _fill_block_parts(model, t, missing):
+    "Add the attention, MLP and down-projection templates of the blocks named by `t['layer_module_tmp']`."
+    lt = t['layer_module_tmp']
+    block0 = get_module(model, lt.format(0))
+    if 'attn_module_tmp' not in t:
+        a = _child_by(block0, _ATTN_RE, ('Attention',))
+        if a is None: missing.append(f'the attention module inside {lt.format(0)} (attn_module_tmp)')
+        else: t['attn_module_tmp'] = f'{lt}.{a}'
+    mlp_rel = _rel(t['mlp_module_tmp'], lt) if 'mlp_module_tmp' in t else _child_by(block0, _MLP_RE, ('MLP', 'FeedForward'))
+    if 'rewrite_module_tmp' not in t:
+        dp = _find_down_proj(block0, mlp_rel, _rel(t.get('attn_module_tmp'), lt), _hidden_size(model))
+        if dp is None: missing.append(f'the MLP output projection inside {lt.format(0)} (rewrite_module_tmp)')
+        else: t['rewrite_module_tmp'] = f'{lt}.{dp[0]}'
+    if 'mlp_module_tmp' not in t:  # no MLP submodule (OPT): the MLP's output is the down-projection's
+        if mlp_rel is not None: t['mlp_module_tmp'] = f'{lt}.{mlp_rel}'
+        elif 'rewrite_module_tmp' in t: t['mlp_module_tmp'] = t['rewrite_module_tmp']
+
+# %% ../nbs/01_models.ipynb #3fb67867
+def _fill_model_parts(model, t, missing):
+    "Add the embedding, unembedding and final-norm names."
     if 'embed_module' not in t:
-        e = _module_name(model, emb)
+        e = _module_name(model, model.get_input_embeddings() if hasattr(model, 'get_input_embeddings') else None)
         if e is None: missing.append('the token embedding (embed_module)')
         else: t['embed_module'] = e
     if 'lm_head_module' not in t:
@@ -214,21 +208,47 @@ def detect_arch(model:nn.Module, # a Hugging Face causal LM (or any model with a
         f = _find_final_norm(model, t['layer_module_tmp'][:-3]) if 'layer_module_tmp' in t else None
         if f is None: missing.append('the final normalisation (ln_f_module)')
         else: t['ln_f_module'] = f
-    if missing:
-        example = ", ".join(f"{k}='...'" for k in _TEMPLATE_FIELDS)
-        raise ArchitectureError(
-            f"could not recognise the structure of {type(model).__name__}: did not find " + "; ".join(missing) +
-            f". Pass the module names explicitly, with '{{}}' for the layer number, e.g. "
-            f"ModelAndTokenizer(..., arch=dict({example})) or set_arch(model, {example}).")
-    if dims is None: raise ArchitectureError(f"{t['rewrite_module_tmp'].format(0)} is not a linear layer (no 2-D weight)")
-    num_layers = len(get_module(model, blocks)) if blocks else sum(
-        1 for i in range(10_000) if t['layer_module_tmp'].format(i) in _names(model) or i == 0) - 1
+
+# %% ../nbs/01_models.ipynb #1c0f87fc
+def _missing_error(model, missing):
+    example = ", ".join(f"{k}='...'" for k in _TEMPLATE_FIELDS)
+    return ArchitectureError(
+        f"could not recognise the structure of {type(model).__name__}: did not find " + "; ".join(missing) +
+        f". Pass the module names explicitly, with '{{}}' for the layer number, e.g. "
+        f"ModelAndTokenizer(..., arch=dict({example})) or set_arch(model, {example}).")
+
+def _check_templates(model, t):
+    "Number of layers; raises if a template names a module the model does not have."
     names = _names(model)
-    for k in _TEMPLATE_FIELDS:  # every template must name real modules in every layer
-        for i in ([0, num_layers - 1] if '{}' in t[k] else [None]):
-            n = t[k].format(i) if i is not None else t[k]
+    num_layers = 0
+    while t['layer_module_tmp'].format(num_layers) in names: num_layers += 1
+    if num_layers == 0: raise ArchitectureError(f"layer_module_tmp={t['layer_module_tmp']!r} names no module of {type(model).__name__}")
+    for k in _TEMPLATE_FIELDS:
+        for n in {t[k].format(0), t[k].format(num_layers - 1)}:
             if n not in names: raise ArchitectureError(f"{k}={t[k]!r} names {n!r}, which {type(model).__name__} does not have")
-    return ModelArch(**t, num_layers=num_layers, hidden_size=hidden, mlp_width=dims[0], weight_orientation=dims[2])
+    return num_layers
+
+# %% ../nbs/01_models.ipynb #90d5442c
+def detect_arch(model:nn.Module, # a Hugging Face causal LM (or any model with a list of blocks)
+                **templates):    # explicit `ModelArch` template fields; they override detection
+    "Find the embedding, blocks, attention, MLP, down-projection, final norm and unembedding of `model`."
+    bad = set(templates) - set(_TEMPLATE_FIELDS)
+    if bad: raise ValueError(f"unknown template fields {sorted(bad)}; valid: {_TEMPLATE_FIELDS}")
+    t, missing = {k: v for k, v in templates.items() if v is not None}, []
+    if 'layer_module_tmp' not in t:
+        blocks = _find_blocks(model)
+        if blocks is None: missing.append('the list of transformer blocks (layer_module_tmp)')
+        else: t['layer_module_tmp'] = blocks + '.{}'
+    if 'layer_module_tmp' in t:
+        if t['layer_module_tmp'].format(0) not in _names(model):
+            raise ArchitectureError(f"layer_module_tmp={t['layer_module_tmp']!r}: {type(model).__name__} has no module {t['layer_module_tmp'].format(0)!r}")
+        _fill_block_parts(model, t, missing)
+    _fill_model_parts(model, t, missing)
+    if missing: raise _missing_error(model, missing)
+    num_layers = _check_templates(model, t)
+    dims = _linear_dims(get_module(model, t['rewrite_module_tmp'].format(0)))
+    if dims is None: raise ArchitectureError(f"{t['rewrite_module_tmp'].format(0)} is not a linear layer (no 2-D weight)")
+    return ModelArch(**t, num_layers=num_layers, hidden_size=_hidden_size(model), mlp_width=dims[0], weight_orientation=dims[2])
 
 # %% ../nbs/01_models.ipynb #e36cda02
 def model_arch(model:nn.Module): # the model to describe
