@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['ALG_DICT', 'DS_DICT', 'HPARAMS_DIR', 'UnknownNameError', 'AlgRegistry', 'default_hparams_fname', 'hparams_path',
-           'new_run_dir', 'write_json_atomic', 'case_file', 'finished_cases', 'weights_fingerprint', 'restore_weights',
+           'new_run_dir', 'write_json_atomic', 'case_file', 'finished_cases', 'weights_checksum', 'restore_weights',
            'check_weights', 'dist_info', 'shard', 'agree_on_run_dir', 'load_model', 'toy_sources', 'load_sources',
            'edit_and_score', 'evaluate', 'main']
 
@@ -102,11 +102,12 @@ def finished_cases(run_dir, num_edits=1): # run directory, edits applied at once
         except (ValueError, KeyError, TypeError): warnings.warn(f"{f} is not a valid result file; its case will be evaluated again")
     return done
 
-# %% ../nbs/42_evaluate.ipynb #b6aa5077
+# %% ../nbs/42_evaluate.ipynb #49368e75
 @torch.no_grad()
-def weights_fingerprint(model): # the model
-    "Per parameter: (sum, sum of squares) of its values in float64, to detect any change."
-    return {n: torch.stack([p.sum(dtype=torch.float64), p.double().square().sum()]).cpu() for n, p in model.named_parameters()}
+def weights_checksum(model): # the model
+    "Per parameter: the sum and the Euclidean norm of its values, computed in float64, to detect any change."
+    return {n: torch.stack([p.sum(dtype=torch.float64), torch.linalg.vector_norm(p, dtype=torch.float64)]).cpu()
+            for n, p in model.named_parameters()}
 
 @torch.no_grad()
 def restore_weights(model, weights_copy:dict): # the edited model, {parameter name: original value}
@@ -115,10 +116,10 @@ def restore_weights(model, weights_copy:dict): # the edited model, {parameter na
         p = get_parameter(model, k)
         p.copy_(v.to(device=p.device, dtype=p.dtype))
 
-def check_weights(model, fingerprint:dict, context:str=''): # model, `weights_fingerprint` taken before editing, what just happened
-    "Raise if any parameter of `model` differs from its `fingerprint`."
-    now = weights_fingerprint(model)
-    bad = [n for n in fingerprint if not torch.equal(now[n], fingerprint[n])]
+def check_weights(model, checksum:dict, context:str=''): # model, `weights_checksum` taken before editing, what just happened
+    "Raise if any parameter of `model` differs from its `checksum`."
+    now = weights_checksum(model)
+    bad = [n for n in checksum if not torch.equal(now[n], checksum[n])]
     if bad: raise RuntimeError(f"{context}the model's weights were not restored: {len(bad)} parameters differ from the "
                                f"original: {bad[:5]}. The editing method must return every weight it changes.")
 
@@ -142,7 +143,7 @@ def agree_on_run_dir(alg_dir, rank:int, world_size:int): # results/<dir_name>, r
     dist.broadcast_object_list(obj, src=0)
     return Path(obj[0])
 
-# %% ../nbs/42_evaluate.ipynb #cf58b4e9
+# %% ../nbs/42_evaluate.ipynb #543eb29f
 def load_model(model_name, device=None, device_map=None, torch_dtype=None): # name, path, 'toy', ModelAndTokenizer or (model, tok)
     "The model to edit as a `ModelAndTokenizer`, and the toy world if `model_name` is 'toy' (else None)."
     if isinstance(model_name, ModelAndTokenizer): return model_name, None
@@ -159,7 +160,8 @@ def toy_sources(world, ds_name:str, size:int=None): # the toy world, 'cf', 'mcf'
     "Records, attribute snippets and TF-IDF vectorizer of the toy world."
     from rome_nb import toyworld as tw
     if ds_name not in DS_DICT: raise UnknownNameError(f"unknown dataset {ds_name!r}; known: {sorted(DS_DICT)}")
-    recs = list(tw.toy_zsre(world) if ds_name == 'zsre' else tw.toy_counterfact(world))
+    f = tw.toy_zsre if ds_name == 'zsre' else tw.toy_counterfact
+    recs = list(f(world, n=size) if size is not None and 'n' in inspect.signature(f).parameters else f(world))
     snips = AttributeSnippets.from_list(tw.toy_attribute_snippets(world))
     return recs[:size] if size is not None else recs, snips, fit_tfidf_vectorizer(snips.texts())
 
@@ -172,13 +174,13 @@ def load_sources(ds_name:str, data_dir=None, tok=None, size:int=None, generation
     d = d.parent if d.is_file() else d
     return recs, AttributeSnippets(d), get_tfidf_vectorizer(d)
 
-# %% ../nbs/42_evaluate.ipynb #1e4cf751
+# %% ../nbs/42_evaluate.ipynb #e03f7e09
 def _apply_kwargs(conserve_memory):
     "Extra arguments for the apply function, as in the reference."
     return dict(return_orig_weights_device='cpu') if conserve_memory else {}
 
 def edit_and_score(model, tok, records:list, apply_algo, hparams, ds_eval, snips=None, vec=None,
-                   fingerprint=None, conserve_memory=False, gen_ids=(), with_pre=True):
+                   checksum=None, conserve_memory=False, gen_ids=(), with_pre=True):
     "Edit `model` with the requests of `records`, score each record after and (if `with_pre`) before; restore the weights."
     requests = [{"case_id": r["case_id"], **r["requested_rewrite"]} for r in records]
     start = time.time()
@@ -192,11 +194,11 @@ def edit_and_score(model, tok, records:list, apply_algo, hparams, ds_eval, snips
     post = {r["case_id"]: score(edited, r) for r in records}
     if edited is not model: del edited  # a method that edited a copy: the original was not touched
     else: restore_weights(model, weights_copy)
-    if fingerprint is not None: check_weights(model, fingerprint, f"after case {requests[0]['case_id']}: ")
+    if checksum is not None: check_weights(model, checksum, f"after case {requests[0]['case_id']}: ")
     pre = {r["case_id"]: score(model, r) for r in records} if with_pre else {}
     return exec_time, post, pre
 
-# %% ../nbs/42_evaluate.ipynb #2f90f5d8
+# %% ../nbs/42_evaluate.ipynb #98b83cc4
 def _run_info(alg_name, model_name, ds_name, dataset_size_limit, num_edits, skip_generation_tests):
     return dict(alg_name=alg_name, model_name=model_name if isinstance(model_name, str) else getattr(model_name, 'model_name', str(type(model_name))),
                 ds_name=ds_name, dataset_size_limit=dataset_size_limit, num_edits=num_edits, skip_generation_tests=skip_generation_tests)
@@ -214,20 +216,21 @@ def _prepare_run_dir(alg_dir, continue_from_run, info, rank, world_size):
         if diff: raise ValueError(f"{run_dir} was run with other settings (was, now): {diff}; start a new run instead")
     return run_dir
 
-def _load_hparams(params_class, alg_name, hparams_fname, model_name, run_dir, hparams, continued):
-    "Hyperparameters: given, the continued run's `params.json`, or the named file (copied into the run directory)."
-    if hparams is not None:
-        if not (run_dir / 'params.json').exists():
-            write_json_atomic(dataclasses.asdict(hparams) if dataclasses.is_dataclass(hparams) else vars(hparams), run_dir / 'params.json', indent=1)
-        return hparams
-    if continued and (run_dir / 'params.json').exists(): path = run_dir / 'params.json'
+def _load_hparams(params_class, alg_name, hparams_fname, model_name, run_dir=None):
+    "Hyperparameters and the file they came from: a continued run's `params.json`, else the named (or default) file."
+    if run_dir is not None and (run_dir / 'params.json').exists(): path = run_dir / 'params.json'
     else: path = hparams_path(alg_name, hparams_fname or default_hparams_fname(model_name))
-    hp = params_class.from_json(path)
-    if not (run_dir / 'params.json').exists():
-        tmp = run_dir / f'.params.json.{os.getpid()}.tmp'; shutil.copyfile(path, tmp); os.replace(tmp, run_dir / 'params.json')
-    return hp
+    return params_class.from_json(path), path
 
-# %% ../nbs/42_evaluate.ipynb #50821215
+def _save_params(run_dir, hparams, path):
+    "Write the run's `params.json` (a copy of the hyperparameter file, as the reference) unless it exists."
+    if (run_dir / 'params.json').exists(): return
+    if path is None:
+        write_json_atomic(dataclasses.asdict(hparams) if dataclasses.is_dataclass(hparams) else vars(hparams), run_dir / 'params.json', indent=1)
+    else:
+        tmp = run_dir / f'.params.json.{os.getpid()}.tmp'; shutil.copyfile(path, tmp); os.replace(tmp, run_dir / 'params.json')
+
+# %% ../nbs/42_evaluate.ipynb #084d2f34
 def _remove_stale_tmp(run_dir, ids, num_edits):
     "Temporary files that a killed run of this process's cases left behind."
     for i in ids:
@@ -235,14 +238,20 @@ def _remove_stale_tmp(run_dir, ids, num_edits):
 
 def _chunks(arr, n): return [arr[i:i + n] for i in range(0, len(arr), n)]
 
-def _check_records(records, kind, generation):
+def _check_records(records, kind, snips=None):
+    "Check every record before anything is edited: fields, unique case ids, snippets for the generation tests."
     ids = set()
     for i, r in enumerate(records):
-        check_record(r, kind, i, generation=generation)
+        check_record(r, kind, i, generation=snips is not None)
         if r['case_id'] in ids: raise ValueError(f"case_id {r['case_id']} appears twice in the dataset (record {i})")
         ids.add(r['case_id'])
+        if snips is not None and r.get('generation_prompts'):
+            rw = r['requested_rewrite']
+            if not snips[rw['relation_id']][rw['target_new']['id']]:
+                raise ValueError(f"record {i} (case_id {r['case_id']}): no attribute snippets for relation {rw['relation_id']!r} and "
+                                 f"object {rw['target_new']['id']!r}; the reference score needs them (or skip the generation tests)")
 
-# %% ../nbs/42_evaluate.ipynb #bb8e95f3
+# %% ../nbs/42_evaluate.ipynb #4fa5a681
 def evaluate(alg_name:str='ROME', model_name='toy', hparams_fname:str=None, ds_name:str='cf',
              dataset_size_limit:int=None, continue_from_run:str=None, skip_generation_tests:bool=False,
              conserve_memory:bool=False, dir_name:str=None, results_dir='results', data_dir=None,
@@ -260,10 +269,8 @@ def evaluate(alg_name:str='ROME', model_name='toy', hparams_fname:str=None, ds_n
     say = (lambda *a: None) if quiet or rank != 0 else print
     alg_dir = Path(results_dir) / (dir_name or alg_name)
     info = _run_info(alg_name, model_name, ds_name, dataset_size_limit, num_edits, skip_generation_tests)
-    run_dir = _prepare_run_dir(alg_dir, continue_from_run, info, rank, world_size)
-    say(f"Results will be stored at {run_dir}")
-    hp = _load_hparams(params_class, alg_name, hparams_fname, model_name, run_dir, hparams, continue_from_run is not None)
-    if rank == 0 and not (run_dir / 'run_info.json').exists(): write_json_atomic(info, run_dir / 'run_info.json', indent=1)
+    cont_dir = _prepare_run_dir(alg_dir, continue_from_run, info, rank, world_size) if continue_from_run else None
+    hp, hp_path = (hparams, None) if hparams is not None else _load_hparams(params_class, alg_name, hparams_fname, model_name, cont_dir)
     mt, world = load_model(model_name, device, device_map, torch_dtype)
     gen = not skip_generation_tests and generation_test_interval != -1
     if records is None:
@@ -272,11 +279,16 @@ def evaluate(alg_name:str='ROME', model_name='toy', hparams_fname:str=None, ds_n
         snips, vec = (s2 if snips is None else snips), (v2 if vec is None else vec)
     elif dataset_size_limit is not None: records = records[:dataset_size_limit]
     gen = gen and snips is not None and vec is not None
-    _check_records(records, 'zsre' if ds_name == 'zsre' else 'cf', gen)
+    _check_records(records, 'zsre' if ds_name == 'zsre' else 'cf', snips if gen else None)
+    run_dir = cont_dir or _prepare_run_dir(alg_dir, None, info, rank, world_size)  # created only once all inputs are good
+    say(f"Results will be stored at {run_dir}")
+    if rank == 0:
+        _save_params(run_dir, hp, hp_path)
+        if not (run_dir / 'run_info.json').exists(): write_json_atomic(info, run_dir / 'run_info.json', indent=1)
     return _run_cases(mt, records, apply_algo, hp, DS_DICT[ds_name][1], run_dir, snips if gen else None, vec if gen else None,
                       num_edits, generation_test_interval, conserve_memory, check_weights_restored, rank, world_size, quiet, say, tqdm)
 
-# %% ../nbs/42_evaluate.ipynb #98060642
+# %% ../nbs/42_evaluate.ipynb #acb15d89
 def _run_cases(mt, records, apply_algo, hp, ds_eval, run_dir, snips, vec, num_edits, interval, conserve_memory,
                check, rank, world_size, quiet, say, tqdm):
     "The loop over this process's cases (or chunks of `num_edits` cases)."
@@ -286,7 +298,7 @@ def _run_cases(mt, records, apply_algo, hp, ds_eval, run_dir, snips, vec, num_ed
     done = finished_cases(run_dir, num_edits)
     todo = [c for c in chunks if not all(r['case_id'] in done for r in c)]
     say(f"{len(records)} cases; this process ({rank + 1} of {world_size}): {len(mine)}, {len(mine) - sum(len(c) for c in todo)} already done")
-    fp = weights_fingerprint(mt.model) if check else None
+    fp = weights_checksum(mt.model) if check else None
     gen_ids = {r['case_id'] for r in records if snips is not None and interval > 0 and r['case_id'] % interval == 0}
     bar = tqdm(total=len(mine), initial=len(mine) - sum(len(c) for c in todo), unit='case', disable=quiet,
                desc=f"{run_dir.parent.name}/{run_dir.name}" + (f" [{rank}/{world_size}]" if world_size > 1 else ''))

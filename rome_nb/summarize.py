@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['COLUMNS', 'case_metrics', 'case_files', 'read_run', 'hmean', 'stage_row', 'summary_table', 'format_table',
-           'find_runs', 'summarize', 'reference_summaries', 'main']
+           'find_runs', 'summarize', 'reference_summaries', 'run_benchmark', 'main']
 
 # %% ../nbs/43_summarize.ipynb #dae98daf
 import json, math, warnings
@@ -159,6 +159,18 @@ def reference_summaries(dir_name, runs=None, first_n_cases:int=None, get_uncompr
             if all(k in s for k in ks): s[f"{prefix}_score"] = (hmean([s[k][0] for k in ks]), np.nan)
         out.append(dict(s, **meta))
     return out
+
+# %% ../nbs/43_summarize.ipynb #3b3245c0
+def run_benchmark(alg_name:str="ROME", model_name="toy", ds_name:str="cf", dataset_size_limit:int=100,
+                  results_dir="results", quiet:bool=False, **kwargs): # `rome_nb.evaluate.evaluate` arguments
+    "Evaluate `alg_name` on `ds_name` and print the summary table; returns `(run_dir, table)`."
+    from rome_nb.evaluate import evaluate
+    run = evaluate(alg_name=alg_name, model_name=model_name, ds_name=ds_name, dataset_size_limit=dataset_size_limit,
+                   results_dir=results_dir, quiet=quiet, **kwargs)
+    t = summarize(run)
+    with pd.option_context("display.width", 250, "display.max_columns", 40):
+        print(f"{alg_name} on {ds_name} ({model_name if isinstance(model_name, str) else 'given model'}): {run}\n" + format_table(t).to_string())
+    return run, t
 
 # %% ../nbs/43_summarize.ipynb #42fbfec6
 @call_parse

@@ -59,3 +59,16 @@ def test_cli_prints_table():
     assert r.returncode == 0, r.stderr
     assert 'run_000 pre' in r.stdout and ' ± ' in r.stdout and 'ES' in r.stdout
     assert S.summarize(FIX / 'ROME', first_n_cases=2).loc[('run_000', 'post'), 'n'] == 2
+
+
+def test_run_benchmark_evaluates_and_summarizes(tmp_path, capsys):
+    import standin_alg
+    from rome_nb.models import tiny_model, tiny_tokenizer, ModelAndTokenizer
+    from rome_nb.dsets import AttributeSnippets, fit_tfidf_vectorizer
+    mt = ModelAndTokenizer(model=tiny_model('gpt2', n_layer=4, n_embd=64), tokenizer=tiny_tokenizer(), device='cpu')
+    snips = AttributeSnippets.from_list(standin_alg.snippets())
+    run, t = S.run_benchmark('STEP', mt, records=[standin_alg.make_record(i) for i in range(4)], snips=snips,
+                             vec=fit_tfidf_vectorizer(snips.texts()), hparams=standin_alg.StepHyperParams(), results_dir=tmp_path, quiet=True)
+    assert run == tmp_path / 'STEP' / 'run_000' and t.loc[('run_000', 'post'), 'n'] == 4
+    assert t.loc[('run_000', 'post'), 'ES'] > t.loc[('run_000', 'pre'), 'ES'] and 'GE' in t.columns
+    assert 'run_000 pre' in capsys.readouterr().out
