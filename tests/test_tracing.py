@@ -7,7 +7,7 @@ import torch
 
 from rome_nb.models import ModelAndTokenizer, tiny_model, tiny_tokenizer, make_inputs, find_token_range, predict_from_input, layername
 from rome_nb.tracing import (TraceEngine, EngineUnsupported, trace_important_states, trace_important_window, trace_with_patch,
-                             trace_with_repatch, calculate_hidden_flow, calculate_all_flows, calculate_severed, KnownsDataset,
+                             trace_with_repatch, calculate_hidden_flow, calculate_all_flows, calculate_severed, KnownsDataset, known_facts,
                              trace_knowns, load_trace, save_trace, resolve_noise, trace_explorer, plot_trace_heatmap)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,10 +121,11 @@ def test_engine_refuses_a_model_it_cannot_replay():
 
 
 def test_knowns_loader_on_the_original_file(shared_data):
-    known = KnownsDataset(shared_data / 'known_1000.json')
+    known = known_facts(shared_data / 'known_1000.json')
     assert len(known) == 1209 and known[0]['subject'] == 'Vinson Massif' and known[-1]['known_id'] == 1208
     assert all(k['subject'] in k['prompt'] for k in known)
-    assert len(KnownsDataset(shared_data)) == 1209  # a folder holding the file
+    assert len(known_facts(KnownsDataset(shared_data))) == 1209  # the dsets loader, given the folder holding the file
+    with pytest.raises(ValueError, match="lacks \\['prompt'\\]"): known_facts([dict(subject='X')])
 
 
 def test_trace_knowns_caches_skips_and_reports(tmp_path):
@@ -175,9 +176,11 @@ def test_cli_traces_a_fact_file(tmp_path):
     model_dir = tmp_path / 'tiny'
     model, tok, *_ = family_setup('gpt2', n_layer=2)
     model.save_pretrained(model_dir); tok.save_pretrained(model_dir)
+    p2 = 'LeBron James plays the sport of'
+    answer = calculate_hidden_flow(ModelAndTokenizer(model=model, tokenizer=tok), p2, 'LeBron James', samples=2)['answer']
     facts = tmp_path / 'facts.json'
     facts.write_text(json.dumps([dict(known_id=0, subject=SUBJECT, prompt=PROMPT, attribute='nothing-like-this'),
-                                 dict(known_id=1, subject='LeBron James', prompt='LeBron James plays the sport of')]))
+                                 dict(known_id=1, subject='LeBron James', prompt=p2, attribute=answer)]))
     out = tmp_path / 'out'
     r = _run('-m', 'rome_nb.tracing', '--model_name', str(model_dir), '--fact_file', str(facts), '--output_dir', f'{out}/{{model_name}}',
              '--samples', '3', '--window', '2', '--kinds', 'hidden,mlp', '--noise_level', 'u0.5', '--device', 'cpu', '--threads', '1')
