@@ -416,7 +416,7 @@ class Restoration:
         toks = ([] if self.token is None else [self.token]) + [p[2] for p in self.patches]
         return min(toks, default=ntoks - 1)
 
-# %% ../nbs/10_tracing.ipynb #5b8cd788
+# %% ../nbs/10_tracing.ipynb #c802a8b2
 @patch
 def _start_rows(self:TraceEngine, c:Restoration, t):
     "The corrupted rows' hidden states entering block `c.start` at positions t.., with `c.token` restored."
@@ -424,19 +424,22 @@ def _start_rows(self:TraceEngine, c:Restoration, t):
     if c.token is not None: x[:, c.token - t] = self.states[c.start][0, c.token]
     return x
 
+def _sig(c:Restoration, j):
+    "The module outputs cell `c` overwrites in block `j`."
+    return tuple((kind, tok, source) for kind, layers, tok, source in c.patches if j in layers)
+
 @patch
 @contextlib.contextmanager
-def _patches(self:TraceEngine, j, cells, t):
-    "While block `j` runs on `cells` (each `S` rows, in order, positions t..), overwrite the module outputs they ask for."
+def _patches(self:TraceEngine, j, sigs, t):
+    "While block `j` runs on row groups (`S` rows each, in order, positions t..), overwrite what each group's `sigs` ask for."
     S, plan = self.S, defaultdict(lambda: ([], [], []))
-    for i, c in enumerate(cells):
-        for kind, layers, tok, source in c.patches:
-            if j not in layers: continue
+    for i, sig in enumerate(sigs):
+        for kind, tok, source in sig:
             rec = self.rec.mods[kind][j]
             rows, toks, vals = plan[kind]
             rows.append(torch.arange(i * S, (i + 1) * S)); toks.append(torch.full((S,), tok - t))
             vals.append(rec[0, tok].expand(S, -1) if source == 'clean' else rec[1:, tok])
-    hooks, N = [], len(cells) * S
+    hooks, N = [], len(sigs) * S
     def editor(r, p, v):
         def hook(mod, args, output):
             h = _btd(untuple(output), N)
@@ -450,39 +453,44 @@ def _patches(self:TraceEngine, j, cells, t):
     finally:
         for hk in hooks: hk.remove()
 
-# %% ../nbs/10_tracing.ipynb #5751f2ad
+# %% ../nbs/10_tracing.ipynb #758a1c20
 @patch
 def _run_chunk(self:TraceEngine, cells, t):
-    "Scores of `cells` (sorted by start), run together at positions t.."
+    "{cell: score} for `cells` (sorted by start), run together at positions t.."
     S, L = self.S, self.num_layers
-    h, n = None, 0
+    groups, h, k = [], None, 0  # groups: cells sharing every state so far, S rows each, in row order
     if t: self._suffix_args(t)  # record before any patching hook is in place
     for j in range(cells[0].start, L + 1):
-        k = n
-        while k < len(cells) and cells[k].start == j: k += 1
-        if k > n:
-            x = torch.cat([self._start_rows(c, t) for c in cells[n:k]])
-            h, n = (x if h is None else torch.cat([h, x])), k
-        if j < L:
-            with self._patches(j, cells[:n], t): h = self._run_block(j, h, t)
+        new = {}
+        while k < len(cells) and cells[k].start == j: new.setdefault(cells[k].token, []).append(cells[k]); k += 1
+        if new:
+            x = torch.cat([self._start_rows(g[0], t) for g in new.values()])
+            groups, h = groups + list(new.values()), (x if h is None else torch.cat([h, x]))
+        if j == L: break
+        split, idx = [], []
+        for gi, g in enumerate(groups):
+            parts = {}
+            for c in g: parts.setdefault(_sig(c, j), []).append(c)
+            split += parts.values(); idx += [gi] * len(parts)
+        if len(split) > len(groups): h = h.view(len(groups), S, *h.shape[1:])[idx].flatten(0, 1)
+        groups = split
+        with self._patches(j, [_sig(g[0], j) for g in groups], t): h = self._run_block(j, h, t)
     p = answer_probs(self._head(h), self.answers_t)
-    return p.view(n, S, *p.shape[1:]).mean(1)
+    p = p.view(len(groups), S, *p.shape[1:]).mean(1)
+    return {c: p[i] for i, g in enumerate(groups) for c in g}
 
 @patch
 @torch.no_grad()
 def run(self:TraceEngine, cells:list):
     "Mean answer probability over the corrupted rows for each `Restoration` in `cells`."
     if not cells: return self.low_score.new_zeros((0, *self.low_score.shape))
-    uniq = list(dict.fromkeys(cells))
     first = lambda c: min(c.first_token(self.ntoks), self.ntoks - self.k) if self.positions else 0
-    order = sorted(uniq, key=lambda c: (first(c), c.start))
+    order = sorted(dict.fromkeys(cells), key=lambda c: (first(c), c.start))
     per, res, i = max(1, self.max_rows // self.S), {}, 0
     while i < len(order):
-        t = first(order[i])
-        n = 1
+        t, n = first(order[i]), 1
         while n < per and i + n < len(order) and first(order[i + n]) == t: n += 1
-        chunk = order[i:i + n]
-        res.update(zip(chunk, self._run_chunk(chunk, t)))
+        res.update(self._run_chunk(order[i:i + n], t))
         i += n
     return torch.stack([res[c] for c in cells])
 

@@ -44,6 +44,15 @@ def test_engine_matches_reference_path(family):
     assert (eng.trace_important_window('mlp', window=1) - ref['mlp']).abs().max() > 1e-4
 
 
+def test_engine_shares_clipped_windows_exactly():
+    # windows clipped at the bottom share their first blocks; chunks of a few rows split the work
+    model, tok, inp, rng, a = family_setup('gpt2', n_layer=6)
+    got = TraceEngine(model, inp, rng, a, noise=1.0, max_rows=30).trace_grids(('mlp', 'attn'), window=7)
+    for k in ('mlp', 'attn'):
+        ref = trace_important_window(model, 6, inp, rng, a, k, window=7, noise=1.0)
+        assert ref.std() > 1e-3 and (got[k] - ref).abs().max() < 1e-5
+
+
 def test_engine_on_the_toy_model():
     toyworld = pytest.importorskip('rome_nb.toyworld')
     mt, world = toyworld.load_toy()
