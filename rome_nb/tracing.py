@@ -7,10 +7,10 @@ __all__ = ['collect_embedding_std', 'EmbeddingGaussian', 'collect_embedding_gaus
            'collect_embedding_tdist', 'resolve_noise', 'corrupt_embeddings', 'TokenSequence', 'answer_probs',
            'trace_with_patch', 'layer_window', 'trace_important_states', 'trace_important_window', 'EngineUnsupported',
            'record_run', 'TraceEngine', 'Restoration', 'guess_subject', 'calculate_all_flows', 'calculate_hidden_flow',
-           'plot_trace_heatmap', 'plot_hidden_flow', 'plot_all_flow', 'trace_with_repatch', 'calculate_severed',
-           'plot_severed', 'known_facts', 'save_trace', 'load_trace', 'trace_knowns', 'benchmark_tracing',
-           'trace_explorer', 'load_model_and_knowns', 'main', 'make_inputs', 'find_token_range', 'decode_tokens',
-           'predict_from_input', 'layername', 'KnownsDataset']
+           'plot_trace_heatmap', 'plot_hidden_flow', 'plot_all_flow', 'plot_flows', 'trace_with_repatch',
+           'calculate_severed', 'plot_severed', 'known_facts', 'save_trace', 'load_trace', 'trace_knowns',
+           'benchmark_tracing', 'trace_explorer', 'load_model_and_knowns', 'main', 'make_inputs', 'find_token_range',
+           'decode_tokens', 'predict_from_input', 'layername', 'KnownsDataset']
 
 # %% ../nbs/10_tracing.ipynb #c06726d4
 import os, re, json, time, warnings, contextlib
@@ -671,7 +671,7 @@ def plot_trace_heatmap(result:dict,      # a result of `calculate_hidden_flow` (
         if xlabel is not None: ax.set_xlabel(xlabel)
     if fig is not None: _finish(fig, savepdf)
 
-# %% ../nbs/10_tracing.ipynb #f7f00ec8
+# %% ../nbs/10_tracing.ipynb #df1c3fed
 def plot_hidden_flow(mt, prompt:str, subject:str=None, samples:int=10, noise='s3', window:int=10, kind:str=None,
                      savepdf:str=None, modelname:str=None, **kwargs):
     "Trace `prompt` (subject guessed if not given) and draw the heatmap of one kind."
@@ -683,14 +683,19 @@ def plot_hidden_flow(mt, prompt:str, subject:str=None, samples:int=10, noise='s3
 def plot_all_flow(mt, prompt:str, subject:str=None, samples:int=10, noise='s3', window:int=10, savepdf:str=None,
                   modelname:str=None, **kwargs):
     "Trace `prompt` for hidden states, MLP and attention, and draw the three heatmaps side by side."
-    import matplotlib.pyplot as plt
     subject = subject or guess_subject(prompt)
     res = calculate_all_flows(mt, prompt, subject, (None, 'mlp', 'attn'), samples=samples, noise=noise, window=window, **kwargs)
     if not res[None]['correct_prediction']: print(f"not traced: the model predicts {res[None]['answer']!r}, not {res[None]['expect']!r}"); return
-    ntok = len(res[None]['scores'])
+    plot_flows(res, savepdf, modelname)
+
+def plot_flows(results:dict, savepdf:str=None, modelname:str=None):
+    "The heatmaps of `calculate_all_flows` results side by side."
+    import matplotlib.pyplot as plt
+    kinds = list(results)
     with plt.rc_context(rc={**_PAPER_RC, 'axes.titlesize': 9, 'axes.labelsize': 9}):
-        fig, axes = plt.subplots(1, 3, figsize=(12, 1 + 0.16 * ntok), dpi=150, constrained_layout=True)
-        for ax, k in zip(axes, (None, 'mlp', 'attn')): plot_trace_heatmap(res[k], modelname=modelname, ax=ax)
+        fig, axes = plt.subplots(1, len(kinds), figsize=(4 * len(kinds), 1 + 0.16 * len(results[kinds[0]]['scores'])),
+                                 dpi=150, constrained_layout=True, squeeze=False)
+        for ax, k in zip(axes[0], kinds): plot_trace_heatmap(results[k], modelname=modelname, ax=ax)
     _finish(fig, savepdf)
 
 # %% ../nbs/10_tracing.ipynb #029e4692
@@ -823,7 +828,20 @@ def load_trace(path):
     if 'subject_range' in d: d['subject_range'] = tuple(int(x) for x in d['subject_range'])
     return d
 
-# %% ../nbs/10_tracing.ipynb #bd3edb87
+# %% ../nbs/10_tracing.ipynb #780372b4
+def _check_run_params(output_dir, params):
+    "Record the settings of a run in `output_dir/params.json`; refuse to mix cases made with other settings."
+    f = Path(output_dir) / 'params.json'
+    if f.exists():
+        old = json.loads(f.read_text())
+        diff = {k: (old.get(k), v) for k, v in params.items() if old.get(k) != v}
+        if diff: raise ValueError(f"{output_dir} holds traces made with other settings (was, now): {diff}; "
+                                  f"choose another output directory or delete it")
+    else:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        tmp = f.with_name(f'.params.{os.getpid()}.tmp'); tmp.write_text(json.dumps(params, indent=1)); os.replace(tmp, f)
+
+# %% ../nbs/10_tracing.ipynb #cef0adbb
 def trace_knowns(mt, knowns, output_dir=None, kinds=(None, 'mlp', 'attn'), noise='s3', replace=False, uniform_noise=False,
                  samples:int=10, window:int=10, limit:int=None, expect:bool=True, pdfs:int=0, modelname:str=None,
                  engine:bool=True, verbose:bool=True):
@@ -835,6 +853,9 @@ def trace_knowns(mt, knowns, output_dir=None, kinds=(None, 'mlp', 'attn'), noise
     cases = Path(output_dir) / 'cases' if output_dir else None
     out = dict(results={k: [] for k in kinds}, skipped=[], errors=[], traced=0, cached=0,
                noise=noise, noise_level=level if isinstance(level, float) else str(noise))
+    if output_dir: _check_run_params(output_dir, dict(model=str(getattr(mt, 'model_name', '')), noise=str(noise),
+                                                      noise_level=out['noise_level'], uniform_noise=bool(uni), replace=bool(replace),
+                                                      samples=samples, window=window))
     say = (lambda m: tqdm.write(m)) if verbose else (lambda m: None)
     for n, fact in enumerate(tqdm(knowns[:limit], disable=not verbose, desc='tracing')):
         kid = fact['known_id']
@@ -933,7 +954,7 @@ def benchmark_tracing(models=('toy', 'gpt2-small'), # model specifications (see 
     finally: torch.set_num_threads(old)
     return pd.DataFrame(rows)
 
-# %% ../nbs/10_tracing.ipynb #6eb16d43
+# %% ../nbs/10_tracing.ipynb #38c9da56
 def trace_explorer(mt, prompt:str='', subject:str='', kind:str='all', noise='s3', window:int=10, samples:int=10,
                    modelname:str=None, subjects:list=None):
     "An ipywidgets explorer: prompt, subject, kind, noise and window in; the causal-trace heatmap(s) out."
@@ -953,13 +974,12 @@ def trace_explorer(mt, prompt:str='', subject:str='', kind:str='all', noise='s3'
         with out:
             try:
                 subj = ws.value.strip() or guess_subject(wp.value)
-                if wk.value == 'all':
-                    plot_all_flow(mt, wp.value, subj, samples=samples, noise=wn.value, window=ww.value, modelname=modelname, subjects=subjects)
-                    box.result = calculate_all_flows(mt, wp.value, subj, samples=samples, noise=wn.value, window=ww.value, subjects=subjects)
-                else:
-                    box.result = calculate_hidden_flow(mt, wp.value, subj, samples=samples, noise=wn.value, window=ww.value,
-                                                       kind=wk.value, subjects=subjects)
-                    plot_trace_heatmap(box.result, modelname=modelname)
+                kinds = (None, 'mlp', 'attn') if wk.value == 'all' else (wk.value,)
+                res = calculate_all_flows(mt, wp.value, subj, kinds, samples=samples, noise=wn.value, window=ww.value, subjects=subjects)
+                box.result = res if wk.value == 'all' else res[_norm_kind(wk.value)]
+                first = next(iter(res.values()))
+                if first['correct_prediction']: plot_flows(res, modelname=modelname)
+                else: print(f"the model predicts {first['answer']!r}")
                 box.error = None
             except (ValueError, EngineUnsupported) as e:
                 box.error = str(e); print(f"cannot trace: {e}")
