@@ -671,12 +671,13 @@ def plot_trace_heatmap(result:dict,      # a result of `calculate_hidden_flow` (
         if xlabel is not None: ax.set_xlabel(xlabel)
     if fig is not None: _finish(fig, savepdf)
 
-# %% ../nbs/10_tracing.ipynb #df1c3fed
-def plot_hidden_flow(mt, prompt:str, subject:str=None, samples:int=10, noise='s3', window:int=10, kind:str=None,
-                     savepdf:str=None, modelname:str=None, **kwargs):
+# %% ../nbs/10_tracing.ipynb #2e235eab
+def plot_hidden_flow(mt, prompt:str, subject:str=None, samples:int=10, noise='s3', uniform_noise=False, window:int=10,
+                     kind:str=None, savepdf:str=None, modelname:str=None, **kwargs):
     "Trace `prompt` (subject guessed if not given) and draw the heatmap of one kind."
     subject = subject or guess_subject(prompt)
-    result = calculate_hidden_flow(mt, prompt, subject, samples=samples, noise=noise, window=window, kind=kind, **kwargs)
+    result = calculate_hidden_flow(mt, prompt, subject, samples=samples, noise=noise, uniform_noise=uniform_noise,
+                                   window=window, kind=kind, **kwargs)
     if not result['correct_prediction']: print(f"not traced: the model predicts {result['answer']!r}, not {result['expect']!r}"); return
     plot_trace_heatmap(result, savepdf, modelname=modelname)
 
@@ -766,7 +767,7 @@ def calculate_severed(mt, prompt:str, subject:str, token='subject_last', samples
                 low_score=float(low), high_score=ti.high_score, answer=ti.answer, token=tok, input_tokens=decode_tokens(mt.tokenizer, ids),
                 subject_range=ti.subject_range, correct_prediction=True)
 
-# %% ../nbs/10_tracing.ipynb #f90e278c
+# %% ../nbs/10_tracing.ipynb #df6e0fcd
 _SEVER_STYLE = [('ordinary', '#6a51a3', 'Effect of single state on p'), ('no_attn', '#cb181d', 'Effect with Attn severed'),
                 ('no_mlp', '#238b45', 'Effect with MLP severed')]
 
@@ -775,7 +776,7 @@ def plot_severed(result:dict, savepdf:str=None, title:str=None, modelname:str=No
     import matplotlib.pyplot as plt, matplotlib.ticker as mtick
     with plt.rc_context(rc=_PAPER_RC):
         fig = None
-        if ax is None: fig, ax = plt.subplots(figsize=(6, 1.8), dpi=200)
+        if ax is None: fig, ax = plt.subplots(figsize=(6, 2.2), dpi=200)
         n = len(result['ordinary'])
         for i, (k, color, label) in enumerate(_SEVER_STYLE):
             y = np.asarray(torch.as_tensor(result[k]).float())
@@ -785,10 +786,10 @@ def plot_severed(result:dict, savepdf:str=None, title:str=None, modelname:str=No
         if title is None and 'input_tokens' in result:
             title = f"Restoring the state at {result['input_tokens'][int(result['token'])]!r} with its Attn or MLP path severed"
         elif title is None:
-            title = f"Average effect of the states at the {result.get('token', 'token')} with Attn or MLP severed, over {result.get('count', '?')} prompts"
-        ax.set_title(title, fontsize=9); ax.set_ylabel('Average indirect effect' if 'count' in result else 'Indirect effect')
+            title = f"Average effect of the states at the {result.get('token', 'token')}\nwith Attn or MLP severed, over {result.get('count', '?')} prompts"
+        ax.set_title(title, fontsize=9); ax.set_ylabel('Average indirect effect' if 'count' in result else 'Indirect effect', fontsize=8)
         ax.set_xlabel(f"layer at which the single hidden state is restored{' in ' + modelname if modelname else ''}")
-        ax.yaxis.set_major_formatter(mtick.PercentFormatter(1.0)); ax.set_xticks(range(n))
+        ax.yaxis.set_major_formatter(mtick.PercentFormatter(1.0, decimals=None)); ax.set_xticks(range(n))
         ax.legend(frameon=False, fontsize=7)
     if fig is not None: _finish(fig, savepdf)
 
