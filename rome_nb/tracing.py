@@ -907,14 +907,12 @@ def _measure(fn):
     peak = _proc_kb('VmHWM')
     return res, wall, cpu, (None if base is None or peak is None else max(0, peak - base) / 1024)
 
-# %% ../nbs/10_tracing.ipynb #4934d008
+# %% ../nbs/10_tracing.ipynb #c8b201e1
 def _bench_model(spec):
     "A model to benchmark, with a prompt and subject: 'toy', 'toy-shaped', 'gpt2-small', or a hub name / directory."
     if spec == 'toy':
-        from rome_nb.toyworld import load_toy, toy_knowns
-        mt, world = load_toy()
-        f = toy_knowns(world)[0]
-        return mt, f['prompt'], f['subject']
+        mt, knowns = load_model_and_knowns('toy')
+        return mt, knowns[0]['prompt'], knowns[0]['subject']
     prompt, subject = 'The Eiffel Tower is located in the city of', 'Eiffel Tower'
     if spec == 'toy-shaped': model = tiny_model('gpt2', n_layer=6, n_embd=128, n_head=4, n_inner=512, vocab_size=1200, n_positions=128)
     elif spec == 'gpt2-small': model = tiny_model('gpt2', n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024)
@@ -1001,7 +999,7 @@ def load_model_and_knowns(model_name:str, fact_file:str=None, device:str=None):
     if not fact_file: raise ValueError(f"--fact_file is needed for {model_name!r} (e.g. known_1000.json from {DATA_URLS['known_1000.json']})")
     return ModelAndTokenizer(model_name, device=device), known_facts(fact_file)
 
-# %% ../nbs/10_tracing.ipynb #eaea4816
+# %% ../nbs/10_tracing.ipynb #bb7d2273
 @call_parse
 def main(model_name:str='toy',   # hub name, local directory, or 'toy'
          fact_file:str=None,     # known facts (known_1000.json format); default for 'toy': the toy world's
@@ -1022,7 +1020,8 @@ def main(model_name:str='toy',   # hub name, local directory, or 'toy'
     if bench:
         import pandas as pd
         pd.set_option('display.width', 250)
-        df = benchmark_tracing(bench_models.split(','), samples=samples, window=window, threads=threads or 1, verbose=False)
+        try: df = benchmark_tracing(bench_models.split(','), samples=samples, window=window, threads=threads or 1, verbose=False)
+        except ValueError as e: raise SystemExit(f"rome_nb_trace: {e}") from None
         print(df.to_string(index=False, float_format='%.3g'))
         return
     try:
