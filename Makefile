@@ -39,8 +39,10 @@ demo: $(VENV)/.installed
 check-sync: $(VENV)/.installed-dev
 	PATH=$(abspath $(VENV))/bin:$$PATH .ci/check_sync
 
+# two notebooks at a time, one thread each: small models gain nothing from more threads, and two torch
+# processes with two threads each on two cores slow each other down many times over
 nbtest: $(VENV)/.installed-dev
-	cd nbs && ../$(VENV)/bin/nbdev_test --path . --n_workers 2 --timing
+	cd nbs && OMP_NUM_THREADS=1 ../$(VENV)/bin/nbdev_test --path . --n_workers 2 --timing
 
 pytest: $(VENV)/.installed-dev
 	$(VENV)/bin/pytest -q tests
@@ -49,7 +51,7 @@ test: check-sync nbtest pytest
 
 # the long checks: slow notebook cells and slow tests
 slow: $(VENV)/.installed-dev
-	cd nbs && ../$(VENV)/bin/nbdev_test --path . --n_workers 2 --flags slow --timing
+	cd nbs && OMP_NUM_THREADS=1 ../$(VENV)/bin/nbdev_test --path . --n_workers 2 --flags slow --timing
 	RUN_SLOW=1 $(VENV)/bin/pytest -q tests
 
 # for developers: regenerate the library and clean the notebooks (run before every commit)

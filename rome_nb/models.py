@@ -209,7 +209,7 @@ def _fill_model_parts(model, t, missing):
         if f is None: missing.append('the final normalisation (ln_f_module)')
         else: t['ln_f_module'] = f
 
-# %% ../nbs/01_models.ipynb #1c0f87fc
+# %% ../nbs/01_models.ipynb #53e98656
 def _missing_error(model, missing):
     example = ", ".join(f"{k}='...'" for k in _TEMPLATE_FIELDS)
     return ArchitectureError(
@@ -224,7 +224,7 @@ def _check_templates(model, t):
     while t['layer_module_tmp'].format(num_layers) in names: num_layers += 1
     if num_layers == 0: raise ArchitectureError(f"layer_module_tmp={t['layer_module_tmp']!r} names no module of {type(model).__name__}")
     for k in _TEMPLATE_FIELDS:
-        for n in {t[k].format(0), t[k].format(num_layers - 1)}:
+        for n in dict.fromkeys([t[k].format(0), t[k].format(num_layers - 1)]):  # first layer first, deterministically
             if n not in names: raise ArchitectureError(f"{k}={t[k]!r} names {n!r}, which {type(model).__name__} does not have")
     return num_layers
 

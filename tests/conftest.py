@@ -4,7 +4,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get('ROME_NB_SHARED_DATA', ROOT.parent / 'shared' / 'data'))
+# ../shared/data beside the project (one level higher for a git worktree in a sibling folder)
+SHARED_DATA = Path(os.environ.get('ROME_NB_SHARED_DATA') or next(
+    (p for p in (ROOT.parent / 'shared' / 'data', ROOT.parent.parent / 'shared' / 'data') if p.is_dir()),
+    ROOT.parent / 'shared' / 'data'))
 
 
 def pytest_addoption(parser):
