@@ -242,16 +242,26 @@ def _rewrite_batch(tok, request, context_templates, fact_token, device):
 
 KL_PROMPTS = ['{} is a']
 
-# %% ../nbs/21_rome.ipynb #c2593bc2
+# %% ../nbs/21_rome.ipynb #554e406d
 def _logits_at_loss_layer(model, tm, loss_layer, num_layers, out, tr):
     "Logits from the loss layer's output (the model's own logits when it is the last layer)."
     if loss_layer == num_layers - 1: return out.logits
     h = untuple(tr[tm['layer_module_tmp'].format(loss_layer)].output)
     h = get_module(model, tm['ln_f_module'])(h)
-    head = get_module(model, tm['lm_head_module'])
+    return _unembed(get_module(model, tm['lm_head_module']), h)
+
+def _unembed(head, h):
+    "Logits from hidden states `h` with the unembedding `head` (a linear layer, or a tied embedding)."
     return h @ head.weight.T if isinstance(head, nn.Embedding) else head(h)
 
-# %% ../nbs/21_rome.ipynb #86f3b970
+# %% ../nbs/21_rome.ipynb #0ca020d7
+@torch.no_grad()
+def _same_logits(head, h_sel, logits_sel):
+    "Whether unembedding the final norm's output `h_sel` gives the model's logits `logits_sel` (no post-processing such as soft-capping)."
+    mine, theirs = _unembed(head, h_sel).float(), logits_sel.float()
+    return mine.shape == theirs.shape and torch.allclose(mine, theirs, rtol=1e-3, atol=1e-3 * max(1.0, theirs.abs().max().item()))
+
+# %% ../nbs/21_rome.ipynb #99bc3c5e
 def compute_v(model, tok,
               request:dict,             # the edit request (checked)
               hparams:ROMEHyperParams,  # hyperparameters
@@ -271,13 +281,19 @@ def compute_v(model, tok,
     mlp_name, rw_name = tm['mlp_module_tmp'].format(layer), tm['rewrite_module_tmp'].format(layer)
     below = tm['layer_module_tmp'].format(layer - 1) if layer > 0 else None
     # one clean pass: original value at the lookup tokens, keys, the input of the edited layer, the KL reference
-    with torch.no_grad(), TraceDict(model, [n for n in (below, rw_name, mlp_name) if n], retain_input=True) as tr:
+    with torch.no_grad(), TraceDict(model, [n for n in (below, rw_name, mlp_name, arch.ln_f_module) if n], retain_input=True) as tr:
         out0 = model(**batch, use_cache=False)
     B, T = batch['input_ids'].shape
     keys = as_btd(tr[rw_name].input, B, T)[rows, lookups].float()
     target_init = as_btd(untuple(tr[mlp_name].output), B, T)[0, lookups[0]].detach().float()
     kl_rows = rows[n_rw:]
     kl_init = torch.log_softmax(out0.logits[kl_rows, lookups[n_rw:]].float(), dim=-1)
+    t_r = torch.tensor([r for r, _, _ in tpos], device=dev); t_p = torch.tensor([p for _, p, _ in tpos], device=dev)
+    t_t = torch.tensor([t for _, _, t in tpos], device=dev)
+    # the loss needs logits at a few positions only: unembed just those when that gives the model's own logits
+    sel = (torch.cat([t_r, kl_rows]), torch.cat([t_p, lookups[n_rw:]]))
+    head = get_module(model, arch.lm_head_module)
+    selected = loss_layer == arch.num_layers - 1 and _same_logits(head, as_btd(untuple(tr[arch.ln_f_module].output), B, T)[sel], out0.logits[sel])
     lower_out = tr[below].output if below else None
     delta = torch.zeros(arch.hidden_size, device=dev, requires_grad=True)
     def edit(output):
@@ -285,8 +301,6 @@ def compute_v(model, tok,
         h = h.index_put((rows, lookups), delta.to(h.dtype).expand(len(rows), -1), accumulate=True)
         return retuple(output, h.reshape(h0.shape))
     opt = torch.optim.Adam([delta], lr=hparams.v_lr)
-    t_r = torch.tensor([r for r, _, _ in tpos], device=dev); t_p = torch.tensor([p for _, p, _ in tpos], device=dev)
-    t_t = torch.tensor([t for _, _, t in tpos], device=dev)
     n_tok = torch.bincount(t_r, minlength=n_rw).float()
     was = [p.requires_grad for p in model.parameters()]
     set_requires_grad(False, model)
@@ -296,13 +310,20 @@ def compute_v(model, tok,
             opt.zero_grad()
             skip = skip_lower_layers(model, tm['layer_module_tmp'], layer, lower_out) if (skip_lower and below) else contextlib.nullcontext()
             watch = [mlp_name] + ([tm['layer_module_tmp'].format(loss_layer)] if loss_layer != arch.num_layers - 1 else [])
-            with skip, TraceDict(model, watch, edit_output=lambda output, layer: edit(output) if layer == mlp_name else output) as tr2:
+            # (a separate trace stops at the final norm: registration order need not be run order, e.g. OPT's)
+            stop_at = Trace(model, arch.ln_f_module, stop=True) if selected else contextlib.nullcontext()
+            with skip, TraceDict(model, watch, edit_output=lambda output, layer: edit(output) if layer == mlp_name else output) as tr2, stop_at as trf:
                 out = model(**batch, use_cache=False)
-                logits = _logits_at_loss_layer(model, tm, loss_layer, arch.num_layers, out, tr2)
-            logp = torch.log_softmax(logits[t_r, t_p].float(), dim=-1).gather(-1, t_t[:, None])[:, 0]
+            if selected:  # the forward pass stopped at the final norm
+                logits_sel = _unembed(head, as_btd(untuple(trf.output), B, T)[sel]).float()
+                logits_t, logits_kl = logits_sel[:len(t_r)], logits_sel[len(t_r):]
+            else:
+                logits_t = _logits_at_loss_layer(model, tm, loss_layer, arch.num_layers, out, tr2)[t_r, t_p].float()
+                logits_kl = out.logits[kl_rows, lookups[n_rw:]].float()
+            logp = torch.log_softmax(logits_t, dim=-1).gather(-1, t_t[:, None])[:, 0]
             nll_each = -torch.zeros(n_rw, device=dev).index_add(0, t_r, logp) / n_tok
             nll = nll_each.mean()
-            kl_logp = torch.log_softmax(out.logits[kl_rows, lookups[n_rw:]].float(), dim=-1)
+            kl_logp = torch.log_softmax(logits_kl, dim=-1)
             kl = hparams.kl_factor * nn.functional.kl_div(kl_init, kl_logp, log_target=True, reduction='batchmean')
             wd = hparams.v_weight_decay * (delta.norm() / target_init.norm() ** 2)
             loss = nll + kl + wd
@@ -322,7 +343,7 @@ def compute_v(model, tok,
     denom = torch.dot(cur_input.to(left_vector.dtype), left_vector)
     right = delta / denom
     if info is not None:
-        info.update(losses=losses, steps=len(losses), delta=delta, delta_norm=delta.norm().item(), target_init_norm=target_init.norm().item(),
+        info.update(losses=losses, steps=len(losses), selected_logits=bool(selected), delta=delta, delta_norm=delta.norm().item(), target_init_norm=target_init.norm().item(),
                     denominator=denom.item(), right_norm=right.norm().item(), key_prompt=keys[0], key_avg=keys[:n_rw].mean(0))
     if not torch.isfinite(right).all(): raise FloatingPointError(f"non-finite right vector (denominator {denom.item():.3g})")
     return right
