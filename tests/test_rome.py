@@ -90,18 +90,25 @@ def test_square_weight_uses_orientation(tok, sd):
     assert torch.allclose(new - out_of(m, rw, li['key_avg']), li['delta'], atol=1e-4)
 
 
+def two_values(model, tok, sd, layer, first:dict, second:dict, between=lambda: None):
+    "The value vector computed twice for the same request (`first`/`second` kwargs of compute_v), with their diagnostics."
+    hp = hp_for(sd, layers=[layer])
+    ctx = R.get_context_templates(model, tok, hp.context_template_length_params)
+    req = R.check_request(REQ)
+    k = R.compute_key(model, tok, req, hp, layer, ctx); u = R.compute_u(model, tok, req, hp, layer, ctx, key=k)
+    i1, i2 = {}, {}
+    v1 = R.compute_v(model, tok, req, hp, layer, u, ctx, key=k, info=i1, **first)
+    between()
+    v2 = R.compute_v(model, tok, req, hp, layer, u, ctx, key=k, info=i2, **second)
+    assert torch.allclose(v1, v2, rtol=1e-4, atol=1e-5)
+    assert [round(l[0], 4) for l in i1['losses']] == [round(l[0], 4) for l in i2['losses']]
+    return i1, i2
+
+
 @pytest.mark.parametrize('family', ['gpt2', 'llama', 'gpt_neo', 'gemma'])
 def test_skipping_lower_layers_is_exact(family, tok, sd):
     model = tiny_model(family, **({'num_hidden_layers': 4} if family in ('llama', 'gemma') else {'num_layers': 4, 'attention_types': [[['global', 'local'], 2]]} if family == 'gpt_neo' else {'n_layer': 4}))
-    hp = hp_for(sd, layers=[2])
-    ctx = R.get_context_templates(model, tok, hp.context_template_length_params)
-    req = R.check_request(REQ)
-    k = R.compute_key(model, tok, req, hp, 2, ctx); u = R.compute_u(model, tok, req, hp, 2, ctx, key=k)
-    i1, i2 = {}, {}
-    v1 = R.compute_v(model, tok, req, hp, 2, u, ctx, key=k, info=i1)
-    v2 = R.compute_v(model, tok, req, hp, 2, u, ctx, key=k, info=i2, skip_lower=False)
-    assert torch.allclose(v1, v2, rtol=1e-4, atol=1e-5)
-    assert [round(l[0], 4) for l in i1['losses']] == [round(l[0], 4) for l in i2['losses']]
+    two_values(model, tok, sd, 2, {}, dict(skip_lower=False))
     # the blocks are back in place
     assert all(type(b).__name__ != '_CachedBlock' for b in model.modules())
 
@@ -109,18 +116,8 @@ def test_skipping_lower_layers_is_exact(family, tok, sd):
 @pytest.mark.parametrize('family', ['gpt2', 'opt', 'gemma'])
 def test_selected_logits_are_exact(family, tok, sd, monkeypatch):
     # the steps unembed only the positions the loss reads; forcing the full path gives the same optimisation
-    model = tiny_model(family)
-    hp = hp_for(sd, layers=[1])
-    ctx = R.get_context_templates(model, tok, hp.context_template_length_params)
-    req = R.check_request(REQ)
-    k = R.compute_key(model, tok, req, hp, 1, ctx); u = R.compute_u(model, tok, req, hp, 1, ctx, key=k)
-    i1, i2 = {}, {}
-    v1 = R.compute_v(model, tok, req, hp, 1, u, ctx, key=k, info=i1)
-    monkeypatch.setattr(R, '_same_logits', lambda *a: False)
-    v2 = R.compute_v(model, tok, req, hp, 1, u, ctx, key=k, info=i2)
+    i1, i2 = two_values(tiny_model(family), tok, sd, 1, {}, {}, between=lambda: monkeypatch.setattr(R, '_same_logits', lambda *a: False))
     assert (i1['selected_logits'], i2['selected_logits']) == (True, False)
-    assert torch.allclose(v1, v2, rtol=1e-4, atol=1e-5)
-    assert [round(l[0], 4) for l in i1['losses']] == [round(l[0], 4) for l in i2['losses']]
 
 
 def test_logit_postprocessing_keeps_full_path(tok, sd):
