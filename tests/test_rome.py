@@ -90,20 +90,46 @@ def test_square_weight_uses_orientation(tok, sd):
     assert torch.allclose(new - out_of(m, rw, li['key_avg']), li['delta'], atol=1e-4)
 
 
+def two_values(model, tok, sd, layer, first:dict, second:dict, between=lambda: None):
+    "The value vector computed twice for the same request (`first`/`second` kwargs of compute_v), with their diagnostics."
+    hp = hp_for(sd, layers=[layer])
+    ctx = R.get_context_templates(model, tok, hp.context_template_length_params)
+    req = R.check_request(REQ)
+    k = R.compute_key(model, tok, req, hp, layer, ctx); u = R.compute_u(model, tok, req, hp, layer, ctx, key=k)
+    i1, i2 = {}, {}
+    v1 = R.compute_v(model, tok, req, hp, layer, u, ctx, key=k, info=i1, **first)
+    between()
+    v2 = R.compute_v(model, tok, req, hp, layer, u, ctx, key=k, info=i2, **second)
+    assert torch.allclose(v1, v2, rtol=1e-4, atol=1e-5)
+    assert [round(l[0], 4) for l in i1['losses']] == [round(l[0], 4) for l in i2['losses']]
+    return i1, i2
+
+
 @pytest.mark.parametrize('family', ['gpt2', 'llama', 'gpt_neo', 'gemma'])
 def test_skipping_lower_layers_is_exact(family, tok, sd):
     model = tiny_model(family, **({'num_hidden_layers': 4} if family in ('llama', 'gemma') else {'num_layers': 4, 'attention_types': [[['global', 'local'], 2]]} if family == 'gpt_neo' else {'n_layer': 4}))
-    hp = hp_for(sd, layers=[2])
-    ctx = R.get_context_templates(model, tok, hp.context_template_length_params)
-    req = R.check_request(REQ)
-    k = R.compute_key(model, tok, req, hp, 2, ctx); u = R.compute_u(model, tok, req, hp, 2, ctx, key=k)
-    i1, i2 = {}, {}
-    v1 = R.compute_v(model, tok, req, hp, 2, u, ctx, key=k, info=i1)
-    v2 = R.compute_v(model, tok, req, hp, 2, u, ctx, key=k, info=i2, skip_lower=False)
-    assert torch.allclose(v1, v2, rtol=1e-4, atol=1e-5)
-    assert [round(l[0], 4) for l in i1['losses']] == [round(l[0], 4) for l in i2['losses']]
+    two_values(model, tok, sd, 2, {}, dict(skip_lower=False))
     # the blocks are back in place
     assert all(type(b).__name__ != '_CachedBlock' for b in model.modules())
+
+
+@pytest.mark.parametrize('family', ['gpt2', 'opt', 'gemma'])
+def test_selected_logits_are_exact(family, tok, sd, monkeypatch):
+    # the steps unembed only the positions the loss reads; forcing the full path gives the same optimisation
+    i1, i2 = two_values(tiny_model(family), tok, sd, 1, {}, {}, between=lambda: monkeypatch.setattr(R, '_same_logits', lambda *a: False))
+    assert (i1['selected_logits'], i2['selected_logits']) == (True, False)
+
+
+def test_logit_postprocessing_keeps_full_path(tok, sd):
+    # a model that changes its logits after the unembedding (a logit scale here, as Cohere has) must not take the shortcut
+    model = tiny_model('gpt2', n_layer=3)
+    forward = model.forward
+    def scaled(*a, **k):
+        out = forward(*a, **k); out.logits = 1.5 * out.logits; return out
+    model.forward = scaled
+    info = []
+    R.apply_rome_to_model(model, tok, REQ, hp_for(sd), info=info)
+    assert info[0][1]['selected_logits'] is False
 
 
 def test_sequential_and_copy(tok, sd):
@@ -118,6 +144,21 @@ def test_sequential_and_copy(tok, sd):
     assert all(torch.equal(p, q) for p, q in zip(one.parameters(), edited.parameters()))
     R.restore_weights(edited, orig)
     assert all(torch.equal(p, before[n]) for n, p in edited.named_parameters())
+
+
+def test_registered_in_the_harness(tok, sd):
+    # ALG_DICT["ROME"] resolves to this module's contract, and the harness's edit-score-restore loop runs with it
+    from rome_nb.evaluate import ALG_DICT, edit_and_score, weights_checksum
+    from rome_nb.metrics import compute_rewrite_quality_counterfact
+    HP, apply = ALG_DICT['ROME']
+    assert HP is R.ROMEHyperParams and apply is R.apply_rome_to_model
+    model = tiny_model('gpt2', n_layer=3, initializer_range=0.2)  # large enough weights for an edit to show
+    fp = weights_checksum(model)
+    rec = {'case_id': 7, 'requested_rewrite': {**REQ, 'relation_id': 'P641'}, 'paraphrase_prompts': ['LeBron James is a player of'],
+           'neighborhood_prompts': ['Megan Rapinoe plays the sport of'], 'attribute_prompts': [], 'generation_prompts': []}
+    t, post, pre = edit_and_score(model, tok, [rec], apply, hp_for(sd, v_num_grad_steps=20), compute_rewrite_quality_counterfact, checksum=fp,
+                                  conserve_memory=True)  # originals kept on the CPU, as --conserve_memory asks
+    assert post[7]['rewrite_prompts_probs'][0]['target_new'] < pre[7]['rewrite_prompts_probs'][0]['target_new']
 
 
 def test_bad_requests(tok, sd):
