@@ -4,9 +4,10 @@
 
 # %% auto #0
 __all__ = ['FAST_UNEMBED', 'TIMING_PARTS', 'MEMITHyperParams', 'memit_context_templates', 'reprs_at_words', 'compute_ks',
-           'compute_zs', 'compute_z', 'solve_keys', 'memit_update', 'get_cov', 'execute_memit', 'apply_memit_to_model']
+           'key_groups', 'compute_zs', 'compute_z', 'solve_keys', 'memit_update', 'get_cov', 'execute_memit',
+           'apply_memit_to_model', 'toy_edit_scores', 'memit_benchmark', 'main']
 
-# %% ../nbs/25_memit.ipynb #5e19c4e8
+# %% ../nbs/25_memit.ipynb #c53ccab4
 import json, os, time, copy as _copy, math, warnings, contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch.nn as nn
 from .nethook import Trace, TraceDict, get_module, get_parameter, set_requires_grad, untuple, retuple
 from .models import model_arch, make_inputs, pad_token_id
 from .stats import layer_stats, STATS_DIR, _model_label, as_btd
+from fastcore.script import call_parse
 from .editing import HyperParams, hparams_path, restore_weights
 from .rome import (rome_templates, check_request, fill, fact_lookup_idx, get_context_templates, skip_lower_layers,
                           upd_matrix_match_shape, _rewrite_batch, _unembed, _same_logits, _Timer)
@@ -104,23 +106,35 @@ def compute_ks(model, tok,
     b = _group_bounds(context_groups)
     return torch.stack([k[:, b[j]:b[j + 1]].mean(1) for j in range(len(context_groups))], 1).mean(1)
 
-# %% ../nbs/25_memit.ipynb #5894ace2
-def _memit_batch(tok, requests, context_templates, fact_token, device):
-    "All requests' rewriting and KL rows in one right-padded batch: inputs, lookups, target positions, row owners, kinds."
-    rows, lookups, tpos, owner, is_rw = [], [], [], [], []
+# %% ../nbs/25_memit.ipynb #b7a150e9
+def _memit_batch(tok, requests, context_templates, fact_token, device, owners=None):
+    "All requests' rewriting rows and their groups' KL rows in one right-padded batch: inputs, lookups, target positions, row owners, kinds."
+    owners = list(range(len(requests))) if owners is None else list(owners)
+    rows, lookups, tpos, owner, is_rw, seen = [], [], [], [], [], set()
     for i, r in enumerate(requests):
         b, lk, tp, n_rw = _rewrite_batch(tok, r, context_templates, fact_token, 'cpu')
-        off = len(rows)
-        for j in range(len(lk)):
+        keep = [j for j in range(len(lk)) if j < n_rw or owners[i] not in seen]  # one set of KL rows per group
+        seen.add(owners[i])
+        off, pos = len(rows), {j: len(rows) + k for k, j in enumerate(keep)}
+        for j in keep:
             rows.append(b['input_ids'][j][b['attention_mask'][j].bool()].tolist())
-            owner.append(i); is_rw.append(j < n_rw)
-        lookups += lk.tolist()
-        tpos += [(off + rr, p, t) for rr, p, t in tp]
+            owner.append(owners[i]); is_rw.append(j < n_rw); lookups.append(int(lk[j]))
+        tpos += [(pos[rr], p, t) for rr, p, t in tp]
     n, pad = max(map(len, rows)), pad_token_id(tok)
     batch = dict(input_ids=torch.tensor([r + [pad] * (n - len(r)) for r in rows], device=device),
                  attention_mask=torch.tensor([[1] * len(r) + [0] * (n - len(r)) for r in rows], device=device))
     t = lambda x, **kw: torch.tensor(x, device=device, **kw)
     return batch, t(lookups), t([a for a, _, _ in tpos]), t([b for _, b, _ in tpos]), t([c for _, _, c in tpos]), t(owner), t(is_rw, dtype=torch.bool)
+
+# %% ../nbs/25_memit.ipynb #956fb5e1
+def key_groups(tok, requests:list, fact_token:str='subject_last'): # checked requests, lookup rule
+    "Group index of each request: requests whose prompts have the same tokens up to the lookup token share a key."
+    ids, out = {}, []
+    for r in requests:
+        toks, i = fact_lookup_idx(tok, r['prompt'], r['subject'], fact_token)
+        k = (tuple(toks[:i + 1]), fact_token == 'last' and r['prompt'])  # 'last' reads the prompt's end: the whole prompt
+        out.append(ids.setdefault(k, len(ids)))
+    return out
 
 # %% ../nbs/25_memit.ipynb #0707415a
 def _request_losses(logits, kl_logits, kl_init, t_r, t_t, owner, is_rw, n_req, delta, z_norm, hparams):
@@ -150,13 +164,14 @@ def _head_logits(model, tm, h):
     head = get_module(model, tm['lm_head_module'])
     return h @ head.weight.T if isinstance(head, nn.Embedding) else head(h)
 
-# %% ../nbs/25_memit.ipynb #643ead6d
-def _optimize_zs(model, tok, requests, hparams, layer, context_templates, skip_lower=True, info=None, verbose=False):
-    "Target vectors of one batch of requests at `layer`, optimised together: [n, hidden]."
+# %% ../nbs/25_memit.ipynb #8b376987
+def _optimize_zs(model, tok, requests, owners, hparams, layer, context_templates, skip_lower=True, info=None, verbose=False):
+    "Target vectors of the key groups (`owners`: 0..n-1 per request) of one batch of requests at `layer`, optimised together: [n, hidden]."
     tm, arch = rome_templates(model, hparams), model_arch(model)
     dev = next(model.parameters()).device
-    batch, lookups, t_r, t_p, t_t, owner, is_rw = _memit_batch(tok, requests, context_templates, hparams.fact_token, dev)
-    n, (B, T) = len(requests), batch['input_ids'].shape
+    if context_templates[0] != '{}': raise ValueError("the first context template must be the bare prompt '{}'")
+    batch, lookups, t_r, t_p, t_t, owner, is_rw = _memit_batch(tok, requests, context_templates, hparams.fact_token, dev, owners)
+    n, (B, T) = max(owners) + 1, batch['input_ids'].shape
     rows = torch.arange(B, device=dev)
     loss_layer = hparams.v_loss_layer % arch.num_layers if hparams.v_loss_layer < 0 else max(hparams.v_loss_layer, layer)
     at_last = loss_layer == arch.num_layers - 1
@@ -225,20 +240,32 @@ def _optimize_zs(model, tok, requests, hparams, layer, context_templates, skip_l
         info.setdefault('final_loss', []).extend(loss.detach().tolist()); info.setdefault('p_target', []).extend(p.detach().tolist())
     return (z_init + delta.detach()).detach()
 
-# %% ../nbs/25_memit.ipynb #655625e7
+# %% ../nbs/25_memit.ipynb #d49fb57d
 def compute_zs(model, tok,
                requests:list,            # the requests (checked here)
                hparams:MEMITHyperParams, # hyperparameters
                layer:int,                # the last critical layer
-               context_templates:list,   # a flat list of templates (`memit_context_templates` flattened)
+               context_templates:list,   # a flat list of templates, the bare prompt '{}' first
                skip_lower=True,          # compute the layers below `layer` once per batch
-               info:dict=None,           # filled with per-request diagnostics (steps, norms, final loss, p(target))
-               verbose=False):
-    "Target hidden states z at `layer` for all requests: [n, hidden], optimised `hparams.z_batch_size` requests at a time."
+               info:dict=None,           # filled with per-group diagnostics (steps, norms, final loss, p(target)) and `group_of`
+               verbose=False,
+               groups:list=None):        # key group of each request (default: `key_groups`)
+    "Target hidden state z at `layer` of each request (of its key group): [n, hidden], optimised `hparams.z_batch_size` groups at a time."
     requests = [check_request(r) for r in requests]
-    bs = hparams.z_batch_size
-    return torch.cat([_optimize_zs(model, tok, requests[a:a + bs], hparams, layer, context_templates, skip_lower, info, verbose)
-                      for a in range(0, len(requests), bs)])
+    groups = key_groups(tok, requests, hparams.fact_token) if groups is None else list(groups)
+    members = {}
+    for i, g in enumerate(groups): members.setdefault(g, []).append(i)
+    order, bs = list(members), hparams.z_batch_size
+    z = [None] * len(requests)
+    for a in range(0, len(order), bs):
+        gs = order[a:a + bs]
+        idx = [i for g in gs for i in members[g]]
+        local = {g: j for j, g in enumerate(gs)}
+        zg = _optimize_zs(model, tok, [requests[i] for i in idx], [local[groups[i]] for i in idx], hparams, layer,
+                          context_templates, skip_lower, info, verbose)
+        for i in idx: z[i] = zg[local[groups[i]]]
+    if info is not None: info['group_of'] = groups
+    return torch.stack(z)
 
 def compute_z(model, tok, request:dict, hparams:MEMITHyperParams, layer:int, context_templates:list, **kw):
     "The target hidden state z of one request at `layer`: [hidden]."
@@ -298,24 +325,25 @@ def _save_z(path, z):
     tmp = path.with_name(f'.{path.stem}.{os.getpid()}.tmp.npz')
     np.savez(tmp, v_star=z.detach().float().cpu().numpy()); os.replace(tmp, path)
 
-# %% ../nbs/25_memit.ipynb #cfd77a65
+# %% ../nbs/25_memit.ipynb #d5023bc5
 TIMING_PARTS = ('context_templates', 'covariance', 'z_optimisation', 'keys', 'update')
 
-def _targets(model, tok, requests, hparams, z_layer, flat, cache_template, skip_lower, info, verbose):
-    "Target vectors of all requests: from the cache where present, optimised (in batches) otherwise."
-    width = model_arch(model).hidden_size
-    files = [_z_cache_file(cache_template, z_layer, hparams, r) for r in requests]
+def _targets(model, tok, requests, groups, hparams, z_layer, flat, cache_template, skip_lower, info, verbose):
+    "Target vector of each request: from the cache where present (requests alone in their key group), optimised (in batches) otherwise."
+    width, size = model_arch(model).hidden_size, {g: groups.count(g) for g in set(groups)}
+    files = [_z_cache_file(cache_template, z_layer, hparams, r) if size[g] == 1 else None for r, g in zip(requests, groups)]
     zs = [(_load_z(f, width) if f is not None and f.exists() else None) for f in files]
     todo = [i for i, z in enumerate(zs) if z is None]
     if todo:
-        new = compute_zs(model, tok, [requests[i] for i in todo], hparams, z_layer, flat, skip_lower, info, verbose)
+        new = compute_zs(model, tok, [requests[i] for i in todo], hparams, z_layer, flat, skip_lower, info, verbose,
+                         groups=[groups[i] for i in todo])
         for i, z in zip(todo, new):
             zs[i] = z
             if files[i] is not None: _save_z(files[i], z)
     dev = next(model.parameters()).device
     return torch.stack([z.to(dev).float() for z in zs])
 
-# %% ../nbs/25_memit.ipynb #738c9dc6
+# %% ../nbs/25_memit.ipynb #0acff690
 def execute_memit(model, tok,
                   requests:list,            # the edit requests
                   hparams:MEMITHyperParams, # hyperparameters
@@ -324,7 +352,7 @@ def execute_memit(model, tok,
                   info:dict=None,           # diagnostics: target optimisation, per-layer residual norms
                   skip_lower=True,          # compute the layers below the last critical layer once per batch
                   verbose=False):
-    "MEMIT's updates for all `requests`: `{weight_name: (adj_k [key width, n], resid [hidden, n])}`; the model is left unchanged."
+    "MEMIT's updates for all `requests`: `{weight_name: (adj_k [key width, g], resid [hidden, g])}` for the g key groups; the model is left unchanged."
     if isinstance(requests, dict): requests = [requests]
     requests = [check_request(r) for r in requests]
     if not requests: raise ValueError("no requests to apply")
@@ -334,19 +362,23 @@ def execute_memit(model, tok,
     saved = {l: w.detach().clone() for l, w in weights.items()}
     info = {} if info is None else info
     with _Timer(timings, 'context_templates', model):
-        groups = memit_context_templates(model, tok, hparams.context_template_length_params)
+        ctx = memit_context_templates(model, tok, hparams.context_template_length_params)
     with _Timer(timings, 'covariance', model):
         covs = {l: get_cov(model, tok, tm['rewrite_module_tmp'].format(l), hparams) for l in hparams.layers}
-    z_layer, flat = hparams.layers[-1], [c for g in groups for c in g]
+    z_layer, flat = hparams.layers[-1], [c for g in ctx for c in g]
+    groups = key_groups(tok, requests, hparams.fact_token)
     with _Timer(timings, 'z_optimisation', model):
-        zs = _targets(model, tok, requests, hparams, z_layer, flat, cache_template, skip_lower, info, verbose)
+        zs = _targets(model, tok, requests, groups, hparams, z_layer, flat, cache_template, skip_lower, info, verbose)
+    rep = sorted({g: i for i, g in reversed(list(enumerate(groups)))}.values())  # the first request of each key group
+    reqs, zs = [requests[i] for i in rep], zs[rep]
+    info['n_groups'] = len(rep)
     deltas = {}
     try:
         for j, l in enumerate(hparams.layers):
             with _Timer(timings, 'keys', model):
-                K = compute_ks(model, tok, requests, hparams, l, groups).T
-                H = reprs_at_words(model, tok, tm['layer_module_tmp'].format(z_layer), [r['prompt'] for r in requests],
-                                   [r['subject'] for r in requests], hparams.fact_token, 'output')
+                K = compute_ks(model, tok, reqs, hparams, l, ctx).T
+                H = reprs_at_words(model, tok, tm['layer_module_tmp'].format(z_layer), [r['prompt'] for r in reqs],
+                                   [r['subject'] for r in reqs], hparams.fact_token, 'output')
             with _Timer(timings, 'update', model), torch.no_grad():
                 R = (zs - H).T.double()
                 adj_k = solve_keys(covs[l], K, hparams.mom2_update_weight)
@@ -390,3 +422,89 @@ def apply_memit_to_model(model, tok,
     except BaseException:
         restore_weights(model, originals); raise
     return model, (originals if return_orig_weights else {})
+
+# %% ../nbs/25_memit.ipynb #929a0d64
+def _subject_in(prompt, subjects):
+    "The longest subject that occurs in `prompt` (None if none)."
+    return next((s for s in subjects if s in prompt), None)
+
+def toy_edit_scores(model, tok, records:list, subjects:list, batch_size:int=256): # edited model, CounterFact records, all subjects of the world
+    "ES, PS, NS (unedited neighbours), NS_all for `records` edited together into `model`."
+    from rome_nb.models import target_logprobs
+    def prefer(prompts, a, b):
+        out = []
+        for i in range(0, len(prompts), batch_size):
+            la = target_logprobs(model, tok, prompts[i:i + batch_size], a[i:i + batch_size])
+            lb = target_logprobs(model, tok, prompts[i:i + batch_size], b[i:i + batch_size])
+            out += [bool(x.mean() > y.mean()) for x, y in zip(la, lb)]
+        return out
+    rw = [r['requested_rewrite'] for r in records]
+    new, true = [x['target_new']['str'] for x in rw], [x['target_true']['str'] for x in rw]
+    es = prefer([x['prompt'].format(x['subject']) for x in rw], new, true)
+    pp = [(p, n, t) for r, n, t in zip(records, new, true) for p in r['paraphrase_prompts']]
+    ps = prefer([p for p, _, _ in pp], [n for _, n, _ in pp], [t for _, _, t in pp])
+    edited, subs = {(x['subject'], x['relation_id']) for x in rw}, sorted(subjects, key=len, reverse=True)
+    nb = [(p, t, n, (_subject_in(p, subs), x['relation_id']) not in edited)
+          for r, x, n, t in zip(records, rw, new, true) for p in r['neighborhood_prompts']]
+    ns = prefer([p for p, _, _, _ in nb], [t for _, t, _, _ in nb], [n for _, _, n, _ in nb])
+    mean = lambda v: 100 * sum(v) / len(v) if v else float('nan')
+    return dict(ES=mean(es), PS=mean(ps), NS=mean([v for v, c in zip(ns, nb) if c[3]]), NS_all=mean(ns),
+                n_neighbours=sum(c[3] for c in nb))
+
+# %% ../nbs/25_memit.ipynb #4f133cc5
+def memit_benchmark(n:int=1000,            # edits (the first n toy CounterFact records)
+                    hparams:MEMITHyperParams=None, # default: the packaged MEMIT/toy.json
+                    rome_hparams=None,      # ROME's (default: ROME/toy.json); False: skip ROME
+                    with_pre:bool=True,     # also score the unedited model
+                    with_memit:bool=True,   # run MEMIT (False: only the ROME contrast)
+                    verbose:bool=True):
+    "MEMIT (one batch) and ROME (one edit after another) on the same toy edits: a table of ES, PS, NS and time per edit."
+    from rome_nb.toyworld import load_toy, toy_counterfact
+    from rome_nb.rome import ROMEHyperParams, apply_rome_to_model
+    mt, world = load_toy(); model, tok = mt.model, mt.tokenizer
+    recs = toy_counterfact(world, n)
+    reqs = [{'case_id': r['case_id'], **r['requested_rewrite']} for r in recs]
+    hp = hparams or MEMITHyperParams.from_json(hparams_path('MEMIT', 'toy'))
+    say = print if verbose else (lambda *a: None)
+    say(f"{len(recs)} edits ({len({(q['subject'], q['relation_id']) for q in reqs})} distinct (subject, relation) cases of "
+        f"{len(world.subjects) * len(world.relations)}; {len({q['subject'] for q in reqs})} people)")
+    rows = []
+    if with_pre: rows.append(dict(method='unedited', **toy_edit_scores(model, tok, recs, world.subjects)))
+    if with_memit:
+        tm = rome_templates(model, hp)
+        for l in hp.layers: get_cov(model, tok, tm['rewrite_module_tmp'].format(l), hp)  # statistics first: not timed
+        t0, c0, tim, inf = time.perf_counter(), time.process_time(), {}, {}
+        _, orig = apply_memit_to_model(model, tok, reqs, hp, return_orig_weights=True, timings=tim, info=inf)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        rows.append(dict(method=f'MEMIT, {len(reqs)} at once', **toy_edit_scores(model, tok, recs, world.subjects),
+                         wall_s_per_edit=wall / len(reqs), cpu_s_per_edit=cpu / len(reqs)))
+        restore_weights(model, orig)
+        say(f"MEMIT: {wall:.0f} s wall, {cpu:.0f} s CPU; parts (s): {({k: round(v, 1) for k, v in tim.items()})}; {inf.get('n_groups')} key groups")
+    if rome_hparams is not False:
+        try: rhp = rome_hparams or ROMEHyperParams.from_json(hparams_path('ROME', 'toy'))
+        except FileNotFoundError:
+            warnings.warn("no packaged ROME/toy.json: ROME runs at MEMIT's last critical layer with the toy statistics")
+            rhp = ROMEHyperParams(layers=hp.layers[-1:], mom2_dataset='toy', mom2_n_samples=hp.mom2_n_samples)
+        apply_rome_to_model(model, tok, [reqs[0]], rhp, copy=True)  # statistics and context templates first: not timed
+        t0, c0 = time.perf_counter(), time.process_time()
+        _, orig = apply_rome_to_model(model, tok, reqs, rhp, return_orig_weights=True)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        rows.append(dict(method=f'ROME, {len(reqs)} one after another', **toy_edit_scores(model, tok, recs, world.subjects),
+                         wall_s_per_edit=wall / len(reqs), cpu_s_per_edit=cpu / len(reqs)))
+        restore_weights(model, orig)
+    import pandas as pd
+    return pd.DataFrame(rows).set_index('method')
+
+# %% ../nbs/25_memit.ipynb #fc23568c
+@call_parse
+def main(bench:bool=False,        # run `memit_benchmark` on the toy model and print its table
+         n:int=1000,              # edits
+         no_rome:bool=False,      # skip the sequential-ROME contrast
+         no_memit:bool=False,     # skip MEMIT (only the ROME contrast)
+         hparams_fname:str=None): # MEMIT hyperparameters: a file in hparams/MEMIT/ or a path (default: toy.json)
+    "MEMIT on the toy model: `--bench` prints ES, PS, NS and time per edit for n edits at once, and for ROME one after another."
+    if not bench: print("nothing to do: pass --bench (see --help)"); return
+    hp = MEMITHyperParams.from_json(hparams_path('MEMIT', hparams_fname or 'toy'))
+    tab = memit_benchmark(n, hp, False if no_rome else None, with_memit=not no_memit)
+    print(tab.round(2).to_string())
+    return tab
