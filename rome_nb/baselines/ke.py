@@ -101,13 +101,13 @@ def make_ke_editor(model, names, cfg): # model, module names, hparams or a file'
     c = cfg if isinstance(cfg, dict) else {k: getattr(cfg, k) for k in keys}
     return KEEditor(model, names, **{k: v for k, v in c.items() if k in keys})
 
-# %% ../../nbs/33_ke.ipynb #23028a5a
+# %% ../../nbs/33_ke.ipynb #35feff09
 def apply_ke_to_model(model, tok, requests:list, hparams:EFKHyperParams, copy:bool=False,
                       return_orig_weights:bool=False, return_orig_weights_device=None, progress:bool=True, **kwargs):
     "Edit `model` with KE (one request after another); returns `(model, {weight name: original tensor})`."
     if isinstance(requests, dict): requests = [requests]
-    if copy: model = _copy.deepcopy(model)
     editor = get_editor(model, tok, hparams, 'KE', make_ke_editor, progress=progress)
+    if copy: model = _copy.deepcopy(model)
     weights_copy = {}
     for rq in requests:
         with torch.no_grad(): dl = editor.edit_deltas(model, tok, rq, hparams.lr_scale)

@@ -9,8 +9,8 @@ __all__ = ['EDIT_KINDS', 'CACHE_DIR', 'EditorHyperParams', 'MENDHyperParams', 'm
            'train_editor', 'model_fingerprint', 'editor_key', 'editor_cache_dir', 'get_editor', 'editor_history',
            'make_mend_editor', 'mend_init_stats', 'apply_deltas', 'apply_mend_to_model']
 
-# %% ../../nbs/32_mend.ipynb #fe82868b
-import os, json, math, time, random, hashlib, warnings, copy as _copy
+# %% ../../nbs/32_mend.ipynb #db8c9e89
+import os, json, math, time, random, hashlib, warnings, weakref, copy as _copy
 from dataclasses import dataclass, field, fields, asdict, MISSING
 from pathlib import Path
 import torch
@@ -19,8 +19,9 @@ import torch.nn.functional as F
 from torch.func import functional_call
 from ..nethook import get_module, get_parameter, TraceDict
 from ..models import model_arch, layername, encode_with_targets, make_inputs, _linear_dims
+from ..dsets import CounterFactDataset
 
-# %% ../../nbs/32_mend.ipynb #96d8c6f2
+# %% ../../nbs/32_mend.ipynb #3ae4e3f4
 EDIT_KINDS = ('mlp_in', 'down_proj')  # the MLP's input projections (c_fc, up_proj, gate_proj, ...) and its output projection
 
 @dataclass
@@ -35,7 +36,7 @@ class EditorHyperParams:
     layers: list = None           # edited blocks (None: the last three)
     kinds: list = field(default_factory=lambda: ['mlp_in', 'down_proj']) # which weights of those blocks, in `EDIT_KINDS`
     editor_path: str = None       # trained editor (safetensors, or a torch state dict loaded with weights_only)
-    train_ds: str = 'toy'         # training edits: 'toy' (the toy world's CounterFact) or a CounterFact JSON file
+    train_ds: str = 'toy'         # training edits: 'toy' (the toy world's), 'cf' (CounterFact in the data directory) or a path
     train_skip: int = 200         # skip the first records (they are the evaluation cases)
     train_size: int = None        # use this many records after those (None: all)
     train_steps: int = 1000       # optimiser steps (one edit each)
@@ -52,8 +53,8 @@ class EditorHyperParams:
             raise ValueError(f"layers must be a list of ints or null (the last three blocks), got {self.layers!r}")
         bad = [k for k in self.kinds if k not in EDIT_KINDS]
         if bad: raise ValueError(f"unknown kinds {bad}; use some of {EDIT_KINDS}")
-        if self.train_ds != 'toy' and not str(self.train_ds).endswith('.json'):
-            raise ValueError(f"train_ds must be 'toy' or a CounterFact JSON file, got {self.train_ds!r}")
+        if not isinstance(self.train_ds, str) or not self.train_ds:
+            raise ValueError(f"train_ds must be 'toy', 'cf' or the path of CounterFact data, got {self.train_ds!r}")
 
     @classmethod
     def from_dict(cls, d:dict):
@@ -280,13 +281,15 @@ def load_editor_state(path): # .safetensors, or .pt/.bin/.pth (a state dict, rea
         raise ValueError(f"{path} does not hold a dict of tensors")
     return d, {}
 
-# %% ../../nbs/32_mend.ipynb #18bbeb4d
+# %% ../../nbs/32_mend.ipynb #b52553d0
 def training_records(hparams): # hyperparameters with train_ds, train_skip, train_size
     "The CounterFact records an editor is trained on: records `train_skip` .. `train_skip + train_size` of `train_ds`."
     if hparams.train_ds == 'toy':
         from rome_nb.toyworld import load_world, toy_counterfact
         recs = toy_counterfact(load_world())
-    else: recs = json.loads(Path(hparams.train_ds).read_text())
+    elif hparams.train_ds == 'cf': recs = list(CounterFactDataset())
+    elif Path(hparams.train_ds).suffix == '.json' and Path(hparams.train_ds).is_file(): recs = json.loads(Path(hparams.train_ds).read_text())
+    else: recs = list(CounterFactDataset(hparams.train_ds))
     end = None if hparams.train_size is None else hparams.train_skip + hparams.train_size
     recs = recs[hparams.train_skip:end]
     if len(recs) < 2: raise ValueError(f"only {len(recs)} training records in {hparams.train_ds!r} after skipping {hparams.train_skip}")
@@ -300,7 +303,7 @@ def training_step_data(rec:dict, others:list, n_loc:int): # a record, other reco
     loc += [o['requested_rewrite']['prompt'].format(o['requested_rewrite']['subject']) for o in others][:n_loc - len(loc)]
     return rq, edit_prompts, loc
 
-# %% ../../nbs/32_mend.ipynb #a4e14e0e
+# %% ../../nbs/32_mend.ipynb #dd8c2999
 def locality_kl(model, params:dict, inp:dict, base_logp:torch.Tensor): # model, changed weights, prompts, their original log-probs
     "Mean over real tokens of KL(original || edited) of the next-token distributions."
     lp = torch.log_softmax(functional_call(model, params, args=(), kwargs=inp).logits.float(), -1)
@@ -312,7 +315,8 @@ def edit_step_losses(editor, model, tok, rec, others, hparams): # editor, model,
     dev = next(model.parameters()).device
     rq, edit_prompts, loc = training_step_data(rec, others, hparams.n_loc)
     dl = editor.edit_deltas(model, tok, rq)
-    params = {k: get_parameter(model, k) + v.to(dev) for k, v in dl.items()}
+    ws = {k: get_parameter(model, k) for k in dl}
+    params = {k: ws[k] + v.to(device=dev, dtype=ws[k].dtype) for k, v in dl.items()}
     einp, elab = edit_batch(tok, [{'prompt': p, 'subject': '', 'target_new': rq['target_new']} for p in edit_prompts], dev)
     with torch.no_grad():
         pre = target_nll(model(**einp).logits, elab)
@@ -387,7 +391,7 @@ def editor_cache_dir(method:str, key:str, hparams=None): # method, key, hyperpar
     root = Path(hparams.cache_dir) if hparams is not None and getattr(hparams, 'cache_dir', None) else CACHE_DIR
     return root / method.lower() / key
 
-# %% ../../nbs/32_mend.ipynb #0e9215bd
+# %% ../../nbs/32_mend.ipynb #4100449d
 def _build_from_file(make_editor, model, names, path, hparams):
     "An editor built with the configuration stored in its file (else from `hparams`), its weights loaded strictly."
     sd, meta = load_editor_state(path)
@@ -403,10 +407,12 @@ def _build_from_file(make_editor, model, names, path, hparams):
         raise ValueError(f"editor file {path} does not fit this editor: missing {res.missing_keys[:6]}, unexpected {res.unexpected_keys[:6]}")
     return ed.eval()
 
+_EDITORS = weakref.WeakKeyDictionary()  # model -> {(method, hparams): editor}: kept beside the model, not in it (deep copies stay small)
+
 def get_editor(model, tok, hparams, method:str, make_editor, init_stats=None, progress:bool=True, force_train:bool=False):
     "The trained `method` editor for `model`: from `editor_path`, memory, the cache, or trained now (and cached)."
     names = edit_module_names(model, hparams.layers, hparams.kinds)
-    memo = model.__dict__.setdefault('_rome_nb_editors', {})
+    memo = _EDITORS.setdefault(model, {})
     mkey = (method, json.dumps(hparams.to_dict(), sort_keys=True, default=str))
     if mkey in memo and not force_train: return memo[mkey]
     dev = next(model.parameters()).device
@@ -418,6 +424,9 @@ def get_editor(model, tok, hparams, method:str, make_editor, init_stats=None, pr
     if (d / 'editor.safetensors').is_file() and not force_train:
         ed = _build_from_file(make_editor, model, names, d / 'editor.safetensors', hparams).to(dev)
     else:
+        if hparams.train_ds == 'toy' and hparams.model_name not in (None, 'toy'):
+            warnings.warn(f"no editor_path for {hparams.model_name}: training a {method} editor on the toy world's edits; for the "
+                          f"reference's setting pass editor_path (a trained editor), or train on CounterFact with train_ds='cf'")
         torch.manual_seed(hparams.seed)
         ed = make_editor(model, names, hparams).to(dev)
         recs = training_records(hparams)
@@ -448,13 +457,14 @@ def mend_init_stats(editor, model, tok, records, hparams):
     for r in records[:hparams.n_stats]:
         editor.update_stats(token_factors(model, *edit_batch(tok, [r['requested_rewrite']], next(model.parameters()).device), editor.names)[0])
 
-# %% ../../nbs/32_mend.ipynb #ef003d58
+# %% ../../nbs/32_mend.ipynb #775483cb
 def apply_deltas(model, deltas:dict, weights_copy:dict, orig_device=None): # model, {param: change}, originals so far
     "Add the changes to the weights in place, first saving the original of each weight not yet in `weights_copy`."
+    bad = [k for k, v in deltas.items() if not torch.isfinite(v).all()]
+    if bad: raise FloatingPointError(f"non-finite weight changes for {bad}; no weight was changed by this edit")
     with torch.no_grad():
         for k, v in deltas.items():
             w = get_parameter(model, k)
-            if not torch.isfinite(v).all(): raise FloatingPointError(f"non-finite weight change for {k}; the weights are unchanged")
             if k not in weights_copy: weights_copy[k] = w.detach().clone().to(orig_device or w.device)
             w.add_(v.to(device=w.device, dtype=w.dtype))
 
@@ -462,8 +472,8 @@ def apply_mend_to_model(model, tok, requests:list, hparams:MENDHyperParams, copy
                         return_orig_weights:bool=False, return_orig_weights_device=None, progress:bool=True, **kwargs):
     "Edit `model` with MEND (one request after another); returns `(model, {weight name: original tensor})`."
     if isinstance(requests, dict): requests = [requests]
-    if copy: model = _copy.deepcopy(model)
     editor = get_editor(model, tok, hparams, 'MEND', make_mend_editor, mend_init_stats, progress=progress)
+    if copy: model = _copy.deepcopy(model)
     weights_copy = {}
     for rq in requests:
         with torch.no_grad(): dl = editor.edit_deltas(model, tok, rq, hparams.lr_scale)
