@@ -9,8 +9,8 @@ __all__ = ['EDIT_KINDS', 'CACHE_DIR', 'EditorHyperParams', 'MENDHyperParams', 'm
            'train_editor', 'model_fingerprint', 'editor_key', 'editor_cache_dir', 'get_editor', 'editor_history',
            'make_mend_editor', 'mend_init_stats', 'apply_deltas', 'apply_mend_to_model']
 
-# %% ../../nbs/32_mend.ipynb #db8c9e89
-import os, json, math, time, random, hashlib, warnings, weakref, copy as _copy
+# %% ../../nbs/32_mend.ipynb #b58fba75
+import os, json, math, time, random, hashlib, shutil, warnings, weakref, copy as _copy
 from dataclasses import dataclass, field, fields, asdict, MISSING
 from pathlib import Path
 import torch
@@ -131,7 +131,7 @@ def target_nll(logits:torch.Tensor, labels:torch.Tensor): # [batch, seq, vocab],
     nll = -lp.gather(-1, lab.clamp(min=0)[..., None])[..., 0] * m
     return (nll.sum(1) / m.sum(1).clamp(min=1)).mean()
 
-# %% ../../nbs/32_mend.ipynb #45152b1d
+# %% ../../nbs/32_mend.ipynb #d0e7ca0f
 def token_factors(model:nn.Module, inp:dict, labels:torch.Tensor, names:list): # model, `edit_batch` output, module names
     "Per module: inputs `u` [tokens, d_in] and output gradients `delta` [tokens, d_out] of the edit loss; and the loss."
     ws = [get_parameter(model, n + '.weight') for n in names]
@@ -143,10 +143,11 @@ def token_factors(model:nn.Module, inp:dict, labels:torch.Tensor, names:list): #
             grads = torch.autograd.grad(loss, [td[n].output for n in names])
     finally:
         for w, f in zip(ws, flags): w.requires_grad_(f)
-    mask = inp['attention_mask'].bool()
+    mask = inp['attention_mask'].bool().reshape(-1)
     res = {}
-    for n, g in zip(names, grads):
-        u, d = td[n].input.detach()[mask].float(), g.detach()[mask].float()
+    for n, g in zip(names, grads):  # [batch, seq, d] or flattened [batch * seq, d] (OPT's MLP)
+        u = td[n].input.detach().reshape(-1, td[n].input.shape[-1])[mask].float()
+        d = g.detach().reshape(-1, g.shape[-1])[mask].float()
         keep = (u != 0).any(-1) & (d != 0).any(-1)
         res[n] = (u[keep], d[keep])
     return res, loss.detach()
@@ -238,12 +239,11 @@ class MENDEditor(nn.Module):
         fac, _ = token_factors(model, inp, labels, self.names)
         return self.deltas({n: (u.to(dev), d.to(dev)) for n, (u, d) in fac.items()}, lr_scale)
 
-# %% ../../nbs/32_mend.ipynb #952dfc85
+# %% ../../nbs/32_mend.ipynb #198d7cae
 def _atomic_dir_write(dest:Path, write_fn):
     "Write files into a temporary sibling directory with `write_fn(dir)`, then rename it to `dest`."
     dest = Path(dest); dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    import shutil
     shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir()
     try:
         write_fn(tmp)
@@ -325,7 +325,7 @@ def edit_step_losses(editor, model, tok, rec, others, hparams): # editor, model,
     l_edit = target_nll(functional_call(model, params, args=(), kwargs=einp).logits, elab)
     return l_edit, locality_kl(model, params, linp, base), pre
 
-# %% ../../nbs/32_mend.ipynb #09cb63e1
+# %% ../../nbs/32_mend.ipynb #cb13479c
 class _FrozenModel:
     "Context: the model in eval mode with no parameter requiring gradients; restored afterwards."
     def __init__(self, model): self.model = model
@@ -352,7 +352,7 @@ def train_editor(editor:nn.Module, model, tok, records:list, hparams, steps:int=
     t0, c0 = time.time(), time.process_time()
     with _FrozenModel(model):
         editor.train()
-        for step in tqdm(range(steps), disable=not progress, desc=f"training {editor.method}"):
+        for step in tqdm(range(steps), disable=not progress, desc=f"training {editor.method}", mininterval=10):
             rec = records[rng.randrange(len(records))]
             others = [records[rng.randrange(len(records))] for _ in range(hparams.n_loc)]
             l_edit, l_loc, pre = edit_step_losses(editor, model, tok, rec, others, hparams)
