@@ -325,7 +325,7 @@ def edit_step_losses(editor, model, tok, rec, others, hparams): # editor, model,
     l_edit = target_nll(functional_call(model, params, args=(), kwargs=einp).logits, elab)
     return l_edit, locality_kl(model, params, linp, base), pre
 
-# %% ../../nbs/32_mend.ipynb #cb13479c
+# %% ../../nbs/32_mend.ipynb #09c8cbda
 class _FrozenModel:
     "Context: the model in eval mode with no parameter requiring gradients; restored afterwards."
     def __init__(self, model): self.model = model
@@ -338,7 +338,7 @@ class _FrozenModel:
         for p, f in self.flags: p.requires_grad_(f)
         self.model.train(self.training)
 
-def train_editor(editor:nn.Module, model, tok, records:list, hparams, steps:int=None, log_every:int=50,
+def train_editor(editor:nn.Module, model, tok, records:list, hparams, steps:int=None,
                  progress:bool=True): # editor, model, tokenizer, training records, hyperparameters, override train_steps
     "Train `editor` on `records`; returns a history dict (per step: loss before, edit loss, KL, seconds, CPU seconds)."
     from tqdm.auto import tqdm
