@@ -1029,7 +1029,7 @@ def trace_knowns(mt, knowns, output_dir=None, kinds=(None, 'mlp', 'attn'), noise
               f"{len(out['skipped'])} skipped (the model's answer is not the attribute), {len(out['errors'])} errors")
     return out
 
-# %% ../nbs/10_tracing.ipynb #c271d545
+# %% ../nbs/10_tracing.ipynb #457d378a
 def _proc_kb(field):
     "A memory figure of this process from /proc/self/status, in kB (None where unavailable)."
     try:
@@ -1037,38 +1037,62 @@ def _proc_kb(field):
             if line.startswith(field + ':'): return int(line.split()[1])
     except OSError: return None
 
-def _measure(fn):
-    "Run `fn()`: (result, wall seconds, CPU seconds, peak resident memory growth in MB or None)."
+def _measure(fn, device=None):
+    "Run `fn()`: (result, wall seconds, CPU seconds, peak memory growth in MB or None); on a GPU, device memory."
     import gc; gc.collect()
-    try:
-        with open('/proc/self/clear_refs', 'w') as f: f.write('5')  # reset the peak (VmHWM)
-        base = _proc_kb('VmRSS')
-    except OSError: base = None
+    cuda = device is not None and torch.device(device).type == 'cuda'
+    if cuda:
+        torch.cuda.synchronize(device); base = torch.cuda.memory_allocated(device); torch.cuda.reset_peak_memory_stats(device)
+    else:
+        try:
+            with open('/proc/self/clear_refs', 'w') as f: f.write('5')  # reset the peak (VmHWM)
+            base = _proc_kb('VmRSS')
+        except OSError: base = None
     t0, c0 = time.perf_counter(), time.process_time()
     res = fn()
+    if cuda: torch.cuda.synchronize(device)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    peak = _proc_kb('VmHWM')
+    peak = torch.cuda.max_memory_allocated(device) / 1024 if cuda else _proc_kb('VmHWM')
+    if cuda: base /= 1024
     return res, wall, cpu, (None if base is None or peak is None else max(0, peak - base) / 1024)
 
-# %% ../nbs/10_tracing.ipynb #c8b201e1
-def _bench_model(spec):
-    "A model to benchmark, with a prompt and subject: 'toy', 'toy-shaped', 'gpt2-small', or a hub name / directory."
-    if spec == 'toy':
-        mt, knowns = load_model_and_knowns('toy')
-        return mt, knowns[0]['prompt'], knowns[0]['subject']
-    prompt, subject = 'The Eiffel Tower is located in the city of', 'Eiffel Tower'
-    if spec == 'toy-shaped': model = tiny_model('gpt2', n_layer=6, n_embd=128, n_head=4, n_inner=512, vocab_size=1200, n_positions=128)
-    elif spec == 'gpt2-small': model = tiny_model('gpt2', n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024)
-    else:
-        mt = ModelAndTokenizer(spec)
-        return mt, prompt, subject
-    return ModelAndTokenizer(model=model, tokenizer=tiny_tokenizer(), device='cpu'), prompt, subject
+# %% ../nbs/10_tracing.ipynb #ac2a2495
+_BENCH_SHAPES = {'toy-shaped': dict(n_layer=6, n_embd=128, n_head=4, n_inner=512, vocab_size=1200, n_positions=128),
+                 'gpt2-small': dict(n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024),
+                 'gpt2-xl': dict(n_layer=48, n_embd=1600, n_head=25, vocab_size=50257, n_positions=1024)}
 
+def _bench_model(spec, device=None, dtype=None):
+    "A model to benchmark, with a prompt and subject: 'toy', a key of `_BENCH_SHAPES`, or a hub name / directory."
+    prompt, subject = 'The Eiffel Tower is located in the city of', 'Eiffel Tower'
+    if spec == 'toy':
+        mt, knowns = load_model_and_knowns('toy', device=device)
+        prompt, subject = knowns[0]['prompt'], knowns[0]['subject']
+    elif spec in _BENCH_SHAPES:
+        with torch.device(device or 'cpu'): model = tiny_model('gpt2', **_BENCH_SHAPES[spec])
+        mt = ModelAndTokenizer(model=model, tokenizer=tiny_tokenizer(), device=device or 'cpu')
+    else: mt = ModelAndTokenizer(spec, device=device)
+    if dtype is not None: mt.model.to(dtype)
+    return mt, prompt, subject
+
+def _bench_paths(mt, ti, noise, window, max_rows):
+    "The reference path and the engine, each a function computing the three grids."
+    args = (mt.model, mt.num_layers, ti.inp, ti.subject_range, ti.answers_t)
+    def plain():
+        return [trace_important_states(*args, noise=noise)] + [trace_important_window(*args, k, window, noise=noise) for k in ('mlp', 'attn')]
+    def fast():
+        g = TraceEngine(mt.model, ti.inp, ti.subject_range, ti.answers_t, noise, max_rows=max_rows).trace_grids((None, 'mlp', 'attn'), window)
+        return [g[None], g['mlp'], g['attn']]
+    return plain, fast
+
+# %% ../nbs/10_tracing.ipynb #7befe2d8
 def benchmark_tracing(models=('toy', 'gpt2-small'), # model specifications (see above)
                       samples:int=10,                # corrupted rows per run
                       window:int=10,                 # MLP / attention window
                       threads:int=1,                 # torch CPU threads during the runs (None: leave as is)
-                      verbose:bool=True):            # print each row as it is measured
+                      verbose:bool=True,             # print each row as it is measured
+                      device:str=None,               # e.g. 'cuda' (default: the CPU)
+                      dtype=None,                    # e.g. torch.float16 (default: the model's)
+                      max_rows:int=1024):            # the engine's rows per replayed batch
     "Time the full three-kind grid of one prompt on the reference path and on the engine: a DataFrame."
     import pandas as pd
     old = torch.get_num_threads()
@@ -1076,23 +1100,22 @@ def benchmark_tracing(models=('toy', 'gpt2-small'), # model specifications (see 
     rows = []
     try:
         for spec in models:
-            mt, prompt, subject = _bench_model(spec)
+            mt, prompt, subject = _bench_model(spec, device, dtype)
             ti = _trace_inputs(mt, prompt, subject, samples)
             noise = 3 * collect_embedding_std(mt, [subject])
-            args = (mt.model, mt.num_layers, ti.inp, ti.subject_range, ti.answers_t)
-            def plain():
-                return [trace_important_states(*args, noise=noise)] + [trace_important_window(*args, k, window, noise=noise) for k in ('mlp', 'attn')]
-            def fast():
-                g = TraceEngine(mt.model, ti.inp, ti.subject_range, ti.answers_t, noise).trace_grids((None, 'mlp', 'attn'), window)
-                return [g[None], g['mlp'], g['attn']]
-            g_e, we, ce, me = _measure(fast)
-            g_p, wp, cp, mp = _measure(plain)
+            plain, fast = _bench_paths(mt, ti, noise, window, max_rows)
+            fast()                                                   # untimed: once-per-model checks, allocations
+            trace_with_patch(mt.model, ti.inp, [], ti.answers_t, ti.subject_range, noise)
+            g_e, we, ce, me = _measure(fast, device)
+            g_p, wp, cp, mp = _measure(plain, device)
             ntok = ti.inp['input_ids'].shape[1]
-            rows.append(dict(model=spec, layers=mt.num_layers, width=mt.arch.hidden_size, vocab=mt.model.config.vocab_size,
+            rows.append(dict(model=spec, device=str(mt.device), dtype=str(mt.model.dtype).replace('torch.', ''),
+                             layers=mt.num_layers, width=mt.arch.hidden_size, vocab=mt.model.config.vocab_size,
                              tokens=ntok, cells=3 * ntok * mt.num_layers, plain_s=wp, engine_s=we, speedup=wp / we,
                              plain_cpu_s=cp, engine_cpu_s=ce, cpu_speedup=cp / ce, plain_peak_mb=mp, engine_peak_mb=me,
                              max_abs_diff=max((a - b).abs().max().item() for a, b in zip(g_p, g_e))))
             if verbose: print(pd.DataFrame(rows[-1:]).to_string(index=False, float_format='%.3g'), flush=True)
+            del mt
     finally: torch.set_num_threads(old)
     return pd.DataFrame(rows)
 
@@ -1142,7 +1165,7 @@ def load_model_and_knowns(model_name:str, fact_file:str=None, device:str=None):
     if not fact_file: raise ValueError(f"--fact_file is needed for {model_name!r} (e.g. known_1000.json from {DATA_URLS['known_1000.json']})")
     return ModelAndTokenizer(model_name, device=device), known_facts(fact_file)
 
-# %% ../nbs/10_tracing.ipynb #bb7d2273
+# %% ../nbs/10_tracing.ipynb #8df88b5b
 @call_parse
 def main(model_name:str='toy',   # hub name, local directory, or 'toy'
          fact_file:str=None,     # known facts (known_1000.json format); default for 'toy': the toy world's
@@ -1163,7 +1186,7 @@ def main(model_name:str='toy',   # hub name, local directory, or 'toy'
     if bench:
         import pandas as pd
         pd.set_option('display.width', 250)
-        try: df = benchmark_tracing(bench_models.split(','), samples=samples, window=window, threads=threads or 1, verbose=False)
+        try: df = benchmark_tracing(bench_models.split(','), samples=samples, window=window, threads=threads or 1, verbose=False, device=device)
         except ValueError as e: raise SystemExit(f"rome_nb_trace: {e}") from None
         print(df.to_string(index=False, float_format='%.3g'))
         return
