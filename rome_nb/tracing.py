@@ -12,7 +12,7 @@ __all__ = ['collect_embedding_std', 'EmbeddingGaussian', 'collect_embedding_gaus
            'benchmark_tracing', 'trace_explorer', 'load_model_and_knowns', 'main', 'make_inputs', 'find_token_range',
            'decode_tokens', 'predict_from_input', 'layername', 'KnownsDataset']
 
-# %% ../nbs/10_tracing.ipynb #0558e6b9
+# %% ../nbs/10_tracing.ipynb #0242b783
 import os, re, json, time, inspect, warnings, contextlib
 from collections import defaultdict
 from dataclasses import dataclass
@@ -23,7 +23,7 @@ from fastcore.basics import patch
 from fastcore.script import call_parse, store_true
 from .nethook import Trace, TraceDict, get_module, untuple
 from .models import (ModelAndTokenizer, make_inputs, find_token_range, decode_tokens, predict_from_input,
-                            layername, model_arch, target_token_ids, tiny_model, tiny_tokenizer)
+                            layername, model_arch, target_token_ids, tiny_model, tiny_tokenizer, cache_arg)
 from .dsets import KnownsDataset, DATA_URLS
 
 # %% ../nbs/10_tracing.ipynb #c71e3d28
@@ -375,7 +375,7 @@ class TraceEngine:
         if len(kv.keys) != self.num_layers: return None
         return tuple({j: x[1:] for j, x in d.items()} for d in (kv.keys, kv.values))
 
-# %% ../nbs/10_tracing.ipynb #209d163e
+# %% ../nbs/10_tracing.ipynb #968ac006
 def _same(a, b):
     "Whether two block call arguments are the same (the same object, equal tensors, or equal values)."
     if a is b: return True
@@ -390,11 +390,6 @@ def _blocks_share_args(args):
     "Whether every block was called with block 0's arguments (apart from the hidden state)."
     def rest(a, kw): return (a[1:], {k: v for k, v in kw.items() if k != 'hidden_states'})
     return all(_same(rest(*a), rest(*args[0])) for a in args[1:])
-
-def _cache_kw(model):
-    "The name of `model`'s key/value cache argument (`rome_nb.models.cache_arg`; `_cache_arg` in older versions)."
-    from rome_nb import models
-    return (getattr(models, 'cache_arg', None) or models._cache_arg)(model)
 
 def _crop_cache(past, t):
     "Crop a Hugging Face cache to its first `t` positions, in place (the crop API differs between versions)."
@@ -411,7 +406,7 @@ def _suffix_args(self:TraceEngine, t, end=None):
     end = self.ntoks if end is None else end
     if (t, end) not in self._sfx:
         import copy
-        kw, stop = _cache_kw(self.model), (0 if self._same_args else None)
+        kw, stop = cache_arg(self.model), (0 if self._same_args else None)
         with torch.no_grad():
             past = None
             if t:
