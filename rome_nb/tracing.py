@@ -324,7 +324,7 @@ def _record_block_args(model, stop_after:int=None, **kw):
         for h in hooks: h.remove()
     return got
 
-# %% ../nbs/10_tracing.ipynb #9c0264f4
+# %% ../nbs/10_tracing.ipynb #175991dd
 class TraceEngine:
     "Causal tracing by block replay: one recorded clean + corrupted pass, restorations packed into the batch."
     def __init__(self, model,            # the model
@@ -335,7 +335,8 @@ class TraceEngine:
                  uniform_noise=False,    # uniform instead of Gaussian draws
                  replace=False,          # replace the embeddings by the noise instead of adding it
                  max_rows:int=1024,      # most rows in one replayed batch (memory bound)
-                 positions:bool=True):   # run restorations only at the positions they can change, if the model allows
+                 positions:bool=True,    # run restorations only at the positions they can change, if the model allows
+                 min_saving:float=None): # take a shortcut that costs an extra block call only if it saves this many multiply-adds
         ids = inp['input_ids']
         if ids.shape[0] < 2: raise ValueError("inp needs a clean row and at least one corrupted row")
         if not (ids == ids[:1]).all(): raise ValueError("every row of inp must be the same prompt: row 0 is run clean, the others corrupted")
@@ -362,6 +363,8 @@ class TraceEngine:
         if positions and self._kv is not None and 'positions' not in memo: memo['positions'] = self._check_positions()
         self.positions = positions and self._kv is not None and memo.get('positions', (False, False))[0]
         self.last_only = self.positions and memo['positions'][1]  # the last block computes only the read positions in full
+        cuda = self.rec.logits.device.type == 'cuda'  # a GPU runs small batches at the cost of launching them
+        self.min_saving = (2e10 if cuda else 5e7) if min_saving is None else min_saving
 
     def _row0(self, a, b):
         "Model inputs for positions a..b-1 of the prompt (one row), with the attention mask up to b."
@@ -369,6 +372,10 @@ class TraceEngine:
         pos = self.inp.get('position_ids', torch.arange(self.ntoks, device=ids.device)[None])[:1]
         mask = self.inp.get('attention_mask', torch.ones_like(ids))[:1]
         return dict(input_ids=ids[:, a:b], attention_mask=mask[:, :b], position_ids=pos[:, a:b])
+
+    def _saves(self, rows, positions):
+        "Whether skipping `positions` positions of a block for `rows` rows is worth an extra block call."
+        return rows * positions * 12 * self.arch.hidden_size ** 2 >= self.min_saving
 
     def _recorded_kv(self, kv):
         "The corrupted rows' keys and values of every layer, if `kv` has them all."
@@ -565,7 +572,7 @@ def _check_positions(self:TraceEngine):
     try: return True, _close(self._head(self._last_block(h, t)), want)
     except Exception: return True, False
 
-# %% ../nbs/10_tracing.ipynb #e64ed1e2
+# %% ../nbs/10_tracing.ipynb #6ab7b678
 @patch
 def _join_windows(self:TraceEngine, cells, j, t):
     "Groups of window `cells` (starting at block `j`, overwriting only token `t` there) and their states after block `j`."
@@ -579,15 +586,15 @@ def _join_windows(self:TraceEngine, cells, j, t):
     return groups, y
 
 @patch
-def _run_chunk(self:TraceEngine, cells, t):
-    "{cell: score} for `cells` (sorted by start), run together at positions t.."
+def _run_chunk(self:TraceEngine, cells, t, windows=True):
+    "{cell: score} for `cells` (sorted by start), run together at positions t.. (`windows`: windows join at one position)"
     S, L = self.S, self.num_layers
     groups, h, k = [], None, 0  # groups: cells sharing every state so far, S rows each, in row order
     for j in range(cells[0].start, L + 1):
         new, win = {}, []
         while k < len(cells) and cells[k].start == j:
             c = cells[k]; k += 1
-            if self.positions and c.token is None and j < L - 1 and all(tok == t for _, tok, _ in _sig(c, j)): win.append(c)
+            if windows and self.positions and c.token is None and j < L - 1 and all(tok == t for _, tok, _ in _sig(c, j)): win.append(c)
             else: new.setdefault(c.token, []).append(c)
         if new:
             x = torch.cat([self._start_rows(g[0], t) for g in new.values()])
@@ -602,7 +609,7 @@ def _run_chunk(self:TraceEngine, cells, t):
                 split += parts.values(); idx += [gi] * len(parts)
             if len(split) > len(groups): h = h.view(len(groups), S, *h.shape[1:])[idx].flatten(0, 1)
             groups, sigs = split, [_sig(g[0], j) for g in split]
-            if j == L - 1 and self.last_only and t < self.read: h = self._last_block(h, t, sigs)
+            if j == L - 1 and self.last_only and t < self.read and self._saves(len(h), self.read - t): h = self._last_block(h, t, sigs)
             else:
                 with self._patches(j, sigs, t): h = self._run_block(j, h, t)
         if win:
@@ -620,16 +627,18 @@ def run(self:TraceEngine, cells:list):
     eff = {c: self._effective(c) for c in dict.fromkeys(cells)}
     first = lambda c: min(c.first_token(self.ntoks), self.read) if self.positions else 0
     order = sorted((c for c in dict.fromkeys(eff.values()) if c is not None), key=lambda c: (first(c), c.start))
-    if self.positions:  # every block call's arguments, recorded before any patching hook is in place
-        ts = {first(c) for c in order}
-        self._prepare_args([(t, self.ntoks) for t in ts] + [(t, t + 1) for t in ts] +
-                           ([(self.read, self.ntoks)] if self.last_only else []))
-    per, res, i = max(1, self.max_rows // self.S), {None: self.low_score}, 0
+    per, chunks, i = max(1, self.max_rows // self.S), [], 0
     while i < len(order):
         t, n = first(order[i]), 1
         while n < per and i + n < len(order) and first(order[i + n]) == t: n += 1
-        res.update(self._run_chunk(order[i:i + n], t))
+        wins = sum(c.token is None and c.start < self.num_layers - 1 for c in order[i:i + n])
+        chunks.append((order[i:i + n], t, self.positions and self._saves(wins * self.S, self.ntoks - t - 1)))
         i += n
+    if self.positions:  # every block call's arguments, recorded before any patching hook is in place
+        self._prepare_args([(t, self.ntoks) for _, t, _ in chunks] + [(t, t + 1) for _, t, w in chunks if w] +
+                           ([(self.read, self.ntoks)] if self.last_only else []))
+    res = {None: self.low_score}
+    for chunk in chunks: res.update(self._run_chunk(*chunk))
     return torch.stack([res[eff[c]] for c in cells])
 
 # %% ../nbs/10_tracing.ipynb #d3f4c33c
@@ -1079,7 +1088,7 @@ def _bench_paths(mt, ti, noise, window, max_rows):
         return [g[None], g['mlp'], g['attn']]
     return plain, fast
 
-# %% ../nbs/10_tracing.ipynb #7befe2d8
+# %% ../nbs/10_tracing.ipynb #d82053dd
 def benchmark_tracing(models=('toy', 'gpt2-small'), # model specifications (see above)
                       samples:int=10,                # corrupted rows per run
                       window:int=10,                 # MLP / attention window
@@ -1087,7 +1096,8 @@ def benchmark_tracing(models=('toy', 'gpt2-small'), # model specifications (see 
                       verbose:bool=True,             # print each row as it is measured
                       device:str=None,               # e.g. 'cuda' (default: the CPU)
                       dtype=None,                    # e.g. torch.float16 (default: the model's)
-                      max_rows:int=1024):            # the engine's rows per replayed batch
+                      max_rows:int=1024,             # the engine's rows per replayed batch
+                      repeat:int=3):                 # timed engine runs (the median is reported)
     "Time the full three-kind grid of one prompt on the reference path and on the engine: a DataFrame."
     import pandas as pd
     old = torch.get_num_threads()
@@ -1101,7 +1111,8 @@ def benchmark_tracing(models=('toy', 'gpt2-small'), # model specifications (see 
             plain, fast = _bench_paths(mt, ti, noise, window, max_rows)
             fast()                                                   # untimed: once-per-model checks, allocations
             trace_with_patch(mt.model, ti.inp, [], ti.answers_t, ti.subject_range, noise)
-            g_e, we, ce, me = _measure(fast, device)
+            runs = sorted((_measure(fast, device) for _ in range(repeat)), key=lambda r: r[2])
+            g_e, we, ce, me = runs[len(runs) // 2]                   # the engine's median run (by CPU time)
             g_p, wp, cp, mp = _measure(plain, device)
             ntok = ti.inp['input_ids'].shape[1]
             rows.append(dict(model=spec, device=str(mt.device), dtype=str(mt.model.dtype).replace('torch.', ''),

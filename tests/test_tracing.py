@@ -56,7 +56,7 @@ def test_engine_matches_reference_on_every_family(family, prompt, subject):
     inp = make_inputs(tok, [prompt] * 5)
     rng = find_token_range(tok, inp['input_ids'][0], subject)
     a = int(predict_from_input(model, inp)[0][0])
-    eng = TraceEngine(model, inp, rng, a, noise=1.0)
+    eng = TraceEngine(model, inp, rng, a, noise=1.0, min_saving=0)  # every shortcut, however little it saves
     assert eng.positions and eng.last_only, family
     got = eng.trace_grids((None, 'mlp', 'attn'), window=2)
     for k in (None, 'mlp', 'attn'):
@@ -82,7 +82,7 @@ def test_engine_skips_cells_that_cannot_change_the_answer():
 def test_engine_shares_clipped_windows_exactly():
     # windows clipped at the bottom share their first blocks; chunks of a few rows split the work
     model, tok, inp, rng, a = family_setup('gpt2', n_layer=6)
-    got = TraceEngine(model, inp, rng, a, noise=1.0, max_rows=30).trace_grids(('mlp', 'attn'), window=7)
+    got = TraceEngine(model, inp, rng, a, noise=1.0, max_rows=30, min_saving=0).trace_grids(('mlp', 'attn'), window=7)
     for k in ('mlp', 'attn'):
         ref = trace_important_window(model, 6, inp, rng, a, k, window=7, noise=1.0)
         assert ref.std() > 1e-3 and (got[k] - ref).abs().max() < 1e-5
