@@ -12,8 +12,8 @@ __all__ = ['collect_embedding_std', 'EmbeddingGaussian', 'collect_embedding_gaus
            'benchmark_tracing', 'trace_explorer', 'load_model_and_knowns', 'main', 'make_inputs', 'find_token_range',
            'decode_tokens', 'predict_from_input', 'layername', 'KnownsDataset']
 
-# %% ../nbs/10_tracing.ipynb #c06726d4
-import os, re, json, time, warnings, contextlib
+# %% ../nbs/10_tracing.ipynb #0242b783
+import os, re, json, time, inspect, warnings, contextlib
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +23,7 @@ from fastcore.basics import patch
 from fastcore.script import call_parse, store_true
 from .nethook import Trace, TraceDict, get_module, untuple
 from .models import (ModelAndTokenizer, make_inputs, find_token_range, decode_tokens, predict_from_input,
-                            layername, model_arch, target_token_ids, tiny_model, tiny_tokenizer)
+                            layername, model_arch, target_token_ids, tiny_model, tiny_tokenizer, cache_arg)
 from .dsets import KnownsDataset, DATA_URLS
 
 # %% ../nbs/10_tracing.ipynb #c71e3d28
@@ -205,63 +205,35 @@ def _expand_batch(x, B, N):
     if isinstance(x, dict): return {k: _expand_batch(v, B, N) for k, v in x.items()}
     return x
 
-# %% ../nbs/10_tracing.ipynb #bd967a76
-class _Recording:
-    "What one clean + corrupted forward pass computed, block by block."
-    def __init__(self, L, kinds):
-        self.args, self.inputs, self.outputs = [None] * L, [None] * L, [None] * L
-        self.mods = {k: [None] * L for k in kinds}
+# %% ../nbs/10_tracing.ipynb #00e7a262
+class _KVStop(Exception):
+    "Raised by a stopping `_KV` once the block has handed over its keys and values."
 
-def _hidden_arg(args, kwargs):
-    return args[0] if args else kwargs['hidden_states']
+def _tile_cat(prefix, n, *rest):
+    "Concatenate along the sequence (-2) `prefix` [S, ...] tiled `n` times over the batch, then `rest` ([n*S, ...] each)."
+    x = rest[-1]
+    S, t = prefix.shape[0], prefix.shape[-2]
+    out = x.new_empty(n * S, *x.shape[1:-2], t + sum(r.shape[-2] for r in rest), x.shape[-1])
+    out.view(n, S, *out.shape[1:])[..., :t, :] = prefix
+    i = t
+    for r in rest: out[..., i:i + r.shape[-2], :] = r; i += r.shape[-2]
+    return out
 
-def _block_hooks(model, pre=None, post=None):
-    "Register `pre(j)` pre-hooks (with kwargs) and `post(j)` forward hooks on every block; returns the handles."
-    hooks = []
-    for j in range(model_arch(model).num_layers):
-        blk = get_module(model, layername(model, j))
-        if pre: hooks.append(blk.register_forward_pre_hook(pre(j), with_kwargs=True))
-        if post: hooks.append(blk.register_forward_hook(post(j)))
-    return hooks
-
-@torch.no_grad()
-def record_run(model, inp, tokens_to_mix, noise=0.1, uniform_noise=False, replace=False, kinds=('mlp', 'attn')):
-    "Run `inp` once with the subject corrupted in rows 1..; record every block's arguments, input and output."
-    L, B = model_arch(model).num_layers, inp['input_ids'].shape[0]
-    rec = _Recording(L, kinds)
-    def pre(j):
-        def hook(mod, args, kwargs): rec.args[j] = (args, kwargs); rec.inputs[j] = _hidden_arg(args, kwargs).clone()
-        return hook
-    def post(j):
-        def hook(mod, args, output): rec.outputs[j] = untuple(output).clone()
-        return hook
-    def mod_hook(k, j):
-        def hook(mod, args, output): rec.mods[k][j] = _btd(untuple(output), B).clone()
-        return hook
-    hooks = []
-    try:
-        hooks = _block_hooks(model, pre, post)
-        hooks += [get_module(model, layername(model, j, k)).register_forward_hook(mod_hook(k, j)) for j in range(L) for k in kinds]
-        corrupt = lambda output: corrupt_embeddings(output, tokens_to_mix, noise, uniform_noise, replace)
-        with Trace(model, layername(model, 0, 'embed'), retain_output=False, edit_output=corrupt):
-            rec.logits = model(**inp, use_cache=False).logits
-    finally:
-        for h in hooks: h.remove()
-    return rec
-
-# %% ../nbs/10_tracing.ipynb #2b71bef7
 class _KV:
-    "A stand-in key/value cache for replays: records each layer's keys and values, or prepends recorded ones."
-    def __init__(self, prefix=None, t=0):
-        self.prefix, self.t, self.keys, self.values = prefix, t, {}, {}
+    "A stand-in key/value cache: records each layer's keys and values, or returns them after recorded ones."
+    def __init__(self, prefix=None, # ({layer: keys [S, ..., seq, d]}, {layer: values}) of the corrupted run, or None
+                 t=0,               # how many positions of `prefix` precede the keys computed now
+                 mid=None,          # (keys, values) [N, ..., m, d] computed earlier for this batch, after the prefix
+                 stop=False):       # record the keys and values computed now, then stop the block
+        self.prefix, self.t, self.mid, self.stop, self.keys, self.values = prefix, t, mid, stop, {}, {}
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
-        if self.prefix is None:
+        if self.prefix is None or self.stop:
             self.keys[layer_idx], self.values[layer_idx] = key_states, value_states
+            if self.stop: raise _KVStop()
             return key_states, value_states
-        pk, pv = (p[layer_idx][..., :self.t, :] for p in self.prefix)
-        n = key_states.shape[0] // pk.shape[0]
-        tile = lambda x: x.repeat(n, *([1] * (x.dim() - 1)))
-        return torch.cat([tile(pk), key_states], -2), torch.cat([tile(pv), value_states], -2)
+        n = key_states.shape[0] // self.prefix[0][layer_idx].shape[0]
+        return tuple(_tile_cat(p[layer_idx][..., :self.t, :], n, *([] if m is None else [m]), x)
+                     for p, m, x in zip(self.prefix, self.mid or (None, None), (key_states, value_states)))
     def get_seq_length(self, layer_idx=0): return self.t
 
 def _cache_slot(args, kwargs):
@@ -274,23 +246,85 @@ def _cache_slot(args, kwargs):
 def _set_slot(args, kwargs, slot, value):
     "The call arguments with the cache slot set to `value`."
     if slot is None: return args, kwargs
-    if slot[0] == 'arg': return (*args[:slot[1]], value, *args[slot[1] + 1:]), kwargs
+    if slot[0] == 'arg':
+        args = (*args, *[None] * (slot[1] + 1 - len(args)))
+        return (*args[:slot[1]], value, *args[slot[1] + 1:]), kwargs
     return args, {**kwargs, slot[1]: value}
 
+# %% ../nbs/10_tracing.ipynb #1a09e46c
+class _Recording:
+    "What one clean + corrupted forward pass computed, block by block."
+    def __init__(self, L, kinds):
+        self.args, self.inputs, self.outputs = [None] * L, [None] * L, [None] * L
+        self.mods = {k: [None] * L for k in kinds}
+        self.kv = _KV()
+
+def _module(model, name):
+    "`get_module`, by attribute path first (fast: the engine looks modules up on every run)."
+    try: return model.get_submodule(name)
+    except AttributeError: return get_module(model, name)
+
+def _hidden_arg(args, kwargs):
+    return args[0] if args else kwargs['hidden_states']
+
+def _block_hooks(model, pre=None, post=None):
+    "Register `pre(j)` pre-hooks (with kwargs) and `post(j)` forward hooks on every block; returns the handles."
+    hooks = []
+    for j in range(model_arch(model).num_layers):
+        blk = _module(model, layername(model, j))
+        if pre: hooks.append(blk.register_forward_pre_hook(pre(j), with_kwargs=True))
+        if post: hooks.append(blk.register_forward_hook(post(j)))
+    return hooks
+
 @torch.no_grad()
-def _record_block_args(model, **kw):
-    "Each block's call arguments `(args, kwargs)` in a run of `model(**kw)`."
+def record_run(model, inp, tokens_to_mix, noise=0.1, uniform_noise=False, replace=False, kinds=('mlp', 'attn'), slot=None,
+               keep:int=None): # logits only at the last `keep` positions (where the model's forward allows)
+    "Run `inp` once with the subject corrupted in rows 1..; record every block's arguments, input and output (and keys and values, given the cache `slot`)."
+    L, B = model_arch(model).num_layers, inp['input_ids'].shape[0]
+    extra = {'logits_to_keep': keep} if keep and 'logits_to_keep' in inspect.signature(model.forward).parameters else {}
+    rec = _Recording(L, kinds)
+    def pre(j):
+        def hook(mod, args, kwargs):
+            rec.args[j] = (args, kwargs); rec.inputs[j] = _hidden_arg(args, kwargs).clone()
+            if slot is not None: return _set_slot(args, kwargs, slot, rec.kv)
+        return hook
+    def post(j):
+        def hook(mod, args, output): rec.outputs[j] = untuple(output).clone()
+        return hook
+    def mod_hook(k, j):
+        def hook(mod, args, output): rec.mods[k][j] = _btd(untuple(output), B).clone()
+        return hook
+    hooks = []
+    try:
+        hooks = _block_hooks(model, pre, post)
+        hooks += [_module(model, layername(model, j, k)).register_forward_hook(mod_hook(k, j)) for j in range(L) for k in kinds]
+        corrupt = lambda output: corrupt_embeddings(output, tokens_to_mix, noise, uniform_noise, replace)
+        with Trace(model, layername(model, 0, 'embed'), retain_output=False, edit_output=corrupt):
+            logits = model(**inp, use_cache=False, **extra).logits
+        rec.logits = logits[:, -keep:] if keep else logits
+    finally:
+        for h in hooks: h.remove()
+    return rec
+
+# %% ../nbs/10_tracing.ipynb #a60f3e17
+@torch.no_grad()
+def _record_block_args(model, stop_after:int=None, **kw):
+    "Each block's call arguments `(args, kwargs)` in a run of `model(**kw)` (only up to block `stop_after` if given)."
+    from rome_nb.nethook import StopForward
     got = [None] * model_arch(model).num_layers
     def pre(j):
-        def hook(mod, args, kwargs): got[j] = (args, kwargs)
+        def hook(mod, args, kwargs):
+            got[j] = (args, kwargs)
+            if j == stop_after: raise StopForward()
         return hook
     hooks = _block_hooks(model, pre)
     try: model(**kw)
+    except StopForward: pass
     finally:
         for h in hooks: h.remove()
     return got
 
-# %% ../nbs/10_tracing.ipynb #4547d7c1
+# %% ../nbs/10_tracing.ipynb #175991dd
 class TraceEngine:
     "Causal tracing by block replay: one recorded clean + corrupted pass, restorations packed into the batch."
     def __init__(self, model,            # the model
@@ -301,7 +335,8 @@ class TraceEngine:
                  uniform_noise=False,    # uniform instead of Gaussian draws
                  replace=False,          # replace the embeddings by the noise instead of adding it
                  max_rows:int=1024,      # most rows in one replayed batch (memory bound)
-                 positions:bool=True):   # run restorations only at the positions they can change, if the model allows
+                 positions:bool=True,    # run restorations only at the positions they can change, if the model allows
+                 min_saving:float=None): # take a shortcut that costs an extra block call only if it saves this many multiply-adds
         ids = inp['input_ids']
         if ids.shape[0] < 2: raise ValueError("inp needs a clean row and at least one corrupted row")
         if not (ids == ids[:1]).all(): raise ValueError("every row of inp must be the same prompt: row 0 is run clean, the others corrupted")
@@ -309,22 +344,27 @@ class TraceEngine:
         self.arch = model_arch(model)
         self.num_layers, (self.B, self.ntoks), self.S = self.arch.num_layers, ids.shape, ids.shape[0] - 1
         self.k = len(answers_t) if isinstance(answers_t, TokenSequence) else 1  # positions the answer is read at
-        self.rec = record_run(model, inp, tokens_to_mix, noise, uniform_noise, replace)
-        self.blocks = [get_module(model, layername(model, j)) for j in range(self.num_layers)]
-        self.ln_f, self.lm_head = get_module(model, self.arch.ln_f_module), get_module(model, self.arch.lm_head_module)
+        self.read = self.ntoks - self.k                                           # the first of them
+        self.memo = memo = model.__dict__.setdefault('_rome_nb_engine', {})      # what is true of the model, not of one prompt
+        if 'slot' not in memo:
+            try: memo['slot'] = _cache_slot(*_record_block_args(model, 0, **self._row0(0, self.ntoks), use_cache=True)[0])
+            except Exception: memo['slot'] = None
+        self._slot, self._prefix, self._sfx = memo['slot'], None, {}
+        self.rec = record_run(model, inp, tokens_to_mix, noise, uniform_noise, replace, slot=self._slot, keep=self.k)
+        self.blocks = [_module(model, layername(model, j)) for j in range(self.num_layers)]
+        self.ln_f, self.lm_head = _module(model, self.arch.ln_f_module), _module(model, self.arch.lm_head_module)
         self.states = self.rec.inputs + [self.rec.outputs[-1]]  # states[j]: the hidden state entering block j
         probs = answer_probs(self.rec.logits, answers_t)
         self.low_score, self.high_score = probs[1:].mean(0), probs[0]
-        self.mods = {k: [get_module(model, layername(model, j, k)) for j in range(self.num_layers)] for k in ('mlp', 'attn')}
-        self._slot, self._kv, self._sfx = None, None, {}
-        memo = model.__dict__.setdefault('_rome_nb_engine', {})  # what is true of the model, not of one prompt
-        if 'slot' not in memo:
-            try: memo['slot'] = _cache_slot(*_record_block_args(model, **self._row0(0, self.ntoks), use_cache=True)[0])
-            except Exception: memo['slot'] = None
-        self._slot, self._prefix = memo['slot'], None
+        self.mods = {k: [_module(model, layername(model, j, k)) for j in range(self.num_layers)] for k in ('mlp', 'attn')}
+        self._kv = self._recorded_kv(self.rec.kv)
         self._check()
+        self._same_args = _blocks_share_args(self.rec.args)
         if positions and self._kv is not None and 'positions' not in memo: memo['positions'] = self._check_positions()
-        self.positions = positions and self._kv is not None and memo.get('positions', False)
+        self.positions = positions and self._kv is not None and memo.get('positions', (False, False))[0]
+        self.last_only = self.positions and memo['positions'][1]  # the last block computes only the read positions in full
+        cuda = self.rec.logits.device.type == 'cuda'  # a GPU runs small batches at the cost of launching them
+        self.min_saving = (2e10 if cuda else 5e7) if min_saving is None else min_saving
 
     def _row0(self, a, b):
         "Model inputs for positions a..b-1 of the prompt (one row), with the attention mask up to b."
@@ -333,25 +373,70 @@ class TraceEngine:
         mask = self.inp.get('attention_mask', torch.ones_like(ids))[:1]
         return dict(input_ids=ids[:, a:b], attention_mask=mask[:, :b], position_ids=pos[:, a:b])
 
-# %% ../nbs/10_tracing.ipynb #ce950466
-@patch
-def _suffix_args(self:TraceEngine, t):
-    "Block call arguments for running positions t.. after a cache of positions 0..t-1 (recorded once per t)."
-    if t not in self._sfx:
-        import copy
-        from rome_nb.models import _cache_arg
-        kw = _cache_arg(self.model)
-        with torch.no_grad():
-            if self._prefix is None: self._prefix = self.model(**self._row0(0, self.ntoks - 1), use_cache=True).get(kw)
-            try: past = copy.deepcopy(self._prefix); past.crop(t)  # the cache of the first t positions
-            except Exception: past = self.model(**self._row0(0, t), use_cache=True).get(kw)
-            self._sfx[t] = _record_block_args(self.model, **self._row0(t, self.ntoks), use_cache=True, **{kw: past})
-    return self._sfx[t]
+    def _saves(self, rows, positions):
+        "Whether skipping `positions` positions of a block for `rows` rows is worth an extra block call."
+        return rows * positions * 12 * self.arch.hidden_size ** 2 >= self.min_saving
+
+    def _recorded_kv(self, kv):
+        "The corrupted rows' keys and values of every layer, if `kv` has them all."
+        if len(kv.keys) != self.num_layers: return None
+        return tuple({j: x[1:] for j, x in d.items()} for d in (kv.keys, kv.values))
+
+# %% ../nbs/10_tracing.ipynb #968ac006
+def _same(a, b):
+    "Whether two block call arguments are the same (the same object, equal tensors, or equal values)."
+    if a is b: return True
+    if torch.is_tensor(a) or torch.is_tensor(b):
+        return torch.is_tensor(a) and torch.is_tensor(b) and a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, (tuple, list)): return type(a) == type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict): return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    try: return bool(a == b)
+    except Exception: return False
+
+def _blocks_share_args(args):
+    "Whether every block was called with block 0's arguments (apart from the hidden state)."
+    def rest(a, kw): return (a[1:], {k: v for k, v in kw.items() if k != 'hidden_states'})
+    return all(_same(rest(*a), rest(*args[0])) for a in args[1:])
+
+def _crop_cache(past, t):
+    "Crop a Hugging Face cache to its first `t` positions, in place (the crop API differs between versions)."
+    n = past.get_seq_length()
+    if n == t: return past
+    try: past.crop(t - n)
+    except Exception: past.crop(t)
+    if past.get_seq_length() != t: raise RuntimeError(f"could not crop the cache to {t} positions")
+    return past
 
 @patch
-def _run_block(self:TraceEngine, j, h, t=0, kv=None):
-    "Block `j` on hidden states `h` [N, positions t.., d], with recorded arguments (and keys/values of positions < t)."
-    if t: (args, kwargs), B, kv = self._suffix_args(t)[j], 1, _KV(self._kv, t)
+def _suffix_args(self:TraceEngine, t, end=None):
+    "Block call arguments for running positions t..end-1 after a cache of positions 0..t-1 (recorded once per range)."
+    end = self.ntoks if end is None else end
+    if (t, end) not in self._sfx:
+        import copy
+        kw, stop = cache_arg(self.model), (0 if self._same_args else None)
+        with torch.no_grad():
+            past = None
+            if t:
+                if self._prefix is None or self._prefix.get_seq_length() < t:
+                    self._prefix = self.model(**self._row0(0, self.ntoks - 1), use_cache=True).get(kw)
+                past = _crop_cache(self._prefix if stop is not None else copy.deepcopy(self._prefix), t)
+            got = _record_block_args(self.model, stop, **self._row0(t, end), use_cache=True, **{kw: past})
+            if past is not None and past.get_seq_length() != t: self._prefix = None  # the run wrote to the cache
+        self._sfx[(t, end)] = [got[0]] * self.num_layers if stop is not None else got
+    return self._sfx[(t, end)]
+
+@patch
+def _prepare_args(self:TraceEngine, ranges):
+    "Record the block arguments of all `ranges` (t, end) up front, longest prefix first (a cropped cache only shrinks)."
+    for t, end in sorted(set(ranges), key=lambda r: -r[0]):
+        if t or end != self.ntoks: self._suffix_args(t, end)
+
+@patch
+def _run_block(self:TraceEngine, j, h, t=0, kv=None, end=None):
+    "Block `j` on hidden states `h` [N, positions t..end-1, d], with recorded arguments (and keys/values of positions < t)."
+    if t or end is not None:
+        (args, kwargs), B = self._suffix_args(t, end)[j], 1
+        if kv is None: kv = _KV(self._kv, t)
     else: (args, kwargs), B = self.rec.args[j], self.B
     args, kwargs = _expand_batch(args, B, len(h)), _expand_batch(kwargs, B, len(h))
     if kv is not None: args, kwargs = _set_slot(args, kwargs, self._slot, kv)
@@ -363,45 +448,6 @@ def _run_block(self:TraceEngine, j, h, t=0, kv=None):
 def _head(self:TraceEngine, h):
     "Logits at the positions the answer is read from."
     return self.lm_head(self.ln_f(h[:, -self.k:]))
-
-# %% ../nbs/10_tracing.ipynb #faf7f24b
-def _close(got, want):
-    "Logits equal up to float rounding of the model's dtype."
-    tol = max(1e-4, 50 * torch.finfo(want.dtype).eps) * (1 + want.float().abs().max().item())
-    return got.shape == want.shape and (got.float() - want.float()).abs().max().item() <= tol
-
-@patch
-@torch.no_grad()
-def _check(self:TraceEngine):
-    "Raise `EngineUnsupported` unless replaying the blocks reproduces the recorded run; record keys and values."
-    r, name = self.rec, type(self.model).__name__
-    for j in range(self.num_layers - 1):
-        if r.inputs[j + 1].shape != r.outputs[j].shape or not torch.equal(r.inputs[j + 1], r.outputs[j]):
-            raise EngineUnsupported(f"in {name} the input of block {j + 1} is not the output of block {j}; use engine=False")
-    kv = _KV() if self._slot is not None else None
-    try:
-        h = self.states[0]
-        for j in range(self.num_layers): h = self._run_block(j, h, kv=kv)
-        got = self._head(h)
-    except Exception as e:
-        raise EngineUnsupported(f"replaying the blocks of {name} failed ({e!r}); use engine=False") from e
-    if not _close(got, r.logits[:, -self.k:]):
-        raise EngineUnsupported(f"replaying the blocks of {name} does not reproduce its logits (are the final norm and "
-                                f"unembedding all that follows the blocks?); use engine=False")
-    if kv is not None and len(kv.keys) == self.num_layers:
-        self._kv = tuple({j: x[1:] for j, x in d.items()} for d in (kv.keys, kv.values))
-
-@patch
-@torch.no_grad()
-def _check_positions(self:TraceEngine):
-    "Whether replaying only the last positions (with recorded keys and values) reproduces the corrupted run."
-    t = min(max(1, self.ntoks // 2), self.ntoks - self.k)
-    if t < 1: return False
-    try:
-        h = self.states[0][1:, t:]
-        for j in range(self.num_layers): h = self._run_block(j, h, t)
-        return _close(self._head(h), self.rec.logits[1:, -self.k:])
-    except Exception: return False
 
 # %% ../nbs/10_tracing.ipynb #e285b3c6
 @dataclass(frozen=True)
@@ -416,7 +462,20 @@ class Restoration:
         toks = ([] if self.token is None else [self.token]) + [p[2] for p in self.patches]
         return min(toks, default=ntoks - 1)
 
-# %% ../nbs/10_tracing.ipynb #c802a8b2
+# %% ../nbs/10_tracing.ipynb #43d48321
+@patch
+def _effective(self:TraceEngine, c:Restoration):
+    "`c` without what cannot change the answer's probability; None if nothing is left."
+    L, b = self.num_layers, (self.tokens_to_mix[0] if self.tokens_to_mix is not None else self.ntoks)
+    live = lambda tok, layer: tok >= b and (layer < L - 1 or tok >= self.read)
+    patches = tuple((kind, tuple(l for l in layers if live(tok, l)), tok, src) for kind, layers, tok, src in c.patches)
+    patches = tuple(p for p in patches if p[1])
+    token = c.token if c.token is not None and live(c.token, c.start - 1 if c.start < L else L - 1) else None
+    if token is None and not patches: return None
+    start = c.start if token is not None else max(c.start, min(l for p in patches for l in p[1]))
+    return Restoration(start, token, patches)
+
+# %% ../nbs/10_tracing.ipynb #ba0eac13
 @patch
 def _start_rows(self:TraceEngine, c:Restoration, t):
     "The corrupted rows' hidden states entering block `c.start` at positions t.., with `c.token` restored."
@@ -430,11 +489,12 @@ def _sig(c:Restoration, j):
 
 @patch
 @contextlib.contextmanager
-def _patches(self:TraceEngine, j, sigs, t):
-    "While block `j` runs on row groups (`S` rows each, in order, positions t..), overwrite what each group's `sigs` ask for."
-    S, plan = self.S, defaultdict(lambda: ([], [], []))
+def _patches(self:TraceEngine, j, sigs, t, m=None):
+    "While block `j` runs on row groups (`S` rows each, in order, positions t..t+m-1), overwrite what each group's `sigs` ask for."
+    S, plan, m = self.S, defaultdict(lambda: ([], [], [])), self.ntoks - t if m is None else m
     for i, sig in enumerate(sigs):
         for kind, tok, source in sig:
+            if not t <= tok < t + m: continue
             rec = self.rec.mods[kind][j]
             rows, toks, vals = plan[kind]
             rows.append(torch.arange(i * S, (i + 1) * S)); toks.append(torch.full((S,), tok - t))
@@ -453,28 +513,108 @@ def _patches(self:TraceEngine, j, sigs, t):
     finally:
         for hk in hooks: hk.remove()
 
-# %% ../nbs/10_tracing.ipynb #758a1c20
+# %% ../nbs/10_tracing.ipynb #bb053575
 @patch
-def _run_chunk(self:TraceEngine, cells, t):
-    "{cell: score} for `cells` (sorted by start), run together at positions t.."
+def _last_block(self:TraceEngine, h, t, sigs=()):
+    "The last block's output at the answer's positions for hidden states `h` [N, positions t.., d]; `sigs` as `_patches` takes them."
+    j, r = self.num_layers - 1, self.read
+    stop = _KV(self._kv, t, stop=True)
+    try: self._run_block(j, h, t, kv=stop); raise RuntimeError(f"block {j} did not hand over its keys and values")
+    except _KVStop: pass
+    (key,), (value,) = stop.keys.values(), stop.values.values()
+    kv = _KV(self._kv, t, mid=(key[..., :r - t, :], value[..., :r - t, :]))
+    with self._patches(j, sigs, r, self.k): return self._run_block(j, h[:, r - t:], r, kv=kv)
+
+# %% ../nbs/10_tracing.ipynb #cdb33bbb
+def _close(got, want):
+    "Logits equal up to float rounding of the model's dtype."
+    tol = max(1e-4, 50 * torch.finfo(want.dtype).eps) * (1 + want.float().abs().max().item())
+    return got.shape == want.shape and (got.float() - want.float()).abs().max().item() <= tol
+
+@patch
+@torch.no_grad()
+def _check(self:TraceEngine):
+    "Raise `EngineUnsupported` unless replaying the blocks reproduces the recorded run; get the keys and values."
+    r, name = self.rec, type(self.model).__name__
+    for j in range(self.num_layers - 1):
+        if r.inputs[j + 1].shape != r.outputs[j].shape or not torch.equal(r.inputs[j + 1], r.outputs[j]):
+            raise EngineUnsupported(f"in {name} the input of block {j + 1} is not the output of block {j}; use engine=False")
+    fail = (f"replaying the blocks of {name} does not reproduce its logits (are the final norm and unembedding all that "
+            f"follows the blocks?); use engine=False")
+    try: head = self._head(r.outputs[-1])
+    except Exception as e: raise EngineUnsupported(f"the final norm and unembedding of {name} fail on its last block's output ({e!r}); use engine=False") from e
+    if not _close(head, r.logits[:, -self.k:]): raise EngineUnsupported(fail)
+    if self.memo.get('replay') and (self._kv is not None or self._slot is None): return
+    kv = _KV() if self._slot is not None else None
+    try:
+        h = self.states[0]
+        for j in range(self.num_layers): h = self._run_block(j, h, kv=kv)
+        got = self._head(h)
+    except Exception as e:
+        raise EngineUnsupported(f"replaying the blocks of {name} failed ({e!r}); use engine=False") from e
+    if not _close(got, r.logits[:, -self.k:]): raise EngineUnsupported(fail)
+    self.memo['replay'] = True
+    if self._kv is None and kv is not None: self._kv = self._recorded_kv(kv)
+
+@patch
+@torch.no_grad()
+def _check_positions(self:TraceEngine):
+    "(whether replaying only the last positions with recorded keys and values reproduces the corrupted run, whether the last block's shortcut does)."
+    t = min(max(1, self.ntoks // 2), self.ntoks - self.k)
+    if t < 1: return False, False
+    want = self.rec.logits[1:, -self.k:]
+    try:
+        self._prepare_args([(t, self.ntoks), (self.read, self.ntoks)])
+        h = self.states[0][1:, t:]
+        for j in range(self.num_layers - 1): h = self._run_block(j, h, t)
+        if not _close(self._head(self._run_block(self.num_layers - 1, h, t)), want): return False, False
+    except Exception: return False, False
+    try: return True, _close(self._head(self._last_block(h, t)), want)
+    except Exception: return True, False
+
+# %% ../nbs/10_tracing.ipynb #6ab7b678
+@patch
+def _join_windows(self:TraceEngine, cells, j, t):
+    "Groups of window `cells` (starting at block `j`, overwriting only token `t` there) and their states after block `j`."
+    parts = {}
+    for c in cells: parts.setdefault(_sig(c, j), []).append(c)
+    groups = list(parts.values())
+    x = self.states[j][1:, t:t + 1].repeat(len(groups), 1, 1)
+    with self._patches(j, list(parts), t, 1): y0 = self._run_block(j, x, t, end=t + 1)
+    y = self.rec.outputs[j][1:, t:].repeat(len(groups), 1, 1)
+    y[:, :1] = y0
+    return groups, y
+
+@patch
+def _run_chunk(self:TraceEngine, cells, t, windows=True):
+    "{cell: score} for `cells` (sorted by start), run together at positions t.. (`windows`: windows join at one position)"
     S, L = self.S, self.num_layers
     groups, h, k = [], None, 0  # groups: cells sharing every state so far, S rows each, in row order
-    if t: self._suffix_args(t)  # record before any patching hook is in place
     for j in range(cells[0].start, L + 1):
-        new = {}
-        while k < len(cells) and cells[k].start == j: new.setdefault(cells[k].token, []).append(cells[k]); k += 1
+        new, win = {}, []
+        while k < len(cells) and cells[k].start == j:
+            c = cells[k]; k += 1
+            if windows and self.positions and c.token is None and j < L - 1 and all(tok == t for _, tok, _ in _sig(c, j)): win.append(c)
+            else: new.setdefault(c.token, []).append(c)
         if new:
             x = torch.cat([self._start_rows(g[0], t) for g in new.values()])
+            if j == L: x, h = x[:, -self.k:], (None if h is None else h[:, -self.k:])
             groups, h = groups + list(new.values()), (x if h is None else torch.cat([h, x]))
         if j == L: break
-        split, idx = [], []
-        for gi, g in enumerate(groups):
-            parts = {}
-            for c in g: parts.setdefault(_sig(c, j), []).append(c)
-            split += parts.values(); idx += [gi] * len(parts)
-        if len(split) > len(groups): h = h.view(len(groups), S, *h.shape[1:])[idx].flatten(0, 1)
-        groups = split
-        with self._patches(j, [_sig(g[0], j) for g in groups], t): h = self._run_block(j, h, t)
+        if groups:
+            split, idx = [], []
+            for gi, g in enumerate(groups):
+                parts = {}
+                for c in g: parts.setdefault(_sig(c, j), []).append(c)
+                split += parts.values(); idx += [gi] * len(parts)
+            if len(split) > len(groups): h = h.view(len(groups), S, *h.shape[1:])[idx].flatten(0, 1)
+            groups, sigs = split, [_sig(g[0], j) for g in split]
+            if j == L - 1 and self.last_only and t < self.read and self._saves(len(h), self.read - t): h = self._last_block(h, t, sigs)
+            else:
+                with self._patches(j, sigs, t): h = self._run_block(j, h, t)
+        if win:
+            wg, y = self._join_windows(win, j, t)
+            groups, h = groups + wg, (y if h is None else torch.cat([h, y]))
     p = answer_probs(self._head(h), self.answers_t)
     p = p.view(len(groups), S, *p.shape[1:]).mean(1)
     return {c: p[i] for i, g in enumerate(groups) for c in g}
@@ -484,15 +624,22 @@ def _run_chunk(self:TraceEngine, cells, t):
 def run(self:TraceEngine, cells:list):
     "Mean answer probability over the corrupted rows for each `Restoration` in `cells`."
     if not cells: return self.low_score.new_zeros((0, *self.low_score.shape))
-    first = lambda c: min(c.first_token(self.ntoks), self.ntoks - self.k) if self.positions else 0
-    order = sorted(dict.fromkeys(cells), key=lambda c: (first(c), c.start))
-    per, res, i = max(1, self.max_rows // self.S), {}, 0
+    eff = {c: self._effective(c) for c in dict.fromkeys(cells)}
+    first = lambda c: min(c.first_token(self.ntoks), self.read) if self.positions else 0
+    order = sorted((c for c in dict.fromkeys(eff.values()) if c is not None), key=lambda c: (first(c), c.start))
+    per, chunks, i = max(1, self.max_rows // self.S), [], 0
     while i < len(order):
         t, n = first(order[i]), 1
         while n < per and i + n < len(order) and first(order[i + n]) == t: n += 1
-        res.update(self._run_chunk(order[i:i + n], t))
+        wins = sum(c.token is None and c.start < self.num_layers - 1 for c in order[i:i + n])
+        chunks.append((order[i:i + n], t, self.positions and self._saves(wins * self.S, self.ntoks - t - 1)))
         i += n
-    return torch.stack([res[c] for c in cells])
+    if self.positions:  # every block call's arguments, recorded before any patching hook is in place
+        self._prepare_args([(t, self.ntoks) for _, t, _ in chunks] + [(t, t + 1) for _, t, w in chunks if w] +
+                           ([(self.read, self.ntoks)] if self.last_only else []))
+    res = {None: self.low_score}
+    for chunk in chunks: res.update(self._run_chunk(*chunk))
+    return torch.stack([res[eff[c]] for c in cells])
 
 # %% ../nbs/10_tracing.ipynb #d3f4c33c
 @patch
@@ -886,7 +1033,7 @@ def trace_knowns(mt, knowns, output_dir=None, kinds=(None, 'mlp', 'attn'), noise
               f"{len(out['skipped'])} skipped (the model's answer is not the attribute), {len(out['errors'])} errors")
     return out
 
-# %% ../nbs/10_tracing.ipynb #c271d545
+# %% ../nbs/10_tracing.ipynb #457d378a
 def _proc_kb(field):
     "A memory figure of this process from /proc/self/status, in kB (None where unavailable)."
     try:
@@ -894,38 +1041,63 @@ def _proc_kb(field):
             if line.startswith(field + ':'): return int(line.split()[1])
     except OSError: return None
 
-def _measure(fn):
-    "Run `fn()`: (result, wall seconds, CPU seconds, peak resident memory growth in MB or None)."
+def _measure(fn, device=None):
+    "Run `fn()`: (result, wall seconds, CPU seconds, peak memory growth in MB or None); on a GPU, device memory."
     import gc; gc.collect()
-    try:
-        with open('/proc/self/clear_refs', 'w') as f: f.write('5')  # reset the peak (VmHWM)
-        base = _proc_kb('VmRSS')
-    except OSError: base = None
+    cuda = device is not None and torch.device(device).type == 'cuda'
+    if cuda:
+        torch.cuda.synchronize(device); base = torch.cuda.memory_allocated(device); torch.cuda.reset_peak_memory_stats(device)
+    else:
+        try:
+            with open('/proc/self/clear_refs', 'w') as f: f.write('5')  # reset the peak (VmHWM)
+            base = _proc_kb('VmRSS')
+        except OSError: base = None
     t0, c0 = time.perf_counter(), time.process_time()
     res = fn()
+    if cuda: torch.cuda.synchronize(device)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    peak = _proc_kb('VmHWM')
+    peak = torch.cuda.max_memory_allocated(device) / 1024 if cuda else _proc_kb('VmHWM')
+    if cuda: base /= 1024
     return res, wall, cpu, (None if base is None or peak is None else max(0, peak - base) / 1024)
 
-# %% ../nbs/10_tracing.ipynb #c8b201e1
-def _bench_model(spec):
-    "A model to benchmark, with a prompt and subject: 'toy', 'toy-shaped', 'gpt2-small', or a hub name / directory."
-    if spec == 'toy':
-        mt, knowns = load_model_and_knowns('toy')
-        return mt, knowns[0]['prompt'], knowns[0]['subject']
-    prompt, subject = 'The Eiffel Tower is located in the city of', 'Eiffel Tower'
-    if spec == 'toy-shaped': model = tiny_model('gpt2', n_layer=6, n_embd=128, n_head=4, n_inner=512, vocab_size=1200, n_positions=128)
-    elif spec == 'gpt2-small': model = tiny_model('gpt2', n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024)
-    else:
-        mt = ModelAndTokenizer(spec)
-        return mt, prompt, subject
-    return ModelAndTokenizer(model=model, tokenizer=tiny_tokenizer(), device='cpu'), prompt, subject
+# %% ../nbs/10_tracing.ipynb #ac2a2495
+_BENCH_SHAPES = {'toy-shaped': dict(n_layer=6, n_embd=128, n_head=4, n_inner=512, vocab_size=1200, n_positions=128),
+                 'gpt2-small': dict(n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024),
+                 'gpt2-xl': dict(n_layer=48, n_embd=1600, n_head=25, vocab_size=50257, n_positions=1024)}
 
+def _bench_model(spec, device=None, dtype=None):
+    "A model to benchmark, with a prompt and subject: 'toy', a key of `_BENCH_SHAPES`, or a hub name / directory."
+    prompt, subject = 'The Eiffel Tower is located in the city of', 'Eiffel Tower'
+    if spec == 'toy':
+        mt, knowns = load_model_and_knowns('toy', device=device)
+        prompt, subject = knowns[0]['prompt'], knowns[0]['subject']
+    elif spec in _BENCH_SHAPES:
+        with torch.device(device or 'cpu'): model = tiny_model('gpt2', **_BENCH_SHAPES[spec])
+        mt = ModelAndTokenizer(model=model, tokenizer=tiny_tokenizer(), device=device or 'cpu')
+    else: mt = ModelAndTokenizer(spec, device=device)
+    if dtype is not None: mt.model.to(dtype)
+    return mt, prompt, subject
+
+def _bench_paths(mt, ti, noise, window, max_rows):
+    "The reference path and the engine, each a function computing the three grids."
+    args = (mt.model, mt.num_layers, ti.inp, ti.subject_range, ti.answers_t)
+    def plain():
+        return [trace_important_states(*args, noise=noise)] + [trace_important_window(*args, k, window, noise=noise) for k in ('mlp', 'attn')]
+    def fast():
+        g = TraceEngine(mt.model, ti.inp, ti.subject_range, ti.answers_t, noise, max_rows=max_rows).trace_grids((None, 'mlp', 'attn'), window)
+        return [g[None], g['mlp'], g['attn']]
+    return plain, fast
+
+# %% ../nbs/10_tracing.ipynb #d82053dd
 def benchmark_tracing(models=('toy', 'gpt2-small'), # model specifications (see above)
                       samples:int=10,                # corrupted rows per run
                       window:int=10,                 # MLP / attention window
                       threads:int=1,                 # torch CPU threads during the runs (None: leave as is)
-                      verbose:bool=True):            # print each row as it is measured
+                      verbose:bool=True,             # print each row as it is measured
+                      device:str=None,               # e.g. 'cuda' (default: the CPU)
+                      dtype=None,                    # e.g. torch.float16 (default: the model's)
+                      max_rows:int=1024,             # the engine's rows per replayed batch
+                      repeat:int=3):                 # timed engine runs (the median is reported)
     "Time the full three-kind grid of one prompt on the reference path and on the engine: a DataFrame."
     import pandas as pd
     old = torch.get_num_threads()
@@ -933,23 +1105,23 @@ def benchmark_tracing(models=('toy', 'gpt2-small'), # model specifications (see 
     rows = []
     try:
         for spec in models:
-            mt, prompt, subject = _bench_model(spec)
+            mt, prompt, subject = _bench_model(spec, device, dtype)
             ti = _trace_inputs(mt, prompt, subject, samples)
             noise = 3 * collect_embedding_std(mt, [subject])
-            args = (mt.model, mt.num_layers, ti.inp, ti.subject_range, ti.answers_t)
-            def plain():
-                return [trace_important_states(*args, noise=noise)] + [trace_important_window(*args, k, window, noise=noise) for k in ('mlp', 'attn')]
-            def fast():
-                g = TraceEngine(mt.model, ti.inp, ti.subject_range, ti.answers_t, noise).trace_grids((None, 'mlp', 'attn'), window)
-                return [g[None], g['mlp'], g['attn']]
-            g_e, we, ce, me = _measure(fast)
-            g_p, wp, cp, mp = _measure(plain)
+            plain, fast = _bench_paths(mt, ti, noise, window, max_rows)
+            fast()                                                   # untimed: once-per-model checks, allocations
+            trace_with_patch(mt.model, ti.inp, [], ti.answers_t, ti.subject_range, noise)
+            runs = sorted((_measure(fast, device) for _ in range(repeat)), key=lambda r: r[2])
+            g_e, we, ce, me = runs[len(runs) // 2]                   # the engine's median run (by CPU time)
+            g_p, wp, cp, mp = _measure(plain, device)
             ntok = ti.inp['input_ids'].shape[1]
-            rows.append(dict(model=spec, layers=mt.num_layers, width=mt.arch.hidden_size, vocab=mt.model.config.vocab_size,
+            rows.append(dict(model=spec, device=str(mt.device), dtype=str(mt.model.dtype).replace('torch.', ''),
+                             layers=mt.num_layers, width=mt.arch.hidden_size, vocab=mt.model.config.vocab_size,
                              tokens=ntok, cells=3 * ntok * mt.num_layers, plain_s=wp, engine_s=we, speedup=wp / we,
                              plain_cpu_s=cp, engine_cpu_s=ce, cpu_speedup=cp / ce, plain_peak_mb=mp, engine_peak_mb=me,
                              max_abs_diff=max((a - b).abs().max().item() for a, b in zip(g_p, g_e))))
             if verbose: print(pd.DataFrame(rows[-1:]).to_string(index=False, float_format='%.3g'), flush=True)
+            del mt
     finally: torch.set_num_threads(old)
     return pd.DataFrame(rows)
 
@@ -999,7 +1171,7 @@ def load_model_and_knowns(model_name:str, fact_file:str=None, device:str=None):
     if not fact_file: raise ValueError(f"--fact_file is needed for {model_name!r} (e.g. known_1000.json from {DATA_URLS['known_1000.json']})")
     return ModelAndTokenizer(model_name, device=device), known_facts(fact_file)
 
-# %% ../nbs/10_tracing.ipynb #bb7d2273
+# %% ../nbs/10_tracing.ipynb #8df88b5b
 @call_parse
 def main(model_name:str='toy',   # hub name, local directory, or 'toy'
          fact_file:str=None,     # known facts (known_1000.json format); default for 'toy': the toy world's
@@ -1020,7 +1192,7 @@ def main(model_name:str='toy',   # hub name, local directory, or 'toy'
     if bench:
         import pandas as pd
         pd.set_option('display.width', 250)
-        try: df = benchmark_tracing(bench_models.split(','), samples=samples, window=window, threads=threads or 1, verbose=False)
+        try: df = benchmark_tracing(bench_models.split(','), samples=samples, window=window, threads=threads or 1, verbose=False, device=device)
         except ValueError as e: raise SystemExit(f"rome_nb_trace: {e}") from None
         print(df.to_string(index=False, float_format='%.3g'))
         return

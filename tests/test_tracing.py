@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from rome_nb.models import ModelAndTokenizer, tiny_model, tiny_tokenizer, make_inputs, find_token_range, predict_from_input, layername
+from rome_nb.models import ModelAndTokenizer, tiny_model, tiny_tokenizer, make_inputs, find_token_range, predict_from_input, layername, TINY_CONFIGS
 from rome_nb.tracing import (TraceEngine, EngineUnsupported, trace_important_states, trace_important_window, trace_with_patch,
                              trace_with_repatch, calculate_hidden_flow, calculate_all_flows, calculate_severed, KnownsDataset, known_facts,
                              trace_knowns, load_trace, save_trace, resolve_noise, trace_explorer, plot_trace_heatmap)
@@ -44,10 +44,45 @@ def test_engine_matches_reference_path(family):
     assert (eng.trace_important_window('mlp', window=1) - ref['mlp']).abs().max() > 1e-4
 
 
+@pytest.mark.parametrize('family', list(TINY_CONFIGS))
+@pytest.mark.parametrize('prompt,subject', [(PROMPT, SUBJECT), ('Eiffel Tower is in', 'Eiffel Tower')])
+def test_engine_matches_reference_on_every_family(family, prompt, subject):
+    # every shortcut on (positions, last block at the answer only, windows' first block at one position, no-op cells),
+    # the subject inside the prompt or at its start, as in the toy world's prompts
+    cfg = (dict(n_layer=3) if family in ('gpt2', 'gptj') else
+           dict(num_layers=3, attention_types=[[['global', 'local'], 1], [['global'], 1]]) if family == 'gpt_neo' else dict(num_hidden_layers=3))
+    model = tiny_model(family, initializer_range=0.3, **cfg)
+    tok = tiny_tokenizer('metaspace' if family in ('llama', 'mistral') else 'bytelevel')
+    inp = make_inputs(tok, [prompt] * 5)
+    rng = find_token_range(tok, inp['input_ids'][0], subject)
+    a = int(predict_from_input(model, inp)[0][0])
+    eng = TraceEngine(model, inp, rng, a, noise=1.0, min_saving=0)  # every shortcut, however little it saves
+    assert eng.positions and eng.last_only, family
+    got = eng.trace_grids((None, 'mlp', 'attn'), window=2)
+    for k in (None, 'mlp', 'attn'):
+        ref = (trace_important_states(model, 3, inp, rng, a, noise=1.0) if k is None else
+               trace_important_window(model, 3, inp, rng, a, k, window=2, noise=1.0))
+        assert ref.std() > 1e-3, (family, k)
+        assert (got[k] - ref).abs().max() < 1e-5, (family, k)
+
+
+def test_engine_skips_cells_that_cannot_change_the_answer():
+    model, tok, inp, rng, a = family_setup('gpt2', n_layer=3)
+    eng, n = TraceEngine(model, inp, rng, a, noise=1.0), inp['input_ids'].shape[1]
+    assert eng._effective(eng.hidden_cell(rng[0], 2)) is None           # the last layer's state at a token not read
+    assert eng._effective(eng.hidden_cell(n - 1, 2)) is not None        # ... at the last token: the clean output
+    assert eng._effective(eng.window_cell(rng[0] - 1, 1, 'mlp', 3)) is None  # before the subject nothing is corrupted
+    cut = eng._effective(eng.window_cell(rng[0], 2, 'attn', 3))          # a window's top block at a token not read
+    assert cut.patches[0][1] == (1,)
+    # and the skipped cells still get the reference path's numbers
+    ref = trace_important_states(model, 3, inp, rng, a, noise=1.0)
+    assert (eng.trace_important_states() - ref).abs().max() < 1e-5 and (ref[:-1, -1] - eng.low_score).abs().max() < 1e-6
+
+
 def test_engine_shares_clipped_windows_exactly():
     # windows clipped at the bottom share their first blocks; chunks of a few rows split the work
     model, tok, inp, rng, a = family_setup('gpt2', n_layer=6)
-    got = TraceEngine(model, inp, rng, a, noise=1.0, max_rows=30).trace_grids(('mlp', 'attn'), window=7)
+    got = TraceEngine(model, inp, rng, a, noise=1.0, max_rows=30, min_saving=0).trace_grids(('mlp', 'attn'), window=7)
     for k in ('mlp', 'attn'):
         ref = trace_important_window(model, 6, inp, rng, a, k, window=7, noise=1.0)
         assert ref.std() > 1e-3 and (got[k] - ref).abs().max() < 1e-5

@@ -1,0 +1,149 @@
+"MEND: exact restore, safe loading, training lowers the edit loss, GPT-2 and Llama layouts, the evaluation CLI."
+import json, os, subprocess, sys
+from pathlib import Path
+import pytest
+import torch
+import standin_alg
+from rome_nb.models import tiny_model, tiny_tokenizer, target_logprobs
+from rome_nb.evaluate import restore_weights, hparams_path
+from rome_nb.baselines.mend import (MENDHyperParams, MENDEditor, apply_mend_to_model, edit_module_names, train_editor,
+                                    token_factors, edit_batch, load_editor_state, save_editor, mend_init_stats,
+                                    editor_history, get_editor, make_mend_editor)
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+REQ = {'prompt': '{} plays the sport of', 'subject': 'LeBron James', 'target_new': {'str': 'football'}}
+
+
+def tiny(family):
+    kw = dict(n_layer=4, n_embd=32, initializer_range=0.2) if family == 'gpt2' else dict(num_hidden_layers=3, initializer_range=0.2)
+    return tiny_model(family, **kw), tiny_tokenizer()
+
+
+@pytest.fixture(scope='module')
+def train_file(tmp_path_factory):
+    f = tmp_path_factory.mktemp('train') / 'train.json'
+    f.write_text(json.dumps([standin_alg.make_record(i) for i in range(20, 80)]))
+    return f
+
+
+def small_hp(train_file, cache_dir, **kw):
+    return MENDHyperParams(**{**dict(rank=16, edit_lr=1e-3, train_steps=40, n_loc=2, lr=1e-2, n_stats=10, train_ds=str(train_file),
+                                     train_skip=0, cache_dir=str(cache_dir)), **kw})
+
+
+@pytest.mark.parametrize('family', ['gpt2', 'llama'])
+def test_apply_and_restore_bit_exact(family, train_file, tmp_path):
+    model, tok = tiny(family)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    hp = small_hp(train_file, tmp_path)
+    lp0 = target_logprobs(model, tok, ['LeBron James plays the sport of'], ['football'])[0].sum()
+    m, orig = apply_mend_to_model(model, tok, [REQ, {**REQ, 'subject': 'Toko Yasuda'}], hp, return_orig_weights=True, progress=False)
+    assert m is model
+    names = {n + '.weight' for n in edit_module_names(model)}
+    assert set(orig) == names
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed == names  # exactly the edited weights moved
+    lp1 = target_logprobs(model, tok, ['LeBron James plays the sport of'], ['football'])[0].sum()
+    assert lp1 > lp0
+    restore_weights(model, orig)
+    for n, p in model.named_parameters(): assert torch.equal(p, before[n]), n
+    # copy=True leaves the model alone
+    m2, _ = apply_mend_to_model(model, tok, [REQ], hp, copy=True, progress=False)
+    assert m2 is not model
+    for n, p in model.named_parameters(): assert torch.equal(p, before[n]), n
+
+
+@pytest.mark.parametrize('family', ['gpt2', 'llama'])
+def test_training_reduces_edit_loss(family, train_file, tmp_path):
+    model, tok = tiny(family)
+    hp = small_hp(train_file, tmp_path, train_steps=80)
+    recs = json.loads(train_file.read_text())
+    torch.manual_seed(0)
+    ed = make_mend_editor(model, edit_module_names(model), hp)
+    mend_init_stats(ed, model, tok, recs, hp)
+    hist = train_editor(ed, model, tok, recs, hp, progress=False)
+    k = 20
+    first, last = sum(hist['edit'][:k]) / k, sum(hist['edit'][-k:]) / k
+    assert last < 0.8 * first, (first, last)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_weights_only_refuses_pickled_code(tmp_path, train_file):
+    marker = tmp_path / 'pwned'
+
+    class Evil:
+        def __reduce__(self): return (os.system, (f'touch {marker}',))
+
+    f = tmp_path / 'evil.pt'
+    torch.save({'model': {'w': torch.zeros(1)}, 'evil': Evil()}, f)
+    with pytest.raises(ValueError, match='refused'): load_editor_state(f)
+    model, tok = tiny('gpt2')
+    with pytest.raises(ValueError, match='refused'):
+        apply_mend_to_model(model, tok, [REQ], small_hp(train_file, tmp_path, editor_path=str(f)), progress=False)
+    assert not marker.exists()
+
+
+def test_editor_file_roundtrip(train_file, tmp_path):
+    "A cached editor file loaded through `editor_path` (safetensors) and as a plain state dict (.pt) gives the same edit."
+    model, tok = tiny('gpt2')
+    hp = small_hp(train_file, tmp_path / 'cache')
+    ed = get_editor(model, tok, hp, 'MEND', make_mend_editor, mend_init_stats, progress=False)
+    assert editor_history(model, hp, 'MEND') is not None
+    f = next((tmp_path / 'cache').glob('mend/*/editor.safetensors'))
+    with torch.no_grad(): ref = ed.edit_deltas(model, tok, REQ)
+    pt = tmp_path / 'editor.pt'; torch.save({'model': ed.state_dict()}, pt)
+    for path, kw in ((f, {}), (pt, dict(rank=16))):
+        m2, _ = tiny('gpt2')
+        ed2 = get_editor(m2, tok, MENDHyperParams(editor_path=str(path), **kw), 'MEND', make_mend_editor)
+        with torch.no_grad(): d2 = ed2.edit_deltas(m2, tok, REQ)
+        for k in ref: assert torch.equal(ref[k], d2[k]), (path, k)
+    with pytest.raises(FileNotFoundError): get_editor(m2, tok, MENDHyperParams(editor_path=str(tmp_path / 'none.safetensors')), 'MEND', make_mend_editor)
+
+
+def test_packaged_hparams():
+    xl = MENDHyperParams.from_json(hparams_path('MEND', 'gpt2-xl.json'))
+    assert (xl.lr_scale, xl.n_toks, xl.model_name) == (1.0, 10, 'gpt2-xl')
+    gj = MENDHyperParams.from_json(hparams_path('MEND', 'EleutherAI_gpt-j-6B.json'))
+    assert gj.model_name == 'EleutherAI/gpt-j-6B'
+    toy = MENDHyperParams.from_json(hparams_path('MEND', 'toy.json'))
+    assert toy.train_ds == 'toy' and toy.train_skip == 200
+
+
+CLI = ("import sys\nfrom rome_nb.evaluate import ALG_DICT, main\n"
+       "if 'MEND' not in ALG_DICT: ALG_DICT['MEND'] = 'rome_nb.baselines.mend:MENDHyperParams:apply_mend_to_model'\n"
+       "main()\n")
+
+
+def test_evaluate_cli(tmp_path, train_file):
+    b = standin_alg.make_bench(tmp_path / 'bench', n=6)
+    hp = small_hp(train_file, tmp_path / 'cache'); hpf = tmp_path / 'mend.json'; hp.to_json(hpf)
+    cli = tmp_path / 'cli.py'; cli.write_text(CLI)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(TESTS)]), OMP_NUM_THREADS='1', ROME_NB_OFFLINE='1')
+    r = subprocess.run([sys.executable, str(cli), '--alg_name', 'MEND', '--model_name', str(b['model']), '--hparams_fname', str(hpf),
+                        '--data_dir', str(b['data']), '--results_dir', str(tmp_path / 'results'), '--device', 'cpu',
+                        '--dataset_size_limit', '3', '--skip_generation_tests', '--quiet'], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = tmp_path / 'results' / 'MEND' / 'run_000'
+    cases = [json.loads((run / f'case_{i}.json').read_text()) for i in range(3)]
+    gain = [c['pre']['rewrite_prompts_probs'][0]['target_new'] - c['post']['rewrite_prompts_probs'][0]['target_new'] for c in cases]
+    assert sum(gain) > 0, gain  # the new object's NLL falls on average
+
+
+@pytest.mark.parametrize('family', list(__import__('rome_nb.models', fromlist=['TINY_CONFIGS']).TINY_CONFIGS))
+def test_every_family(family):
+    "The per-token factors rebuild each edited weight's gradient, and the editor's changes fit the weights, for every adapter family."
+    from rome_nb.models import _linear_dims
+    from rome_nb.nethook import get_module, get_parameter
+    from rome_nb.baselines.mend import outer_grad, target_nll
+    model, tok = tiny_model(family), tiny_tokenizer()
+    names = edit_module_names(model)
+    inp, labels = edit_batch(tok, [REQ])
+    fac, _ = token_factors(model, inp, labels, names)
+    model.zero_grad(); target_nll(model(**inp).logits, labels).backward()
+    for n in names:
+        torch.testing.assert_close(outer_grad(*fac[n], _linear_dims(get_module(model, n))[2]), get_parameter(model, n + '.weight').grad, rtol=1e-4, atol=1e-6)
+    ed = MENDEditor(model, names, rank=8)
+    for s in ('LeBron James', 'Megan Rapinoe'): ed.update_stats(token_factors(model, *edit_batch(tok, [{**REQ, 'subject': s}]), names)[0])
+    with torch.no_grad(): d = ed.edit_deltas(model, tok, REQ)
+    assert {k: v.shape for k, v in d.items()} == {n + '.weight': get_parameter(model, n + '.weight').shape for n in names}
