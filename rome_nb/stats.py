@@ -247,11 +247,12 @@ def collect_batch(model, layer_name:str, rows:list, stat:CombinedStat, pad_id:in
     feats = as_btd(tr.input, *ids.shape)[mask.bool().to(tr.input.device)]
     stat.add(feats, compute_dtype)
 
-# %% ../nbs/20_stats.ipynb #bc1de738
+# %% ../nbs/20_stats.ipynb #ccbdbd32
 def _param_sample(p, n=64):
     "A small, position-spread sample of a tensor's values (for fingerprints)."
     flat = p.detach().reshape(-1)
-    idx = torch.linspace(0, flat.numel() - 1, min(n, flat.numel()), device=flat.device).long()
+    k = min(n, flat.numel())  # evenly spread indices, in integers (float32 steps overshoot the end of tensors of ~10^7 values)
+    idx = torch.div(torch.arange(k, device=flat.device) * (flat.numel() - 1), max(k - 1, 1), rounding_mode='floor')
     return flat[idx].float().cpu().numpy().tobytes()
 
 def weights_fingerprint(model, layer_name:str=None): # the module whose input keys are measured

@@ -40,6 +40,8 @@ def test_packaged_hparams():
     assert R.hparams_path('ROME', 'gpt2-xl') == R.hparams_path('ROME', str(R.hparams_path('ROME', 'gpt2-xl')))
     with pytest.raises(FileNotFoundError, match='available'):
         R.hparams_path('ROME', 'no-such-model')
+    toy = R.ROMEHyperParams.from_json(R.hparams_path('ROME', 'toy'))  # the toy world's model: its corpus, adapter's module names
+    assert toy.mom2_dataset == 'toy' and toy.rewrite_module_tmp is None and toy.layers == [0]
 
 
 def test_hparams_json_roundtrip(tmp_path):
@@ -214,3 +216,14 @@ def test_half_precision_model(tok, sd):
     assert w.dtype == torch.bfloat16 and torch.isfinite(w).all() and not torch.equal(w, orig[list(orig)[0]])
     R.restore_weights(model, orig)
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+@pytest.mark.slow
+def test_bench_cli_on_the_toy_model():
+    # `python -m rome_nb.rome_demo` prints the paper's table for a couple of toy CounterFact edits
+    import os, subprocess, sys
+    env = dict(os.environ, PYTHONPATH=str(Path(R.__file__).parents[1]), OMP_NUM_THREADS='1')
+    out = subprocess.run([sys.executable, '-m', 'rome_nb.rome_demo', '--n_cf', '2', '--n_seq', '0', '--n_timing', '0', '--gpt2_small', '0'],
+                         capture_output=True, text=True, env=env, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert '2 counterfactual edits' in out.stdout and 'ROME without C' in out.stdout and 'unedited' in out.stdout

@@ -146,3 +146,10 @@ def test_cli(tmp_path, mt):
     files = sorted(p.name for p in (tmp_path / 's').rglob('*.npz'))
     assert len(files) == 2 and files[0].startswith('transformer.h.0.mlp.c_proj_float64_mom2_30')
     assert r.stdout.count('tokens;') == 2  # each layer once (the CLI runs once under python -m)
+
+
+def test_param_sample_of_a_large_tensor():
+    # fingerprints sample evenly spread values; float32 index steps used to overshoot tensors of ~10^7 values
+    t = torch.arange(50257 * 768, dtype=torch.float32)  # GPT-2's embedding size
+    a = np.frombuffer(S._param_sample(t), dtype=np.float32)
+    assert len(a) == 64 and a[0] == 0 and a[-1] == t[-1].item() and (np.diff(a) > 0).all()
