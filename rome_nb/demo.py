@@ -73,12 +73,12 @@ def adapter_table():
                          final_norm=a.ln_f_module))
     return pd.DataFrame(rows).set_index('family')
 
-# %% ../nbs/90_demo.ipynb #ccf79a39
+# %% ../nbs/90_demo.ipynb #c822f94e
 def _say(quiet, *a):
     if not quiet: print(*a, flush=True)
 
 @call_parse
-def main(n_cases:int=50,          # toy CounterFact cases to evaluate ROME on
+def main(n_cases:int=10,          # toy CounterFact cases to evaluate ROME on
          out_dir:str='demo_out',  # where figures and results are written
          quiet:bool=False):       # print less
     "Run the demo: locate, edit and evaluate facts of the embedded toy model."
