@@ -9,7 +9,7 @@ __all__ = ['EDIT_KINDS', 'CACHE_DIR', 'EditorHyperParams', 'MENDHyperParams', 'm
            'train_editor', 'model_fingerprint', 'editor_key', 'editor_cache_dir', 'get_editor', 'editor_history',
            'make_mend_editor', 'mend_init_stats', 'apply_deltas', 'apply_mend_to_model']
 
-# %% ../../nbs/32_mend.ipynb #b58fba75
+# %% ../../nbs/32_mend.ipynb #4977d5c7
 import os, json, math, time, random, hashlib, shutil, warnings, weakref, copy as _copy
 from dataclasses import dataclass, field, fields, asdict, MISSING
 from pathlib import Path
@@ -20,12 +20,13 @@ from torch.func import functional_call
 from ..nethook import get_module, get_parameter, TraceDict
 from ..models import model_arch, layername, encode_with_targets, make_inputs, _linear_dims
 from ..dsets import CounterFactDataset
+from ..editing import HyperParams
 
-# %% ../../nbs/32_mend.ipynb #3ae4e3f4
+# %% ../../nbs/32_mend.ipynb #4c66a156
 EDIT_KINDS = ('mlp_in', 'down_proj')  # the MLP's input projections (c_fc, up_proj, gate_proj, ...) and its output projection
 
 @dataclass
-class EditorHyperParams:
+class EditorHyperParams(HyperParams):
     "Fields shared by the learned editors (MEND, KE): the reference's, the edited weights, the training run; JSON in and out."
     lr_scale: float = 1.0         # multiplies the editor's weight change when an edit is applied
     n_toks: int = 10              # reference: which pretrained checkpoint (editor trained on 1- or 10-token targets)
@@ -55,24 +56,6 @@ class EditorHyperParams:
         if bad: raise ValueError(f"unknown kinds {bad}; use some of {EDIT_KINDS}")
         if not isinstance(self.train_ds, str) or not self.train_ds:
             raise ValueError(f"train_ds must be 'toy', 'cf' or the path of CounterFact data, got {self.train_ds!r}")
-
-    @classmethod
-    def from_dict(cls, d:dict):
-        "Build from a dict; unknown keys are ignored with a warning, missing required ones are an error."
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown: warnings.warn(f"{cls.__name__}: ignoring unknown fields {unknown}")
-        missing = [f.name for f in fields(cls) if f.name not in d and f.default is MISSING and f.default_factory is MISSING]
-        if missing: raise ValueError(f"{cls.__name__}: missing required fields {missing}")
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-    @classmethod
-    def from_json(cls, fpath): # a JSON file, e.g. `hparams_path('MEND', 'toy.json')`
-        "Load from a JSON file."
-        with open(fpath) as f: return cls.from_dict(json.load(f))
-
-    def to_dict(self): return asdict(self)
-    def to_json(self, fpath): Path(fpath).write_text(json.dumps(self.to_dict(), indent=4) + '\n')
 
 # %% ../../nbs/32_mend.ipynb #3caff5d1
 @dataclass
