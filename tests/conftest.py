@@ -1,5 +1,5 @@
-"Shared pytest setup: the `slow` marker (run with --runslow or RUN_SLOW=1) and the shared data folder."
-import os
+"Shared pytest setup: the `slow` marker (run with --runslow or RUN_SLOW=1), the shared data folder, editor training records."
+import json, os
 from pathlib import Path
 import pytest
 
@@ -30,3 +30,12 @@ def shared_data():
     "The shared real-data folder (../shared/data from the project root); skips the test when it is absent."
     if not SHARED_DATA.is_dir(): pytest.skip(f'shared data not found at {SHARED_DATA}')
     return SHARED_DATA
+
+
+@pytest.fixture(scope='module')
+def train_file(tmp_path_factory):
+    "A CounterFact-format training file of 60 stand-in records (the learned editors' `train_ds`)."
+    import standin_alg
+    f = tmp_path_factory.mktemp('train') / 'train.json'
+    f.write_text(json.dumps([standin_alg.make_record(i) for i in range(20, 80)]))
+    return f

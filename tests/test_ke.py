@@ -1,29 +1,12 @@
 "KE (EFK): exact restore, safe loading, training lowers the edit loss, GPT-2 and Llama layouts, the evaluation CLI."
-import json, os, subprocess, sys
-from pathlib import Path
+import json
 import pytest
 import torch
-import standin_alg
-from rome_nb.models import tiny_model, tiny_tokenizer, target_logprobs
+from _editors import REQ, tiny, save_evil_pickle, run_evaluate_cli
+from rome_nb.models import target_logprobs
 from rome_nb.evaluate import restore_weights, hparams_path
 from rome_nb.baselines.mend import edit_module_names, train_editor, load_editor_state, get_editor, editor_history, save_editor
 from rome_nb.baselines.ke import EFKHyperParams, KEEditor, apply_ke_to_model, make_ke_editor, weight_grads
-
-ROOT = Path(__file__).resolve().parents[1]
-TESTS = Path(__file__).resolve().parent
-REQ = {'prompt': '{} plays the sport of', 'subject': 'LeBron James', 'target_new': {'str': 'football'}}
-
-
-def tiny(family):
-    kw = dict(n_layer=4, n_embd=32, initializer_range=0.2) if family == 'gpt2' else dict(num_hidden_layers=3, initializer_range=0.2)
-    return tiny_model(family, **kw), tiny_tokenizer()
-
-
-@pytest.fixture(scope='module')
-def train_file(tmp_path_factory):
-    f = tmp_path_factory.mktemp('train') / 'train.json'
-    f.write_text(json.dumps([standin_alg.make_record(i) for i in range(20, 80)]))
-    return f
 
 
 def small_hp(train_file, cache_dir, **kw):
@@ -71,12 +54,7 @@ def test_training_reduces_edit_loss(family, train_file, tmp_path):
 
 def test_weights_only_refuses_pickled_code(tmp_path, train_file):
     marker = tmp_path / 'pwned'
-
-    class Evil:
-        def __reduce__(self): return (os.system, (f'touch {marker}',))
-
-    f = tmp_path / 'evil.bin'
-    torch.save({'state': Evil()}, f)
+    f = save_evil_pickle(tmp_path / 'evil.bin', marker, key='state')
     model, tok = tiny('gpt2')
     with pytest.raises(ValueError, match='refused'):
         apply_ke_to_model(model, tok, [REQ], small_hp(train_file, tmp_path, editor_path=str(f)), progress=False)
@@ -104,19 +82,6 @@ def test_packaged_hparams():
     assert toy.train_ds == 'toy' and toy.train_skip == 200
 
 
-CLI = ("from rome_nb.evaluate import ALG_DICT, main\n"
-       "if 'KE' not in ALG_DICT: ALG_DICT['KE'] = 'rome_nb.baselines.ke:EFKHyperParams:apply_ke_to_model'\n"
-       "main()\n")
-
-
 def test_evaluate_cli(tmp_path, train_file):
-    b = standin_alg.make_bench(tmp_path / 'bench', n=6)
-    hp = small_hp(train_file, tmp_path / 'cache'); hpf = tmp_path / 'ke.json'; hp.to_json(hpf)
-    cli = tmp_path / 'cli.py'; cli.write_text(CLI)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(TESTS)]), OMP_NUM_THREADS='1', ROME_NB_OFFLINE='1')
-    r = subprocess.run([sys.executable, str(cli), '--alg_name', 'KE', '--model_name', str(b['model']), '--hparams_fname', str(hpf),
-                        '--data_dir', str(b['data']), '--results_dir', str(tmp_path / 'results'), '--device', 'cpu',
-                        '--dataset_size_limit', '3', '--skip_generation_tests', '--quiet'], capture_output=True, text=True, env=env, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    run = tmp_path / 'results' / 'KE' / 'run_000'
+    run = run_evaluate_cli(tmp_path, 'KE', 'rome_nb.baselines.ke:EFKHyperParams:apply_ke_to_model', small_hp(train_file, tmp_path / 'cache'))
     assert sorted(p.name for p in run.glob('case_*.json')) == ['case_0.json', 'case_1.json', 'case_2.json']
