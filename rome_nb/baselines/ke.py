@@ -6,13 +6,13 @@
 __all__ = ['EFKHyperParams', 'weight_grads', 'RequestEncoder', 'ConditionedWeight', 'KEEditor', 'make_ke_editor',
            'apply_ke_to_model']
 
-# %% ../../nbs/33_ke.ipynb #d871df91
+# %% ../../nbs/33_ke.ipynb #239dc084
 import json, copy as _copy
 from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from ..nethook import get_module, get_parameter
+from ..nethook import get_module, get_parameter, temp_requires_grad
 from ..models import model_arch
 from .mend import (EditorHyperParams, edit_module_names, edit_batch, target_nll, get_editor,
                                     apply_deltas, editor_history)
@@ -27,18 +27,13 @@ class EFKHyperParams(EditorHyperParams):
     hidden_dim: int = 512         # hidden layer of each weight's conditioner MLP
     max_scale: float = 1.0        # s: the largest factor the gate allows
 
-# %% ../../nbs/33_ke.ipynb #3c61faa9
+# %% ../../nbs/33_ke.ipynb #23c9243d
 def weight_grads(model:nn.Module, inp:dict, labels:torch.Tensor, names:list): # model, `edit_batch` output, module names
     "Gradient of the edit loss for each edited weight (float32), and the loss; only those weights require grad, briefly."
     ws = [get_parameter(model, n + '.weight') for n in names]
-    flags = [w.requires_grad for w in ws]
-    try:
-        for w in ws: w.requires_grad_(True)
-        with torch.enable_grad():
-            loss = target_nll(model(**inp).logits, labels)
-            grads = torch.autograd.grad(loss, ws)
-    finally:
-        for w, f in zip(ws, flags): w.requires_grad_(f)
+    with temp_requires_grad(True, *ws), torch.enable_grad():
+        loss = target_nll(model(**inp).logits, labels)
+        grads = torch.autograd.grad(loss, ws)
     return {n + '.weight': g.detach().float() for n, g in zip(names, grads)}, loss.detach()
 
 # %% ../../nbs/33_ke.ipynb #72707cfb

@@ -9,15 +9,15 @@ __all__ = ['EDIT_KINDS', 'CACHE_DIR', 'EditorHyperParams', 'MENDHyperParams', 'm
            'train_editor', 'model_fingerprint', 'editor_key', 'editor_cache_dir', 'get_editor', 'editor_history',
            'make_mend_editor', 'mend_init_stats', 'apply_deltas', 'apply_mend_to_model']
 
-# %% ../../nbs/32_mend.ipynb #4977d5c7
-import os, json, math, time, random, hashlib, shutil, warnings, weakref, copy as _copy
+# %% ../../nbs/32_mend.ipynb #a774dbbd
+import os, json, math, time, random, hashlib, shutil, warnings, weakref, contextlib, copy as _copy
 from dataclasses import dataclass, field, fields, asdict, MISSING
 from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
-from ..nethook import get_module, get_parameter, TraceDict
+from ..nethook import get_module, get_parameter, TraceDict, temp_requires_grad
 from ..models import model_arch, layername, encode_with_targets, make_inputs, _linear_dims
 from ..dsets import CounterFactDataset
 from ..editing import HyperParams
@@ -114,18 +114,13 @@ def target_nll(logits:torch.Tensor, labels:torch.Tensor): # [batch, seq, vocab],
     nll = -lp.gather(-1, lab.clamp(min=0)[..., None])[..., 0] * m
     return (nll.sum(1) / m.sum(1).clamp(min=1)).mean()
 
-# %% ../../nbs/32_mend.ipynb #d0e7ca0f
+# %% ../../nbs/32_mend.ipynb #6d1e5f4e
 def token_factors(model:nn.Module, inp:dict, labels:torch.Tensor, names:list): # model, `edit_batch` output, module names
     "Per module: inputs `u` [tokens, d_in] and output gradients `delta` [tokens, d_out] of the edit loss; and the loss."
     ws = [get_parameter(model, n + '.weight') for n in names]
-    flags = [w.requires_grad for w in ws]
-    try:
-        for w in ws: w.requires_grad_(True)
-        with torch.enable_grad(), TraceDict(model, names, retain_input=True, retain_output=True) as td:
-            loss = target_nll(model(**inp).logits, labels)
-            grads = torch.autograd.grad(loss, [td[n].output for n in names])
-    finally:
-        for w, f in zip(ws, flags): w.requires_grad_(f)
+    with temp_requires_grad(True, *ws), torch.enable_grad(), TraceDict(model, names, retain_input=True, retain_output=True) as td:
+        loss = target_nll(model(**inp).logits, labels)
+        grads = torch.autograd.grad(loss, [td[n].output for n in names])
     mask = inp['attention_mask'].bool().reshape(-1)
     res = {}
     for n, g in zip(names, grads):  # [batch, seq, d] or flattened [batch * seq, d] (OPT's MLP)
@@ -308,18 +303,15 @@ def edit_step_losses(editor, model, tok, rec, others, hparams): # editor, model,
     l_edit = target_nll(functional_call(model, params, args=(), kwargs=einp).logits, elab)
     return l_edit, locality_kl(model, params, linp, base), pre
 
-# %% ../../nbs/32_mend.ipynb #09c8cbda
-class _FrozenModel:
+# %% ../../nbs/32_mend.ipynb #d67c66f0
+@contextlib.contextmanager
+def _frozen_model(model):
     "Context: the model in eval mode with no parameter requiring gradients; restored afterwards."
-    def __init__(self, model): self.model = model
-    def __enter__(self):
-        self.flags = [(p, p.requires_grad) for p in self.model.parameters()]
-        self.training = self.model.training
-        for p, _ in self.flags: p.requires_grad_(False)
-        self.model.eval(); return self.model
-    def __exit__(self, *a):
-        for p, f in self.flags: p.requires_grad_(f)
-        self.model.train(self.training)
+    training = model.training
+    with temp_requires_grad(False, model):
+        model.eval()
+        try: yield model
+        finally: model.train(training)
 
 def train_editor(editor:nn.Module, model, tok, records:list, hparams, steps:int=None,
                  progress:bool=True): # editor, model, tokenizer, training records, hyperparameters, override train_steps
@@ -333,7 +325,7 @@ def train_editor(editor:nn.Module, model, tok, records:list, hparams, steps:int=
     opt = torch.optim.Adam(groups)
     hist = {k: [] for k in ('pre', 'edit', 'loc', 'wall', 'cpu')}
     t0, c0 = time.time(), time.process_time()
-    with _FrozenModel(model):
+    with _frozen_model(model):
         editor.train()
         for step in tqdm(range(steps), disable=not progress, desc=f"training {editor.method}", mininterval=10):
             rec = records[rng.randrange(len(records))]
