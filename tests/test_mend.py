@@ -98,7 +98,7 @@ def test_evaluate_cli(tmp_path, train_file):
 @pytest.mark.parametrize('family', list(__import__('rome_nb.models', fromlist=['TINY_CONFIGS']).TINY_CONFIGS))
 def test_every_family(family):
     "The per-token factors rebuild each edited weight's gradient, and the editor's changes fit the weights, for every adapter family."
-    from rome_nb.models import _linear_dims
+    from rome_nb.models import linear_dims
     from rome_nb.nethook import get_module, get_parameter
     from rome_nb.baselines.mend import outer_grad, target_nll
     model, tok = tiny_model(family), tiny_tokenizer()
@@ -107,7 +107,7 @@ def test_every_family(family):
     fac, _ = token_factors(model, inp, labels, names)
     model.zero_grad(); target_nll(model(**inp).logits, labels).backward()
     for n in names:
-        torch.testing.assert_close(outer_grad(*fac[n], _linear_dims(get_module(model, n))[2]), get_parameter(model, n + '.weight').grad, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(outer_grad(*fac[n], linear_dims(get_module(model, n))[2]), get_parameter(model, n + '.weight').grad, rtol=1e-4, atol=1e-6)
     ed = MENDEditor(model, names, rank=8)
     for s in ('LeBron James', 'Megan Rapinoe'): ed.update_stats(token_factors(model, *edit_batch(tok, [{**REQ, 'subject': s}]), names)[0])
     with torch.no_grad(): d = ed.edit_deltas(model, tok, REQ)

@@ -9,7 +9,7 @@ __all__ = ['EDIT_KINDS', 'CACHE_DIR', 'EditorHyperParams', 'MENDHyperParams', 'm
            'train_editor', 'model_fingerprint', 'editor_key', 'editor_cache_dir', 'get_editor', 'editor_history',
            'make_mend_editor', 'mend_init_stats', 'apply_deltas', 'apply_mend_to_model']
 
-# %% ../../nbs/32_mend.ipynb #a774dbbd
+# %% ../../nbs/32_mend.ipynb #6c2666ff
 import os, json, math, time, random, hashlib, shutil, warnings, weakref, contextlib, copy as _copy
 from dataclasses import dataclass, field, fields, asdict, MISSING
 from pathlib import Path
@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
 from ..nethook import get_module, get_parameter, TraceDict, temp_requires_grad
-from ..models import model_arch, layername, encode_with_targets, make_inputs, _linear_dims
+from ..models import model_arch, layername, encode_with_targets, make_inputs, linear_dims
 from ..dsets import CounterFactDataset
 from ..editing import HyperParams
 
@@ -67,7 +67,7 @@ class MENDHyperParams(EditorHyperParams):
     lr_lr: float = 1e-4           # Adam learning rate of the step sizes
     n_stats: int = 100            # edits whose gradients set the input normalisation before training
 
-# %% ../../nbs/32_mend.ipynb #06fd970e
+# %% ../../nbs/32_mend.ipynb #00e08dd2
 def mlp_in_names(model:nn.Module, # the model
                  layer:int):      # block index
     "Names of the modules of block `layer` (outside attention) that map the residual stream into the MLP."
@@ -77,7 +77,7 @@ def mlp_in_names(model:nn.Module, # the model
     for n, m in get_module(model, block).named_modules():
         full = f"{block}.{n}" if n else block
         if full == attn or full.startswith(attn + '.'): continue
-        d = _linear_dims(m)
+        d = linear_dims(m)
         if d is not None and d[0] == arch.hidden_size and d[1] == arch.mlp_width: out.append(full)
     if not out: raise ValueError(f"no MLP input projection ({arch.hidden_size} -> {arch.mlp_width}) found in {block}; "
                                  f"edit only 'down_proj' (kinds=['down_proj'])")
@@ -182,14 +182,14 @@ class GradientEditor(nn.Module):
         for l in self.layers: h = l(h, mode)
         return h[:, :self.d_in], h[:, self.d_in:]
 
-# %% ../../nbs/32_mend.ipynb #4f2729ba
+# %% ../../nbs/32_mend.ipynb #2b1adb41
 class MENDEditor(nn.Module):
     "MEND for one model: an editor per weight shape, shared by the weights of that shape, and a step size per weight."
     method = 'MEND'
     def __init__(self, model:nn.Module, names:list, rank:int=1920, n_hidden:int=1, edit_lr:float=1e-4):
         super().__init__()
         self.names, self.config = list(names), dict(names=list(names), rank=rank, n_hidden=n_hidden)
-        dims = {n: _linear_dims(get_module(model, n)) for n in self.names}
+        dims = {n: linear_dims(get_module(model, n)) for n in self.names}
         self.orient = {n: dims[n][2] for n in self.names}
         self.shape_key = {n: f"{dims[n][0]}x{dims[n][1]}" for n in self.names}
         groups = {}
