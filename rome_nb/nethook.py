@@ -25,12 +25,14 @@ def _close_matches(name, candidates, n=5):
 class NameNotFoundError(ValueError, LookupError):
     "A module or parameter name that the model does not have (a `ValueError`, and a `LookupError` as in the reference)."
 
-# %% ../nbs/00_nethook.ipynb #d31c444c
+# %% ../nbs/00_nethook.ipynb #022920c5
 def get_module(model:nn.Module, # the network to search
                name:str):      # dotted module name, as in `model.named_modules()`
     "The submodule of `model` called `name`; an error naming close matches if there is none."
-    for n, m in model.named_modules():
-        if n == name: return m
+    m = model
+    for part in name.split('.') if name else []:  # fast path: follow the registered children, as `named_modules` does
+        m = m._modules.get(part) if isinstance(m, nn.Module) else None
+    if m is not None: return m
     names = [n for n, _ in model.named_modules()]
     raise NameNotFoundError(f"no module named {name!r} in {type(model).__name__}; "
                             f"close matches: {_close_matches(name, names)}")
