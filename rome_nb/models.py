@@ -5,10 +5,10 @@
 # %% auto #0
 __all__ = ['TINY_CONFIGS', 'KINDS', 'TOY_DIR', 'MODEL_ALIASES', 'tiny_model', 'linear_dims', 'ModelArch', 'layername_from_arch',
            'ArchitectureError', 'detect_arch', 'model_arch', 'set_arch', 'layername', 'tiny_tokenizer',
-           'default_device', 'ensure_pad_token', 'ModelAndTokenizer', 'load_causal_lm', 'position_ids_from_mask',
-           'pad_token_id', 'make_inputs', 'target_token_ids', 'encode_with_targets', 'target_logprobs', 'decode_tokens',
-           'token_char_ends', 'find_token_range', 'logits_last', 'predict_from_input', 'predict_token', 'cache_arg',
-           'generate_fast']
+           'default_device', 'ensure_pad_token', 'resolve_model_name', 'ModelAndTokenizer', 'load_causal_lm',
+           'position_ids_from_mask', 'pad_token_id', 'make_inputs', 'target_token_ids', 'encode_with_targets',
+           'target_logprobs', 'decode_tokens', 'token_char_ends', 'find_token_range', 'logits_last',
+           'predict_from_input', 'predict_token', 'cache_arg', 'generate_fast']
 
 # %% ../nbs/01_models.ipynb #df4ea5b8
 import re, math, unicodedata, inspect, warnings
@@ -329,10 +329,15 @@ def ensure_pad_token(tokenizer):
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
-# %% ../nbs/01_models.ipynb #f4f54eb8
+# %% ../nbs/01_models.ipynb #5eebf8eb
 TOY_DIR = Path(rome_nb.__file__).parent / 'toy'  # the packaged toy model (see `rome_nb.toyworld`)
 MODEL_ALIASES = {'toy': TOY_DIR}  # short names resolved by `ModelAndTokenizer`
 
+def resolve_model_name(model_name): # hub name, local directory, or an alias in `MODEL_ALIASES`
+    "What `from_pretrained` loads for `model_name`: an alias's directory (as a string), else `model_name` itself."
+    return str(MODEL_ALIASES[model_name]) if isinstance(model_name, str) and model_name in MODEL_ALIASES else model_name
+
+# %% ../nbs/01_models.ipynb #12d28d50
 class ModelAndTokenizer:
     "A causal LM, its tokenizer and its architecture: loaded by hub name or path, or wrapping given objects."
     def __init__(self, model_name:str=None,  # hub name ('gpt2-xl') or local directory; or an alias in `MODEL_ALIASES`
@@ -347,8 +352,8 @@ class ModelAndTokenizer:
                  trust_remote_code=False):   # passed to `from_pretrained`
         if model is None and tokenizer is None and model_name is None:
             raise ValueError("give a model_name (hub name or local directory) or a model and tokenizer")
-        if isinstance(model_name, str) and model_name in MODEL_ALIASES: model_name = str(MODEL_ALIASES[model_name])
-        self.model_name, self.revision = (str(model_name) if model_name is not None else None), revision
+        self.model_name, self.revision = (str(model_name) if model_name is not None else None), revision  # an alias as given
+        model_name = resolve_model_name(model_name)
         if tokenizer is None:
             if model_name is None: raise ValueError("a tokenizer is needed: pass tokenizer= or model_name=")
             from transformers import AutoTokenizer
