@@ -6,13 +6,14 @@
 __all__ = ['OBJECTIVES', 'FTHyperParams', 'ft_module_names', 'ft_weights', 'request_text', 'ft_loss', 'clamp_to_originals',
            'ft_train', 'apply_ft_to_model', 'execute_ft']
 
-# %% ../../nbs/30_ft.ipynb #3008b4f0
+# %% ../../nbs/30_ft.ipynb #a1fc2624
 import copy as _copy
 from dataclasses import dataclass
 import torch
 from ..nethook import get_module, get_parameter, NameNotFoundError
 from ..models import layername, model_arch, encode_with_targets
 from ..editing import HyperParams, restore_weights
+from ..rome import check_request, fill
 
 # %% ../../nbs/30_ft.ipynb #b05bdf78
 OBJECTIVES = ('prompt_last', 'target_new')
@@ -71,17 +72,11 @@ def ft_weights(model, hparams:FTHyperParams): # the model, hyperparameters
     "`{parameter name: parameter}` of every parameter of the modules FT trains."
     return {f"{m}.{n}": p for m in ft_module_names(model, hparams) for n, p in get_module(model, m).named_parameters()}
 
-# %% ../../nbs/30_ft.ipynb #c6715d74
+# %% ../../nbs/30_ft.ipynb #82ae63d7
 def request_text(request:dict): # a request: prompt with '{}', subject, target_new
-    "The prompt with the subject filled in, and the new target's text (no leading space)."
-    for k in ('prompt', 'subject', 'target_new'):
-        if k not in request: raise ValueError(f"request lacks {k!r}: {request!r}")
-    p, s, t = request['prompt'], request['subject'], request['target_new']
-    t = t['str'] if isinstance(t, dict) else t
-    if not isinstance(p, str) or p.count('{}') != 1: raise ValueError(f"the prompt must contain '{{}}' once, for the subject: {p!r}")
-    if not isinstance(s, str) or not s.strip(): raise ValueError(f"empty subject in request {request!r}")
-    if not isinstance(t, str) or not t.strip(): raise ValueError(f"empty target_new in request {request!r}")
-    return p.replace('{}', s), t.lstrip()
+    "The prompt with the subject filled in, and the new target's text (no leading space); checked by `check_request`."
+    r = check_request(request)
+    return fill(r['prompt'], r['subject']), r['target_new']['str']
 
 def ft_loss(model, tok,             # the model and its tokenizer
             texts:list,             # prompts with their subjects
