@@ -136,9 +136,9 @@ def answer_probs(logits:torch.Tensor, # [batch, seq, vocab]
         return p.gather(-1, idx)[..., 0].prod(-1)
     return torch.softmax(logits[:, -1].float(), -1)[:, answers_t]
 
-# %% ../nbs/10_tracing.ipynb #c54278fc
+# %% ../nbs/10_tracing.ipynb #ec024d65
 def _btd(h, batch):
-    "View a module output as [batch, seq, d] (OPT's MLP output is [batch * seq, d])."
+    "View a module output as [batch, seq, d] (OPT's MLP output is [batch * seq, d]); a view, never a copy: writes reach `h`."
     return h if h.dim() == 3 else h.view(batch, -1, h.shape[-1])
 
 def trace_with_patch(model,             # the model
