@@ -1,10 +1,11 @@
-"""Shared pieces of the learned-editor tests (MEND, KE): tiny models, one edit request, a booby-trapped pickle and a run of
-the evaluation CLI with a method registered on the fly. The training-records fixture `train_file` is in conftest.py."""
+"""Shared pieces of the learned-editor tests (MEND, KE): tiny models, one edit request, the apply/restore check, a
+booby-trapped pickle and a run of the evaluation CLI with a method registered on the fly. The training-records fixture `train_file` is in conftest.py."""
 import json, os, subprocess, sys
 from pathlib import Path
 import torch
 import standin_alg
-from rome_nb.models import tiny_model, tiny_tokenizer
+from rome_nb.models import tiny_model, tiny_tokenizer, target_logprobs
+from rome_nb.editing import restore_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -15,6 +16,26 @@ def tiny(family):
     "A small randomly initialised model of `family` ('gpt2' or another `TINY_CONFIGS` family) and the tiny tokenizer."
     kw = dict(n_layer=4, n_embd=32, initializer_range=0.2) if family == 'gpt2' else dict(num_hidden_layers=3, initializer_range=0.2)
     return tiny_model(family, **kw), tiny_tokenizer()
+
+
+def check_apply_and_restore(apply, model, tok, hp, names):
+    """Edit two requests with `apply` (an `apply_*_to_model`): exactly the weights `names` move, `restore_weights` puts them
+    back bit for bit, and `copy=True` leaves the model alone. Returns the log-prob of REQ's target before and after the edit."""
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    logprob = lambda: target_logprobs(model, tok, [REQ['prompt'].format(REQ['subject'])], [REQ['target_new']['str']])[0].sum()
+    lp0 = logprob()
+    m, orig = apply(model, tok, [REQ, {**REQ, 'subject': 'Toko Yasuda'}], hp, return_orig_weights=True, progress=False)
+    assert m is model
+    assert set(orig) == names
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed == names  # exactly the edited weights moved
+    lp1 = logprob()
+    restore_weights(model, orig)
+    for n, p in model.named_parameters(): assert torch.equal(p, before[n]), n
+    m2, _ = apply(model, tok, [REQ], hp, copy=True, progress=False)
+    assert m2 is not model
+    for n, p in model.named_parameters(): assert torch.equal(p, before[n]), n
+    return lp0, lp1
 
 
 class _Evil:

@@ -2,7 +2,7 @@
 import json
 import pytest
 import torch
-from _editors import REQ, tiny, save_evil_pickle, run_evaluate_cli
+from _editors import REQ, tiny, check_apply_and_restore, save_evil_pickle, run_evaluate_cli
 from rome_nb.models import target_logprobs
 from rome_nb.evaluate import restore_weights, hparams_path
 from rome_nb.baselines.mend import edit_module_names, train_editor, load_editor_state, get_editor, editor_history, save_editor
@@ -17,19 +17,7 @@ def small_hp(train_file, cache_dir, **kw):
 @pytest.mark.parametrize('family', ['gpt2', 'llama'])
 def test_apply_and_restore_bit_exact(family, train_file, tmp_path):
     model, tok = tiny(family)
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    hp = small_hp(train_file, tmp_path)
-    m, orig = apply_ke_to_model(model, tok, [REQ, {**REQ, 'subject': 'Toko Yasuda'}], hp, return_orig_weights=True, progress=False)
-    assert m is model
-    names = {n + '.weight' for n in edit_module_names(model)}
-    assert set(orig) == names
-    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
-    assert changed == names
-    restore_weights(model, orig)
-    for n, p in model.named_parameters(): assert torch.equal(p, before[n]), n
-    m2, _ = apply_ke_to_model(model, tok, [REQ], hp, copy=True, progress=False)
-    assert m2 is not model
-    for n, p in model.named_parameters(): assert torch.equal(p, before[n]), n
+    check_apply_and_restore(apply_ke_to_model, model, tok, small_hp(train_file, tmp_path), {n + '.weight' for n in edit_module_names(model)})
 
 
 @pytest.mark.parametrize('family', ['gpt2', 'llama'])

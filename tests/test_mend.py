@@ -2,9 +2,9 @@
 import json
 import pytest
 import torch
-from _editors import REQ, tiny, save_evil_pickle, run_evaluate_cli
-from rome_nb.models import tiny_model, tiny_tokenizer, target_logprobs
-from rome_nb.evaluate import restore_weights, hparams_path
+from _editors import REQ, tiny, check_apply_and_restore, save_evil_pickle, run_evaluate_cli
+from rome_nb.models import tiny_model, tiny_tokenizer
+from rome_nb.evaluate import hparams_path
 from rome_nb.baselines.mend import (MENDHyperParams, MENDEditor, apply_mend_to_model, edit_module_names, train_editor,
                                     token_factors, edit_batch, load_editor_state, save_editor, mend_init_stats,
                                     editor_history, get_editor, make_mend_editor)
@@ -18,23 +18,8 @@ def small_hp(train_file, cache_dir, **kw):
 @pytest.mark.parametrize('family', ['gpt2', 'llama'])
 def test_apply_and_restore_bit_exact(family, train_file, tmp_path):
     model, tok = tiny(family)
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    hp = small_hp(train_file, tmp_path)
-    lp0 = target_logprobs(model, tok, ['LeBron James plays the sport of'], ['football'])[0].sum()
-    m, orig = apply_mend_to_model(model, tok, [REQ, {**REQ, 'subject': 'Toko Yasuda'}], hp, return_orig_weights=True, progress=False)
-    assert m is model
-    names = {n + '.weight' for n in edit_module_names(model)}
-    assert set(orig) == names
-    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
-    assert changed == names  # exactly the edited weights moved
-    lp1 = target_logprobs(model, tok, ['LeBron James plays the sport of'], ['football'])[0].sum()
+    lp0, lp1 = check_apply_and_restore(apply_mend_to_model, model, tok, small_hp(train_file, tmp_path), {n + '.weight' for n in edit_module_names(model)})
     assert lp1 > lp0
-    restore_weights(model, orig)
-    for n, p in model.named_parameters(): assert torch.equal(p, before[n]), n
-    # copy=True leaves the model alone
-    m2, _ = apply_mend_to_model(model, tok, [REQ], hp, copy=True, progress=False)
-    assert m2 is not model
-    for n, p in model.named_parameters(): assert torch.equal(p, before[n]), n
 
 
 @pytest.mark.parametrize('family', ['gpt2', 'llama'])

@@ -6,8 +6,8 @@
 __all__ = ['EFKHyperParams', 'weight_grads', 'RequestEncoder', 'ConditionedWeight', 'KEEditor', 'make_ke_editor',
            'apply_ke_to_model']
 
-# %% ../../nbs/33_ke.ipynb #239dc084
-import json, copy as _copy
+# %% ../../nbs/33_ke.ipynb #4baf8cbc
+import json
 from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from ..nethook import get_module, get_parameter, temp_requires_grad
 from ..models import model_arch
 from .mend import (EditorHyperParams, edit_module_names, edit_batch, target_nll, get_editor,
-                                    apply_deltas, editor_history)
+                                    apply_editor, editor_history)
 
 # %% ../../nbs/33_ke.ipynb #3f7af99d
 @dataclass
@@ -96,15 +96,9 @@ def make_ke_editor(model, names, cfg): # model, module names, hparams or a file'
     c = cfg if isinstance(cfg, dict) else {k: getattr(cfg, k) for k in keys}
     return KEEditor(model, names, **{k: v for k, v in c.items() if k in keys})
 
-# %% ../../nbs/33_ke.ipynb #35feff09
+# %% ../../nbs/33_ke.ipynb #6f618436
 def apply_ke_to_model(model, tok, requests:list, hparams:EFKHyperParams, copy:bool=False,
                       return_orig_weights:bool=False, return_orig_weights_device=None, progress:bool=True, **kwargs):
     "Edit `model` with KE (one request after another); returns `(model, {weight name: original tensor})`."
-    if isinstance(requests, dict): requests = [requests]
-    editor = get_editor(model, tok, hparams, 'KE', make_ke_editor, progress=progress)
-    if copy: model = _copy.deepcopy(model)
-    weights_copy = {}
-    for rq in requests:
-        with torch.no_grad(): dl = editor.edit_deltas(model, tok, rq, hparams.lr_scale)
-        apply_deltas(model, dl, weights_copy, return_orig_weights_device)
-    return model, (weights_copy if return_orig_weights else {})
+    return apply_editor(model, tok, requests, hparams, 'KE', make_ke_editor, copy=copy, return_orig_weights=return_orig_weights,
+                        return_orig_weights_device=return_orig_weights_device, progress=progress)

@@ -7,7 +7,7 @@ __all__ = ['EDIT_KINDS', 'CACHE_DIR', 'EditorHyperParams', 'MENDHyperParams', 'm
            'target_nll', 'token_factors', 'outer_grad', 'LowRankLayer', 'GradientEditor', 'MENDEditor', 'save_editor',
            'load_editor_state', 'training_records', 'training_step_data', 'locality_kl', 'edit_step_losses',
            'train_editor', 'model_fingerprint', 'editor_key', 'editor_cache_dir', 'get_editor', 'editor_history',
-           'make_mend_editor', 'mend_init_stats', 'apply_deltas', 'apply_mend_to_model']
+           'make_mend_editor', 'mend_init_stats', 'apply_deltas', 'apply_editor', 'apply_mend_to_model']
 
 # %% ../../nbs/32_mend.ipynb #6c2666ff
 import os, json, math, time, random, hashlib, shutil, warnings, weakref, contextlib, copy as _copy
@@ -432,7 +432,7 @@ def mend_init_stats(editor, model, tok, records, hparams):
     for r in records[:hparams.n_stats]:
         editor.update_stats(token_factors(model, *edit_batch(tok, [r['requested_rewrite']], next(model.parameters()).device), editor.names)[0])
 
-# %% ../../nbs/32_mend.ipynb #775483cb
+# %% ../../nbs/32_mend.ipynb #40f4866a
 def apply_deltas(model, deltas:dict, weights_copy:dict, orig_device=None): # model, {param: change}, originals so far
     "Add the changes to the weights in place, first saving the original of each weight not yet in `weights_copy`."
     bad = [k for k, v in deltas.items() if not torch.isfinite(v).all()]
@@ -443,14 +443,21 @@ def apply_deltas(model, deltas:dict, weights_copy:dict, orig_device=None): # mod
             if k not in weights_copy: weights_copy[k] = w.detach().clone().to(orig_device or w.device)
             w.add_(v.to(device=w.device, dtype=w.dtype))
 
-def apply_mend_to_model(model, tok, requests:list, hparams:MENDHyperParams, copy:bool=False,
-                        return_orig_weights:bool=False, return_orig_weights_device=None, progress:bool=True, **kwargs):
-    "Edit `model` with MEND (one request after another); returns `(model, {weight name: original tensor})`."
+def apply_editor(model, tok, requests:list, hparams, # model, tokenizer, requests (or one), `EditorHyperParams`
+                 method:str, make_editor, init_stats=None,  # as for `get_editor`
+                 copy:bool=False, return_orig_weights:bool=False, return_orig_weights_device=None, progress:bool=True):
+    "Edit `model` with the `method` editor (one request after another); returns `(model, {weight name: original tensor})`."
     if isinstance(requests, dict): requests = [requests]
-    editor = get_editor(model, tok, hparams, 'MEND', make_mend_editor, mend_init_stats, progress=progress)
+    editor = get_editor(model, tok, hparams, method, make_editor, init_stats, progress=progress)
     if copy: model = _copy.deepcopy(model)
     weights_copy = {}
     for rq in requests:
         with torch.no_grad(): dl = editor.edit_deltas(model, tok, rq, hparams.lr_scale)
         apply_deltas(model, dl, weights_copy, return_orig_weights_device)
     return model, (weights_copy if return_orig_weights else {})
+
+def apply_mend_to_model(model, tok, requests:list, hparams:MENDHyperParams, copy:bool=False,
+                        return_orig_weights:bool=False, return_orig_weights_device=None, progress:bool=True, **kwargs):
+    "Edit `model` with MEND (one request after another); returns `(model, {weight name: original tensor})`."
+    return apply_editor(model, tok, requests, hparams, 'MEND', make_mend_editor, mend_init_stats, copy=copy,
+                        return_orig_weights=return_orig_weights, return_orig_weights_device=return_orig_weights_device, progress=progress)
