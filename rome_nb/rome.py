@@ -9,7 +9,7 @@ __all__ = ['KEY_MODES', 'CONTEXT_PROMPTS', 'MAX_COND', 'KL_PROMPTS', 'TIMING_PAR
            'upd_matrix_match_shape', 'rank_one_update', 'execute_rome', 'apply_deltas', 'apply_rome_to_model',
            'RomeEdit']
 
-# %% ../nbs/21_rome.ipynb #c819ee23
+# %% ../nbs/21_rome.ipynb #62a81e1f
 import json, time, copy as _copy, math, warnings, datetime, contextlib
 from dataclasses import dataclass, field, asdict, fields, replace, MISSING
 from pathlib import Path
@@ -18,7 +18,7 @@ import torch.nn as nn
 import rome_nb
 from .nethook import Trace, TraceDict, get_module, get_parameter, set_requires_grad, untuple, retuple
 from .models import (model_arch, make_inputs, find_token_range, target_token_ids, generate_fast, pad_token_id,
-                            target_logprobs, ModelAndTokenizer)
+                            target_logprobs, ModelAndTokenizer, resolve_model_name, MODEL_ALIASES)
 from .stats import layer_stats, STATS_DIR, _model_label, as_btd
 from .editing import HyperParams, hparams_path, list_hparams, restore_weights
 
@@ -459,7 +459,15 @@ def apply_rome_to_model(model, tok,
         restore_weights(model, originals); raise
     return model, (originals if return_orig_weights else {})
 
-# %% ../nbs/21_rome.ipynb #c6159b05
+# %% ../nbs/21_rome.ipynb #d41f086c
+def _same_model_name(a, b):
+    "Whether two model names (hub names, directories or aliases such as 'toy') name the same model."
+    def norm(n):
+        p = Path(resolve_model_name(n)).expanduser()
+        return str(p.resolve()) if p.exists() else str(n)
+    return norm(a) == norm(b)
+
+# %% ../nbs/21_rome.ipynb #a1c3eb5c
 EDIT_FORMAT = 'rome_nb.edit/1'
 
 @dataclass
@@ -511,7 +519,7 @@ class RomeEdit:
             if sorted(w.shape) != sorted((len(u), len(v))):
                 raise ValueError(f"this edit of {n} has vectors of sizes {len(u)} and {len(v)}; the model's weight is {tuple(w.shape)}")
         name = getattr(getattr(model, 'config', None), '_name_or_path', None)
-        if self.model_name and name and name != self.model_name:
+        if self.model_name and name and not _same_model_name(name, self.model_name):
             warnings.warn(f"this edit was computed on {self.model_name!r}; applying it to {name!r}")
         orig = {}
         apply_deltas(model, {n: (u.to(get_parameter(model, n).device), v.to(get_parameter(model, n).device))
