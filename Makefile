@@ -44,15 +44,16 @@ check-sync: $(VENV)/.installed-dev
 nbtest: $(VENV)/.installed-dev
 	cd nbs && OMP_NUM_THREADS=1 ../$(VENV)/bin/nbdev_test --path . --n_workers 2 --timing
 
+# two pytest workers (pytest-xdist), one thread each, each test file kept on one worker (its fixtures built once)
 pytest: $(VENV)/.installed-dev
-	$(VENV)/bin/pytest -q tests
+	OMP_NUM_THREADS=1 $(VENV)/bin/pytest -q -n 2 --dist loadfile tests
 
 test: check-sync nbtest pytest
 
 # the long checks: slow notebook cells and slow tests
 slow: $(VENV)/.installed-dev
 	cd nbs && OMP_NUM_THREADS=1 ../$(VENV)/bin/nbdev_test --path . --n_workers 2 --flags slow --timing
-	RUN_SLOW=1 $(VENV)/bin/pytest -q tests
+	RUN_SLOW=1 OMP_NUM_THREADS=1 $(VENV)/bin/pytest -q -n 2 --dist loadfile tests
 
 # for developers: regenerate the library and clean the notebooks (run before every commit)
 export: $(VENV)/.installed-dev

@@ -7,9 +7,9 @@ __all__ = ['FAST_UNEMBED', 'TIMING_PARTS', 'MEMITHyperParams', 'memit_context_te
            'key_groups', 'compute_zs', 'compute_z', 'solve_keys', 'memit_update', 'get_cov', 'execute_memit',
            'apply_memit_to_model', 'toy_edit_scores', 'memit_benchmark', 'main']
 
-# %% ../nbs/25_memit.ipynb #c53ccab4
-import json, os, time, copy as _copy, math, warnings, contextlib
-from dataclasses import dataclass, field
+# %% ../nbs/25_memit.ipynb #8961001a
+import json, os, time, tempfile, copy as _copy, math, warnings, contextlib
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 import numpy as np
 import torch
@@ -307,10 +307,13 @@ def get_cov(model, tok, layer_name:str, hparams:MEMITHyperParams):
         _COV_CACHE[key] = stat.mom2.moment().float().to(dev)
     return _COV_CACHE[key]
 
-# %% ../nbs/25_memit.ipynb #b8d2b4fb
-def _z_cache_file(cache_template, layer, hparams, request):
-    if cache_template is None or request.get('case_id') is None: return None
-    return Path(str(cache_template).format(layer, hparams.clamp_norm_factor, request['case_id']))
+# %% ../nbs/25_memit.ipynb #30b98cc3
+def _z_cache_file(cache_template, layer, hparams, request, members=None):
+    "The cache file of a request's target (`members`: the requests of its key group, when more than one)."
+    members = members or [request]
+    if cache_template is None or any(r.get('case_id') is None for r in members): return None
+    cid = request['case_id'] if len(members) == 1 else '+'.join(str(r['case_id']) for r in members)
+    return Path(str(cache_template).format(layer, hparams.clamp_norm_factor, cid))
 
 def _load_z(path, width):
     try:
@@ -325,21 +328,23 @@ def _save_z(path, z):
     tmp = path.with_name(f'.{path.stem}.{os.getpid()}.tmp.npz')
     np.savez(tmp, v_star=z.detach().float().cpu().numpy()); os.replace(tmp, path)
 
-# %% ../nbs/25_memit.ipynb #d5023bc5
+# %% ../nbs/25_memit.ipynb #c75e79da
 TIMING_PARTS = ('context_templates', 'covariance', 'z_optimisation', 'keys', 'update')
 
 def _targets(model, tok, requests, groups, hparams, z_layer, flat, cache_template, skip_lower, info, verbose):
-    "Target vector of each request: from the cache where present (requests alone in their key group), optimised (in batches) otherwise."
-    width, size = model_arch(model).hidden_size, {g: groups.count(g) for g in set(groups)}
-    files = [_z_cache_file(cache_template, z_layer, hparams, r) if size[g] == 1 else None for r, g in zip(requests, groups)]
+    "Target vector of each request: from the cache where present (one file per key group), optimised (in batches) otherwise."
+    width, members = model_arch(model).hidden_size, {}
+    for r, g in zip(requests, groups): members.setdefault(g, []).append(r)
+    files = [_z_cache_file(cache_template, z_layer, hparams, r, members[g]) for r, g in zip(requests, groups)]
     zs = [(_load_z(f, width) if f is not None and f.exists() else None) for f in files]
     todo = [i for i, z in enumerate(zs) if z is None]
     if todo:
         new = compute_zs(model, tok, [requests[i] for i in todo], hparams, z_layer, flat, skip_lower, info, verbose,
                          groups=[groups[i] for i in todo])
+        saved = set()
         for i, z in zip(todo, new):
             zs[i] = z
-            if files[i] is not None: _save_z(files[i], z)
+            if files[i] is not None and files[i] not in saved: _save_z(files[i], z); saved.add(files[i])
     dev = next(model.parameters()).device
     return torch.stack([z.to(dev).float() for z in zs])
 
@@ -451,12 +456,13 @@ def toy_edit_scores(model, tok, records:list, subjects:list, batch_size:int=256)
     return dict(ES=mean(es), PS=mean(ps), NS=mean([v for v, c in zip(ns, nb) if c[3]]), NS_all=mean(ns),
                 n_neighbours=sum(c[3] for c in nb))
 
-# %% ../nbs/25_memit.ipynb #4f133cc5
+# %% ../nbs/25_memit.ipynb #096e05c3
 def memit_benchmark(n:int=1000,            # edits (the first n toy CounterFact records)
                     hparams:MEMITHyperParams=None, # default: the packaged MEMIT/toy.json
                     rome_hparams=None,      # ROME's (default: ROME/toy.json); False: skip ROME
                     with_pre:bool=True,     # also score the unedited model
                     with_memit:bool=True,   # run MEMIT (False: only the ROME contrast)
+                    lambdas:list=None,      # also apply MEMIT with these `mom2_update_weight` values (targets reused)
                     verbose:bool=True):
     "MEMIT (one batch) and ROME (one edit after another) on the same toy edits: a table of ES, PS, NS and time per edit."
     from rome_nb.toyworld import load_toy, toy_counterfact
@@ -473,13 +479,17 @@ def memit_benchmark(n:int=1000,            # edits (the first n toy CounterFact 
     if with_memit:
         tm = rome_templates(model, hp)
         for l in hp.layers: get_cov(model, tok, tm['rewrite_module_tmp'].format(l), hp)  # statistics first: not timed
-        t0, c0, tim, inf = time.perf_counter(), time.process_time(), {}, {}
-        _, orig = apply_memit_to_model(model, tok, reqs, hp, return_orig_weights=True, timings=tim, info=inf)
-        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-        rows.append(dict(method=f'MEMIT, {len(reqs)} at once', **toy_edit_scores(model, tok, recs, world.subjects),
-                         wall_s_per_edit=wall / len(reqs), cpu_s_per_edit=cpu / len(reqs)))
-        restore_weights(model, orig)
-        say(f"MEMIT: {wall:.0f} s wall, {cpu:.0f} s CPU; parts (s): {({k: round(v, 1) for k, v in tim.items()})}; {inf.get('n_groups')} key groups")
+        with tempfile.TemporaryDirectory() as zdir:  # the targets, optimised once and reused for the other lambdas
+            tmpl = str(Path(zdir) / 'z_{}_{}_{}.npz')
+            for j, lam in enumerate([hp.mom2_update_weight] + [x for x in (lambdas or []) if x != hp.mom2_update_weight]):
+                h = replace(hp, mom2_update_weight=lam)
+                t0, c0, tim, inf = time.perf_counter(), time.process_time(), {}, {}
+                _, orig = apply_memit_to_model(model, tok, reqs, h, return_orig_weights=True, timings=tim, info=inf, cache_template=tmpl)
+                wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+                row = dict(method=f'MEMIT, {len(reqs)} at once' + (f', lambda {lam:g}' if lambdas else ''), **toy_edit_scores(model, tok, recs, world.subjects))
+                if j == 0: row.update(wall_s_per_edit=wall / len(reqs), cpu_s_per_edit=cpu / len(reqs))  # later rows reuse the targets
+                rows.append(row); restore_weights(model, orig)
+                say(f"MEMIT (lambda {lam:g}): {wall:.0f} s wall, {cpu:.0f} s CPU; parts (s): {({k: round(v, 1) for k, v in tim.items()})}; {inf.get('n_groups')} key groups")
     if rome_hparams is not False:
         try: rhp = rome_hparams or ROMEHyperParams.from_json(hparams_path('ROME', 'toy'))
         except FileNotFoundError:
@@ -495,16 +505,18 @@ def memit_benchmark(n:int=1000,            # edits (the first n toy CounterFact 
     import pandas as pd
     return pd.DataFrame(rows).set_index('method')
 
-# %% ../nbs/25_memit.ipynb #fc23568c
+# %% ../nbs/25_memit.ipynb #158f49f3
 @call_parse
 def main(bench:bool=False,        # run `memit_benchmark` on the toy model and print its table
          n:int=1000,              # edits
          no_rome:bool=False,      # skip the sequential-ROME contrast
          no_memit:bool=False,     # skip MEMIT (only the ROME contrast)
-         hparams_fname:str=None): # MEMIT hyperparameters: a file in hparams/MEMIT/ or a path (default: toy.json)
+         hparams_fname:str=None,  # MEMIT hyperparameters: a file in hparams/MEMIT/ or a path (default: toy.json)
+         lambdas:str=None):       # comma-separated `mom2_update_weight` values to compare, e.g. '300,1000,3000'
     "MEMIT on the toy model: `--bench` prints ES, PS, NS and time per edit for n edits at once, and for ROME one after another."
     if not bench: print("nothing to do: pass --bench (see --help)"); return
     hp = MEMITHyperParams.from_json(hparams_path('MEMIT', hparams_fname or 'toy'))
-    tab = memit_benchmark(n, hp, False if no_rome else None, with_memit=not no_memit)
+    lams = [float(x) for x in lambdas.split(',')] if lambdas else None
+    tab = memit_benchmark(n, hp, False if no_rome else None, with_memit=not no_memit, lambdas=lams)
     print(tab.round(2).to_string())
     return tab

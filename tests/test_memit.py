@@ -127,6 +127,22 @@ def test_z_cache(tok, sd, tmp_path):
     with pytest.warns(UserWarning, match='cannot read'): M.execute_memit(model, tok, REQS, hp, cache_template=tmpl)
 
 
+def test_z_cache_key_groups(tok, sd, tmp_path):
+    "Requests that share a key are cached as one file named by their case ids; a rerun with another lambda reads it."
+    model = small('gpt2', 5)
+    reqs = REQS + [{'prompt': '{} plays the position of', 'subject': 'LeBron James', 'target_new': {'str': 'goalie'}, 'case_id': 7}]
+    tmpl = str(tmp_path / 'z' / 'layer_{}_clamp_{}_case_{}.npz')
+    d1 = M.execute_memit(model, tok, reqs, hp_for(sd), cache_template=tmpl)
+    files = sorted(p.name for p in (tmp_path / 'z').iterdir())
+    assert files == ['layer_2_clamp_4_case_0+7.npz', 'layer_2_clamp_4_case_1.npz', 'layer_2_clamp_4_case_2.npz']
+    info = {}
+    d2 = M.execute_memit(model, tok, reqs, hp_for(sd, mom2_update_weight=1000), cache_template=tmpl, info=info)
+    assert 'steps' not in info  # no target was optimised again
+    d3 = M.execute_memit(model, tok, reqs, hp_for(sd, mom2_update_weight=1000))
+    for k in d2: torch.testing.assert_close(d2[k][1], d3[k][1])
+    assert not torch.allclose(d1[next(iter(d1))][0], d2[next(iter(d2))][0])  # another lambda, another update
+
+
 def test_bad_request_leaves_weights(tok, sd):
     model = small('gpt2', 6)
     snap = snapshot(model)
