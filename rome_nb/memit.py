@@ -7,7 +7,7 @@ __all__ = ['FAST_UNEMBED', 'TIMING_PARTS', 'MEMITHyperParams', 'memit_context_te
            'key_groups', 'compute_zs', 'compute_z', 'solve_keys', 'memit_update', 'get_cov', 'execute_memit',
            'apply_memit_to_model', 'toy_edit_scores', 'memit_benchmark', 'main']
 
-# %% ../nbs/25_memit.ipynb #8961001a
+# %% ../nbs/25_memit.ipynb #a431fd91
 import json, os, time, tempfile, copy as _copy, math, warnings, contextlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,44 +19,24 @@ from .models import model_arch, make_inputs, pad_token_id
 from .stats import layer_stats, STATS_DIR, _model_label, as_btd
 from fastcore.script import call_parse
 from .editing import HyperParams, hparams_path, restore_weights
-from .rome import (rome_templates, check_request, fill, fact_lookup_idx, get_context_templates, skip_lower_layers,
+from .rome import (MLPEditHyperParams, rome_templates, check_request, fill, fact_lookup_idx, get_context_templates, skip_lower_layers,
                           upd_matrix_match_shape, _rewrite_batch, _unembed, _same_logits, _Timer)
 
-# %% ../nbs/25_memit.ipynb #96f2e3ed
+# %% ../nbs/25_memit.ipynb #d98bc667
 @dataclass
-class MEMITHyperParams(HyperParams):
-    "Hyperparameters of MEMIT (the reference's fields; templates default to the architecture adapter's)."
+class MEMITHyperParams(MLPEditHyperParams):
+    "Hyperparameters of MEMIT: the reference's fields (the ones shared with ROME in `MLPEditHyperParams`)."
     layers: list                      # the critical layers, ascending, e.g. [13, 14, 15, 16, 17]; targets at the last
     layer_selection: str = 'all'      # the reference's field: every layer of `layers` is edited
-    fact_token: str = 'subject_last'  # where keys and targets are read: subject_last, subject_first, subject_first_after_last, last
-    v_num_grad_steps: int = 20        # Adam steps for each target vector
-    v_lr: float = 5e-1                # their learning rate
-    v_loss_layer: int = -1            # layer whose output gives the predictions in the loss (reference: the last)
-    v_weight_decay: float = 0.5       # penalty on the size of the change of the hidden state
     clamp_norm_factor: float = 0.75   # the change is kept within this multiple of the hidden state's norm
-    kl_factor: float = 0.0625         # weight of the KL term that keeps "{subject} is a" predictions
-    mom2_adjustment: bool = True      # weigh the old keys by their statistics C (False: by the identity)
     mom2_update_weight: float = 15000 # lambda: how much the old keys' outputs are protected against the new ones
-    rewrite_module_tmp: str = None    # module names with '{}' for the layer (None: from the adapter)
-    layer_module_tmp: str = None
-    mlp_module_tmp: str = None
-    attn_module_tmp: str = None
-    ln_f_module: str = None
-    lm_head_module: str = None
-    mom2_dataset: str = 'wikipedia'   # statistics: dataset (see `rome_nb.stats.layer_stats`)
-    mom2_n_samples: int = 100000      # number of texts
-    mom2_dtype: str = 'float32'       # their precision
     context_template_length_params: list = field(default_factory=lambda: [[10, 5]]) # [length, count] of generated prefixes
-    stats_dir: str = None             # where statistics are cached (None: `rome_nb.stats.STATS_DIR`)
     z_batch_size: int = 32            # requests whose target vectors are optimised together
 
     def __post_init__(self):
-        if isinstance(self.layers, int): self.layers = [self.layers]
-        if not self.layers or not all(isinstance(l, int) for l in self.layers): raise ValueError(f"layers must be a list of ints, got {self.layers!r}")
+        super().__post_init__()
         if list(self.layers) != sorted(set(self.layers)): raise ValueError(f"layers must be distinct and ascending (the targets are set at the last), got {self.layers}")
         if self.layer_selection != 'all': raise ValueError(f"layer_selection {self.layer_selection!r}: only 'all' is implemented (as used by the reference)")
-        ok = ('last', 'subject_last', 'subject_first', 'subject_first_after_last')
-        if self.fact_token not in ok: raise ValueError(f"fact_token must be one of {ok}, got {self.fact_token!r}")
         if self.z_batch_size < 1: raise ValueError(f"z_batch_size must be >= 1, got {self.z_batch_size}")
 
 # %% ../nbs/25_memit.ipynb #b24f3e1c
