@@ -4,10 +4,10 @@
 
 # %% auto #0
 __all__ = ['FAST_UNEMBED', 'TIMING_PARTS', 'MEMITHyperParams', 'memit_context_templates', 'reprs_at_words', 'compute_ks',
-           'key_groups', 'compute_zs', 'compute_z', 'solve_keys', 'memit_update', 'get_cov', 'execute_memit',
-           'apply_memit_to_model', 'toy_edit_scores', 'memit_benchmark', 'main']
+           'key_groups', 'compute_zs', 'compute_z', 'target_margins', 'solve_keys', 'memit_update', 'get_cov',
+           'execute_memit', 'apply_memit_to_model', 'toy_edit_scores', 'memit_benchmark', 'main', 'plot_tradeoff']
 
-# %% ../nbs/25_memit.ipynb #a431fd91
+# %% ../nbs/25_memit.ipynb #0b8a218b
 import json, os, time, tempfile, copy as _copy, math, warnings, contextlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 from .nethook import Trace, TraceDict, get_module, get_parameter, set_requires_grad, untuple, retuple
-from .models import model_arch, make_inputs, pad_token_id
+from .models import model_arch, make_inputs, pad_token_id, target_logprobs
 from .stats import layer_stats, STATS_DIR, _model_label, as_btd
 from fastcore.script import call_parse
 from .editing import HyperParams, hparams_path, restore_weights
@@ -251,6 +251,30 @@ def compute_z(model, tok, request:dict, hparams:MEMITHyperParams, layer:int, con
     "The target hidden state z of one request at `layer`: [hidden]."
     return compute_zs(model, tok, [request], hparams, layer, context_templates, **kw)[0]
 
+# %% ../nbs/25_memit.ipynb #511341bc
+@torch.no_grad()
+def target_margins(model, tok,
+                   requests:list,            # the requests (with `target_true` for the comparison)
+                   zs:torch.Tensor,          # [n, hidden] their targets at the last critical layer
+                   hparams:MEMITHyperParams, # for the layer, the lookup token and the module names
+                   batch_size:int=256):
+    "Per request, mean log p(target_new) - mean log p(target_true) after its prompt with its target z written in: [n]."
+    requests = [check_request(r) for r in requests]
+    if any('target_true' not in r for r in requests): raise ValueError("every request needs 'target_true' to compare with")
+    name, out = rome_templates(model, hparams)['layer_module_tmp'].format(hparams.layers[-1]), []
+    for a in range(0, len(requests), batch_size):
+        rs, z = requests[a:a + batch_size], zs[a:a + batch_size]
+        cols = torch.tensor([fact_lookup_idx(tok, r['prompt'], r['subject'], hparams.fact_token)[1] for r in rs])
+        def put(output, layer):
+            h = untuple(output).clone(); h[torch.arange(len(rs)), cols.to(h.device)] = z.to(h.device, h.dtype)
+            return retuple(output, h)
+        prompts = [fill(r['prompt'], r['subject']) for r in rs]
+        with Trace(model, name, edit_output=put):
+            new = target_logprobs(model, tok, prompts, [r['target_new']['str'] for r in rs])
+            true = target_logprobs(model, tok, prompts, [r['target_true']['str'] for r in rs])
+        out += [a_.mean() - b_.mean() for a_, b_ in zip(new, true)]
+    return torch.stack(out)
+
 # %% ../nbs/25_memit.ipynb #41b97087
 def solve_keys(C:torch.Tensor,  # [d, d] second moment of the layer's keys (or the identity)
                K:torch.Tensor,  # [d, n] the requests' keys
@@ -328,7 +352,7 @@ def _targets(model, tok, requests, groups, hparams, z_layer, flat, cache_templat
     dev = next(model.parameters()).device
     return torch.stack([z.to(dev).float() for z in zs])
 
-# %% ../nbs/25_memit.ipynb #0acff690
+# %% ../nbs/25_memit.ipynb #ea7c6af2
 def execute_memit(model, tok,
                   requests:list,            # the edit requests
                   hparams:MEMITHyperParams, # hyperparameters
@@ -354,6 +378,7 @@ def execute_memit(model, tok,
     groups = key_groups(tok, requests, hparams.fact_token)
     with _Timer(timings, 'z_optimisation', model):
         zs = _targets(model, tok, requests, groups, hparams, z_layer, flat, cache_template, skip_lower, info, verbose)
+    info['targets'] = zs.detach()
     rep = sorted({g: i for i, g in reversed(list(enumerate(groups)))}.values())  # the first request of each key group
     reqs, zs = [requests[i] for i in rep], zs[rep]
     info['n_groups'] = len(rep)
@@ -436,7 +461,7 @@ def toy_edit_scores(model, tok, records:list, subjects:list, batch_size:int=256)
     return dict(ES=mean(es), PS=mean(ps), NS=mean([v for v, c in zip(ns, nb) if c[3]]), NS_all=mean(ns),
                 n_neighbours=sum(c[3] for c in nb))
 
-# %% ../nbs/25_memit.ipynb #096e05c3
+# %% ../nbs/25_memit.ipynb #d2a602f4
 def memit_benchmark(n:int=1000,            # edits (the first n toy CounterFact records)
                     hparams:MEMITHyperParams=None, # default: the packaged MEMIT/toy.json
                     rome_hparams=None,      # ROME's (default: ROME/toy.json); False: skip ROME
@@ -467,8 +492,11 @@ def memit_benchmark(n:int=1000,            # edits (the first n toy CounterFact 
                 _, orig = apply_memit_to_model(model, tok, reqs, h, return_orig_weights=True, timings=tim, info=inf, cache_template=tmpl)
                 wall, cpu = time.perf_counter() - t0, time.process_time() - c0
                 row = dict(method=f'MEMIT, {len(reqs)} at once' + (f', lambda {lam:g}' if lambdas else ''), **toy_edit_scores(model, tok, recs, world.subjects))
-                if j == 0: row.update(wall_s_per_edit=wall / len(reqs), cpu_s_per_edit=cpu / len(reqs))  # later rows reuse the targets
-                rows.append(row); restore_weights(model, orig)
+                restore_weights(model, orig)
+                if j == 0:  # later rows reuse the targets
+                    row.update(wall_s_per_edit=wall / len(reqs), cpu_s_per_edit=cpu / len(reqs),
+                               ES_targets=100 * (target_margins(model, tok, reqs, inf['targets'], h) > 0).float().mean().item())
+                rows.append(row)
                 say(f"MEMIT (lambda {lam:g}): {wall:.0f} s wall, {cpu:.0f} s CPU; parts (s): {({k: round(v, 1) for k, v in tim.items()})}; {inf.get('n_groups')} key groups")
     if rome_hparams is not False:
         try: rhp = rome_hparams or ROMEHyperParams.from_json(hparams_path('ROME', 'toy'))
@@ -485,18 +513,37 @@ def memit_benchmark(n:int=1000,            # edits (the first n toy CounterFact 
     import pandas as pd
     return pd.DataFrame(rows).set_index('method')
 
-# %% ../nbs/25_memit.ipynb #158f49f3
+# %% ../nbs/25_memit.ipynb #fdca5e14
 @call_parse
 def main(bench:bool=False,        # run `memit_benchmark` on the toy model and print its table
          n:int=1000,              # edits
          no_rome:bool=False,      # skip the sequential-ROME contrast
          no_memit:bool=False,     # skip MEMIT (only the ROME contrast)
          hparams_fname:str=None,  # MEMIT hyperparameters: a file in hparams/MEMIT/ or a path (default: toy.json)
-         lambdas:str=None):       # comma-separated `mom2_update_weight` values to compare, e.g. '300,1000,3000'
+         lambdas:str=None,        # comma-separated `mom2_update_weight` values to compare, e.g. '300,1000,3000'
+         out:str=None):           # also write the table to this CSV file
     "MEMIT on the toy model: `--bench` prints ES, PS, NS and time per edit for n edits at once, and for ROME one after another."
     if not bench: print("nothing to do: pass --bench (see --help)"); return
     hp = MEMITHyperParams.from_json(hparams_path('MEMIT', hparams_fname or 'toy'))
     lams = [float(x) for x in lambdas.split(',')] if lambdas else None
     tab = memit_benchmark(n, hp, False if no_rome else None, with_memit=not no_memit, lambdas=lams)
     print(tab.round(2).to_string())
+    if out: Path(out).parent.mkdir(parents=True, exist_ok=True); tab.to_csv(out)
     return tab
+
+# %% ../nbs/25_memit.ipynb #7dedfbdc
+def plot_tradeoff(tables:dict,       # label -> a `memit_benchmark` table (rows with ES and NS)
+                  target=(90, 85),   # (ES, NS) to mark, or None
+                  ax=None):
+    "Efficacy against neighbourhood specificity, one series per table, each point labelled by its row."
+    import matplotlib.pyplot as plt
+    if ax is None: _, ax = plt.subplots(figsize=(6.5, 4.5))
+    for (label, t), m in zip(tables.items(), 'os^Dv'):
+        t = t[~t.index.str.startswith('unedited')]
+        ax.plot(t['ES'], t['NS'], marker=m, label=label)
+        for name, r in t.iterrows(): ax.annotate(name.split(', ')[-1], (r['ES'], r['NS']), fontsize=7, xytext=(3, 3), textcoords='offset points')
+    if target:
+        ax.axvline(target[0], ls=':', c='grey'); ax.axhline(target[1], ls=':', c='grey')
+        ax.fill_between([target[0], 100], target[1], 100, color='green', alpha=0.08, label='target')
+    ax.set(xlabel='efficacy ES (%)', ylabel='neighbourhood NS (%)', xlim=(0, 100), ylim=(0, 100)); ax.legend(fontsize=8)
+    return ax

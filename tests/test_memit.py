@@ -152,6 +152,24 @@ def test_bad_request_leaves_weights(tok, sd):
     with pytest.raises(ValueError, match='no requests'): M.apply_memit_to_model(model, tok, [], hp_for(sd))
 
 
+def test_target_margins(tok, sd):
+    "Writing the model's own hidden states back changes no margin; the optimised targets raise every margin."
+    model = small('gpt2', 3)
+    hp = hp_for(sd)
+    reqs = [dict(r, target_true={'str': t}) for r, t in zip(REQS, ['basketball', 'French', 'Paris'])]
+    tm = M.rome_templates(model, hp)
+    h = M.reprs_at_words(model, tok, tm['layer_module_tmp'].format(2), [r['prompt'] for r in reqs], [r['subject'] for r in reqs], kind='output')
+    from rome_nb.models import target_logprobs
+    prompts = [r['prompt'].format(r['subject']) for r in reqs]
+    plain = torch.stack([a.mean() - b.mean() for a, b in zip(target_logprobs(model, tok, prompts, [r['target_new']['str'] for r in reqs]),
+                                                           target_logprobs(model, tok, prompts, [r['target_true']['str'] for r in reqs]))])
+    torch.testing.assert_close(M.target_margins(model, tok, reqs, h, hp), plain, atol=1e-4, rtol=0)
+    info = {}
+    M.execute_memit(model, tok, reqs, hp, info=info)
+    assert bool((M.target_margins(model, tok, reqs, info['targets'], hp) > plain).all())
+    with pytest.raises(ValueError, match='target_true'): M.target_margins(model, tok, REQS, h, hp)
+
+
 def test_registered_in_alg_dict():
     from rome_nb.evaluate import ALG_DICT
     cls, fn = ALG_DICT['MEMIT']
@@ -165,11 +183,18 @@ def test_cli_help():
 
 
 @pytest.mark.slow
-def test_cli_bench_toy():
+def test_cli_bench_toy(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS='1')
-    r = subprocess.run([sys.executable, '-m', 'rome_nb.memit', '--bench', '--n', '8', '--no_rome'], capture_output=True, text=True, env=env, timeout=1200)
+    out = tmp_path / 'tab.csv'
+    r = subprocess.run([sys.executable, '-m', 'rome_nb.memit', '--bench', '--n', '8', '--no_rome', '--lambdas', '100,1e6', '--out', str(out)],
+                       capture_output=True, text=True, env=env, timeout=1200)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert 'MEMIT, 8 at once' in r.stdout and 'unedited' in r.stdout
+    assert 'MEMIT, 8 at once, lambda 100' in r.stdout and 'unedited' in r.stdout
+    import pandas as pd
+    t = pd.read_csv(out, index_col=0)
+    assert list(t.index) == ['unedited', 'MEMIT, 8 at once, lambda 100', 'MEMIT, 8 at once, lambda 1e+06']
+    assert t.loc['MEMIT, 8 at once, lambda 100', 'ES'] > t.loc['MEMIT, 8 at once, lambda 1e+06', 'ES']  # a huge lambda keeps the old facts
+    assert 0 <= t['ES_targets'].iloc[1] <= 100 and t['ES_targets'].isna().sum() == 2
 
 
 @pytest.mark.slow
