@@ -7,8 +7,8 @@ __all__ = ['FAST_UNEMBED', 'TIMING_PARTS', 'MEMITHyperParams', 'memit_context_te
            'key_groups', 'compute_zs', 'compute_z', 'target_margins', 'solve_keys', 'memit_update', 'get_cov',
            'execute_memit', 'apply_memit_to_model', 'toy_edit_scores', 'memit_benchmark', 'main', 'plot_tradeoff']
 
-# %% ../nbs/25_memit.ipynb #0b8a218b
-import json, os, time, tempfile, copy as _copy, math, warnings, contextlib
+# %% ../nbs/25_memit.ipynb #2ef8b9d5
+import json, os, time, tempfile, hashlib, copy as _copy, math, warnings, contextlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 import numpy as np
@@ -311,12 +311,14 @@ def get_cov(model, tok, layer_name:str, hparams:MEMITHyperParams):
         _COV_CACHE[key] = stat.mom2.moment().float().to(dev)
     return _COV_CACHE[key]
 
-# %% ../nbs/25_memit.ipynb #30b98cc3
+# %% ../nbs/25_memit.ipynb #2770ee66
 def _z_cache_file(cache_template, layer, hparams, request, members=None):
     "The cache file of a request's target (`members`: the requests of its key group, when more than one)."
     members = members or [request]
     if cache_template is None or any(r.get('case_id') is None for r in members): return None
     cid = request['case_id'] if len(members) == 1 else '+'.join(str(r['case_id']) for r in members)
+    if len(str(cid)) > 80:  # a large group: the first id, the count, and a digest of all ids (file names are limited)
+        cid = f"{members[0]['case_id']}+{len(members) - 1}more-{hashlib.sha1(cid.encode()).hexdigest()[:12]}"
     return Path(str(cache_template).format(layer, hparams.clamp_norm_factor, cid))
 
 def _load_z(path, width):
