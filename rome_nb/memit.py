@@ -251,7 +251,13 @@ def compute_z(model, tok, request:dict, hparams:MEMITHyperParams, layer:int, con
     "The target hidden state z of one request at `layer`: [hidden]."
     return compute_zs(model, tok, [request], hparams, layer, context_templates, **kw)[0]
 
-# %% ../nbs/25_memit.ipynb #511341bc
+# %% ../nbs/25_memit.ipynb #d633f4c8
+@torch.no_grad()
+def _margins(model, tok, prompts, a, b):
+    "Mean log-probability of target `a` minus that of target `b` after each prompt: [n]."
+    la, lb = target_logprobs(model, tok, prompts, a), target_logprobs(model, tok, prompts, b)
+    return torch.stack([x.mean() - y.mean() for x, y in zip(la, lb)])
+
 @torch.no_grad()
 def target_margins(model, tok,
                    requests:list,            # the requests (with `target_true` for the comparison)
@@ -268,12 +274,10 @@ def target_margins(model, tok,
         def put(output, layer):
             h = untuple(output).clone(); h[torch.arange(len(rs)), cols.to(h.device)] = z.to(h.device, h.dtype)
             return retuple(output, h)
-        prompts = [fill(r['prompt'], r['subject']) for r in rs]
         with Trace(model, name, edit_output=put):
-            new = target_logprobs(model, tok, prompts, [r['target_new']['str'] for r in rs])
-            true = target_logprobs(model, tok, prompts, [r['target_true']['str'] for r in rs])
-        out += [a_.mean() - b_.mean() for a_, b_ in zip(new, true)]
-    return torch.stack(out)
+            out.append(_margins(model, tok, [fill(r['prompt'], r['subject']) for r in rs],
+                                [r['target_new']['str'] for r in rs], [r['target_true']['str'] for r in rs]))
+    return torch.cat(out)
 
 # %% ../nbs/25_memit.ipynb #41b97087
 def solve_keys(C:torch.Tensor,  # [d, d] second moment of the layer's keys (or the identity)
@@ -435,21 +439,16 @@ def apply_memit_to_model(model, tok,
         restore_weights(model, originals); raise
     return model, (originals if return_orig_weights else {})
 
-# %% ../nbs/25_memit.ipynb #929a0d64
+# %% ../nbs/25_memit.ipynb #271444c0
 def _subject_in(prompt, subjects):
     "The longest subject that occurs in `prompt` (None if none)."
     return next((s for s in subjects if s in prompt), None)
 
 def toy_edit_scores(model, tok, records:list, subjects:list, batch_size:int=256): # edited model, CounterFact records, all subjects of the world
     "ES, PS, NS (unedited neighbours), NS_all for `records` edited together into `model`."
-    from rome_nb.models import target_logprobs
     def prefer(prompts, a, b):
-        out = []
-        for i in range(0, len(prompts), batch_size):
-            la = target_logprobs(model, tok, prompts[i:i + batch_size], a[i:i + batch_size])
-            lb = target_logprobs(model, tok, prompts[i:i + batch_size], b[i:i + batch_size])
-            out += [bool(x.mean() > y.mean()) for x, y in zip(la, lb)]
-        return out
+        return [bool(m > 0) for i in range(0, len(prompts), batch_size)
+                for m in _margins(model, tok, prompts[i:i + batch_size], a[i:i + batch_size], b[i:i + batch_size])]
     rw = [r['requested_rewrite'] for r in records]
     new, true = [x['target_new']['str'] for x in rw], [x['target_true']['str'] for x in rw]
     es = prefer([x['prompt'].format(x['subject']) for x in rw], new, true)
