@@ -18,7 +18,8 @@ from .nethook import Trace, TraceDict, get_module, get_parameter, set_requires_g
 from .models import model_arch, make_inputs, pad_token_id, target_logprobs
 from .stats import layer_stats, STATS_DIR, _model_label, as_btd
 from fastcore.script import call_parse
-from .editing import HyperParams, hparams_path, restore_weights
+from .editing import (HyperParams, hparams_path, restore_weights, check_requests, add_to_weights,
+                             all_or_nothing, tentative_weights)
 from .rome import (MLPEditHyperParams, rome_templates, check_request, fill, fact_lookup_idx, get_context_templates, skip_lower_layers,
                           upd_matrix_match_shape, _rewrite_batch, _unembed, _same_logits, _Timer)
 
@@ -368,13 +369,10 @@ def execute_memit(model, tok,
                   skip_lower=True,          # compute the layers below the last critical layer once per batch
                   verbose=False):
     "MEMIT's updates for all `requests`: `{weight_name: (adj_k [key width, g], resid [hidden, g])}` for the g key groups; the model is left unchanged."
-    if isinstance(requests, dict): requests = [requests]
-    requests = [check_request(r) for r in requests]
-    if not requests: raise ValueError("no requests to apply")
+    requests = check_requests(requests, tok)
     tm, arch = rome_templates(model, hparams), model_arch(model)
     names = {l: f"{tm['rewrite_module_tmp'].format(l)}.weight" for l in hparams.layers}
     weights = {l: get_parameter(model, n) for l, n in names.items()}
-    saved = {l: w.detach().clone() for l, w in weights.items()}
     info = {} if info is None else info
     with _Timer(timings, 'context_templates', model):
         ctx = memit_context_templates(model, tok, hparams.context_template_length_params)
@@ -389,7 +387,7 @@ def execute_memit(model, tok,
     reqs, zs = [requests[i] for i in rep], zs[rep]
     info['n_groups'] = len(rep)
     deltas = {}
-    try:
+    with tentative_weights(model) as saved:  # the keys of each layer are read with the lower ones edited
         for j, l in enumerate(hparams.layers):
             with _Timer(timings, 'keys', model):
                 K = compute_ks(model, tok, reqs, hparams, l, ctx).T
@@ -401,14 +399,11 @@ def execute_memit(model, tok,
                 resid = R / (len(hparams.layers) - j)
                 upd = memit_update(adj_k, resid, weights[l], arch.weight_orientation)
                 if not torch.isfinite(upd).all(): raise FloatingPointError(f"non-finite update for {names[l]}")
-                weights[l][...] = saved[l] + upd
+                add_to_weights(model, {names[l]: upd}, saved)
             deltas[names[l]] = (adj_k.detach(), resid.detach())
             info.setdefault('layers', []).append(dict(layer=l, residual_norm=R.norm(dim=0).mean().item(),
-                                                      update_norm=upd.float().norm().item(), weight_norm=saved[l].float().norm().item()))
+                                                      update_norm=upd.float().norm().item(), weight_norm=saved[names[l]].float().norm().item()))
             if verbose: print(info['layers'][-1])
-    finally:
-        with torch.no_grad():
-            for l, w in weights.items(): w[...] = saved[l]
     return deltas
 
 # %% ../nbs/25_memit.ipynb #3f23c7db
@@ -424,19 +419,15 @@ def apply_memit_to_model(model, tok,
                          skip_lower=True,
                          verbose=False,
                          **kwargs):                # accepted for compatibility with other editors' options (ignored)
-    "Edit `model` with MEMIT: `(model, {weight_name: original weight})`; on any error the weights are left as they were."
+    "Edit `model` with MEMIT: `(model, {weight_name: original weight})`; all requests are checked first, and on any error the weights are left as they were."
+    requests = check_requests(requests, tok)
     if copy: model = _copy.deepcopy(model)
     deltas = execute_memit(model, tok, requests, hparams, cache_template, timings, info, skip_lower, verbose)
     orient, originals = model_arch(model).weight_orientation, {}
-    try:
-        with torch.no_grad():
-            for name, (adj_k, resid) in deltas.items():
-                w = get_parameter(model, name)
-                upd = memit_update(adj_k, resid, w, orient)
-                originals[name] = w.detach().to(return_orig_weights_device, copy=True) if return_orig_weights_device is not None else w.detach().clone()
-                w[...] += upd
-    except BaseException:
-        restore_weights(model, originals); raise
+    with all_or_nothing(model, originals) as written:  # one weight at a time (less memory), all or none
+        for name, (adj_k, resid) in deltas.items():
+            upd = memit_update(adj_k, resid, get_parameter(model, name), orient)
+            add_to_weights(model, {name: upd}, written, return_orig_weights_device)
     return model, (originals if return_orig_weights else {})
 
 # %% ../nbs/25_memit.ipynb #271444c0

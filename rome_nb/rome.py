@@ -4,13 +4,13 @@
 
 # %% auto #0
 __all__ = ['FACT_TOKENS', 'KEY_MODES', 'CONTEXT_PROMPTS', 'MAX_COND', 'KL_PROMPTS', 'TIMING_PARTS', 'EDIT_FORMAT',
-           'MLPEditHyperParams', 'ROMEHyperParams', 'rome_templates', 'check_request', 'fill', 'fact_lookup_idx',
+           'MLPEditHyperParams', 'ROMEHyperParams', 'rome_templates', 'fill', 'fact_lookup_idx',
            'get_context_templates', 'compute_keys', 'regularized_inverse', 'get_inv_cov', 'compute_key', 'compute_u',
            'skip_lower_layers', 'compute_v', 'upd_matrix_match_shape', 'rank_one_update', 'execute_rome',
            'apply_deltas', 'apply_rome_to_model', 'RomeEdit']
 
 # %% ../nbs/21_rome.ipynb #62a81e1f
-import json, time, copy as _copy, math, warnings, datetime, contextlib
+import json, time, copy as _copy, math, re, warnings, datetime, contextlib
 from dataclasses import dataclass, field, asdict, fields, replace, MISSING
 from pathlib import Path
 import torch
@@ -18,9 +18,10 @@ import torch.nn as nn
 import rome_nb
 from .nethook import Trace, TraceDict, get_module, get_parameter, set_requires_grad, untuple, retuple
 from .models import (model_arch, make_inputs, find_token_range, target_token_ids, generate_fast, pad_token_id,
-                            target_logprobs, ModelAndTokenizer, resolve_model_name, MODEL_ALIASES)
+                            target_logprobs, ModelAndTokenizer, resolve_model_name, MODEL_ALIASES, token_char_ends)
 from .stats import layer_stats, STATS_DIR, _model_label, as_btd
-from .editing import HyperParams, hparams_path, list_hparams, restore_weights
+from .editing import (HyperParams, hparams_path, list_hparams, restore_weights, check_request,
+                             check_requests, add_to_weights, all_or_nothing, tentative_weights)
 
 # %% ../nbs/21_rome.ipynb #6ac0fe36
 FACT_TOKENS = ('last', 'subject_last', 'subject_first', 'subject_first_after_last')
@@ -47,6 +48,7 @@ class MLPEditHyperParams(HyperParams):
     stats_dir: str = None             # where statistics are cached (None: `rome_nb.stats.STATS_DIR`)
 
     def __post_init__(self):
+        super().__post_init__()
         if isinstance(self.layers, int): self.layers = [self.layers]
         if not self.layers or not all(isinstance(l, int) for l in self.layers): raise ValueError(f"layers must be a list of ints, got {self.layers!r}")
         if self.fact_token not in FACT_TOKENS: raise ValueError(f"fact_token must be one of {FACT_TOKENS}, got {self.fact_token!r}")
@@ -83,30 +85,20 @@ def rome_templates(model, hparams):
             out[k] = v
     return out
 
-# %% ../nbs/21_rome.ipynb #b51c40e7
-def check_request(request:dict):
-    "A clean copy of `request` (prompt with one '{}', non-empty subject and target_new); ValueError otherwise."
-    if not isinstance(request, dict): raise ValueError(f"a request is a dict, got {type(request).__name__}: {request!r}")
-    r = _copy.deepcopy(request)
-    for k in ('prompt', 'subject', 'target_new'):
-        if k not in r: raise ValueError(f"request lacks {k!r}: {request!r}")
-    if isinstance(r['target_new'], str): r['target_new'] = {'str': r['target_new']}
-    if isinstance(r.get('target_true'), str): r['target_true'] = {'str': r['target_true']}
-    p, s, t = r['prompt'], r['subject'], r['target_new'].get('str')
-    if not isinstance(s, str) or not s.strip(): raise ValueError(f"empty subject in request {request!r}")
-    if not isinstance(p, str) or p.count('{}') != 1:
-        hint = (f"; e.g. {p.replace(s, '{}', 1)!r}" if isinstance(p, str) and s in p else
-                f"; the subject {s!r} is not in the prompt either" if isinstance(p, str) else '')
-        raise ValueError(f"the prompt must contain '{{}}' exactly once, where the subject goes: {p!r}{hint}")
-    if not isinstance(t, str) or not t.strip(): raise ValueError(f"empty target_new in request {request!r}")
-    r['target_new']['str'] = t.lstrip()
-    return r
-
 # %% ../nbs/21_rome.ipynb #b8ff86f0
 def fill(template:str, *parts):
     "Replace the '{}' placeholders of `template` one after the other (braces inside `parts` are left alone)."
     for p in parts: template = template.replace('{}', p, 1)
     return template
+
+def _occurrences_before(tok, ids, prompt:str, subject:str):
+    "How often `subject` occurs in the decoded tokens `ids` before the end of the tokens of `prompt`'s prefix."
+    text, ends = token_char_ends(tok, ids)
+    sub = subject if subject in text else subject.strip()
+    before = prompt[:prompt.index('{}')].rstrip()
+    n = len(tok.encode(before)) if before else 0
+    stop = ends[min(n, len(ends)) - 1] if n else 0
+    return sum(1 for m in re.finditer(re.escape(sub), text) if m.start() < stop)
 
 def fact_lookup_idx(tok,                # tokenizer
                     prompt:str,         # template with '{}' for the subject (may start with a context prefix)
@@ -115,8 +107,7 @@ def fact_lookup_idx(tok,                # tokenizer
     "Token ids of `prompt` filled with `subject`, and the index of the token where the fact is looked up."
     ids = tok.encode(fill(prompt, subject))
     if fact_token == 'last': return ids, len(ids) - 1
-    before = prompt[:prompt.index('{}')]
-    s, e = find_token_range(tok, ids, subject, occurrence=before.count(subject.strip()))
+    s, e = find_token_range(tok, ids, subject, occurrence=_occurrences_before(tok, ids, prompt, subject))
     return ids, {'subject_last': e - 1, 'subject_first': s, 'subject_first_after_last': min(e, len(ids) - 1)}[fact_token]
 
 # %% ../nbs/21_rome.ipynb #ec8cec14
@@ -399,14 +390,11 @@ def execute_rome(model, tok,
                  info:dict=None,          # diagnostics per layer: {layer: {...}}
                  skip_lower=True,         # compute the layers below the edited one once (see `compute_v`)
                  verbose=False):
-    "The rank-one update(s) for one request: `{weight_name: (u, v)}`; the model is left unchanged."
-    request = check_request(request)
+    "The rank-one update(s) for one request: `{weight_name: (u, v)}`; the model is left unchanged (bit for bit)."
+    request = check_request(request, tok)
     tm, arch = rome_templates(model, hparams), model_arch(model)
-    weights = {f"{tm['rewrite_module_tmp'].format(l)}.weight": get_parameter(model, f"{tm['rewrite_module_tmp'].format(l)}.weight")
-               for l in hparams.layers}
-    saved = {k: w.detach().clone() for k, w in weights.items()}
     deltas = {}
-    try:
+    with tentative_weights(model) as scratch:  # later layers are computed with the lower ones edited
         with _Timer(timings, 'context_templates', model):
             ctx = get_context_templates(model, tok, hparams.context_template_length_params)
         for layer in sorted(hparams.layers):
@@ -417,30 +405,24 @@ def execute_rome(model, tok,
             with _Timer(timings, 'v_optimisation', model):
                 v = compute_v(model, tok, request, hparams, layer, u, ctx, key=k, info=li, skip_lower=skip_lower, verbose=verbose)
             with _Timer(timings, 'update', model), torch.no_grad():
-                upd = rank_one_update(u, v, weights[wname], arch.weight_orientation)
+                upd = rank_one_update(u, v, get_parameter(model, wname), arch.weight_orientation)
                 if not torch.isfinite(upd).all(): raise FloatingPointError(f"non-finite update for {wname}")
-                weights[wname][...] += upd
-                li['update_norm'] = upd.float().norm().item(); li['weight_norm'] = saved[wname].float().norm().item()
+                add_to_weights(model, {wname: upd}, scratch)
+                li['update_norm'] = upd.float().norm().item(); li['weight_norm'] = scratch[wname].float().norm().item()
             deltas[wname] = (u.detach(), v.detach())
             li['u'] = u.detach()
             if info is not None: info[layer] = li
-    finally:
-        with torch.no_grad():
-            for k_, w in weights.items(): w[...] = saved[k_]
     return deltas
 
 # %% ../nbs/21_rome.ipynb #63e3bdc4
 def apply_deltas(model, deltas:dict, weights_copy:dict=None, orig_device=None):
-    "Add the rank-one updates `{weight_name: (u, v)}` to `model`, saving originals into `weights_copy` first (on `orig_device`)."
+    "Add the rank-one updates `{weight_name: (u, v)}` to `model`, all checked before any is written (all or none)."
     orient = model_arch(model).weight_orientation
-    with torch.no_grad():
-        for name, (u, v) in deltas.items():
-            w = get_parameter(model, name)
-            upd = rank_one_update(u, v, w, orient)
-            if not torch.isfinite(upd).all(): raise FloatingPointError(f"non-finite update for {name}")
-            if weights_copy is not None and name not in weights_copy:
-                weights_copy[name] = w.detach().to(orig_device, copy=True) if orig_device is not None else w.detach().clone()
-            w[...] += upd
+    upds = {}
+    for name, (u, v) in deltas.items():
+        w = get_parameter(model, name)
+        upds[name] = rank_one_update(u.to(w.device), v.to(w.device), w, orient)
+    add_to_weights(model, upds, weights_copy, orig_device)
 
 # %% ../nbs/21_rome.ipynb #7dd96b42
 def apply_rome_to_model(model, tok,
@@ -454,18 +436,16 @@ def apply_rome_to_model(model, tok,
                         skip_lower=True,          # compute the layers below the edited one once per request
                         verbose=False,
                         **kwargs):                # accepted for compatibility with other editors' options (ignored)
-    "Edit `model` with ROME: `(model, {weight_name: original weight})`; on any error the weights are left as they were."
-    if isinstance(requests, dict): requests = [requests]
+    "Edit `model` with ROME: `(model, {weight_name: original weight})`; all requests are checked first, and on any error the weights are left as they were."
+    requests = check_requests(requests, tok)
     if copy: model = _copy.deepcopy(model)
     originals = {}
-    try:
+    with all_or_nothing(model, originals) as written:
         for request in requests:
             ri = {}
             deltas = execute_rome(model, tok, request, hparams, timings=timings, info=ri, skip_lower=skip_lower, verbose=verbose)
-            apply_deltas(model, deltas, originals, return_orig_weights_device)
+            apply_deltas(model, deltas, written, return_orig_weights_device)
             if info is not None: info.append(ri)
-    except BaseException:
-        restore_weights(model, originals); raise
     return model, (originals if return_orig_weights else {})
 
 # %% ../nbs/21_rome.ipynb #d41f086c

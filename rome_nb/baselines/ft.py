@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 from ..nethook import get_module, get_parameter, NameNotFoundError
 from ..models import layername, model_arch, encode_with_targets
-from ..editing import HyperParams, restore_weights
+from ..editing import (HyperParams, restore_weights, check_requests, all_or_nothing, save_originals,
+                             check_weight_values)
 from ..rome import check_request, fill
 
 # %% ../../nbs/30_ft.ipynb #b05bdf78
@@ -38,6 +39,7 @@ class FTHyperParams(HyperParams):
     early_stop_loss: float = 1e-2       # skip a step below this batch loss; stop when a pass's mean loss is below it
 
     def __post_init__(self):
+        super().__post_init__()
         if isinstance(self.layers, int): self.layers = [self.layers]
         if not self.layers or not all(isinstance(l, int) and not isinstance(l, bool) for l in self.layers):
             raise ValueError(f"layers must be a non-empty list of ints, got {self.layers!r}")
@@ -134,6 +136,12 @@ def ft_train(model, tok,            # the model (trained in place) and its token
     return {'losses': losses, 'passes': passes}
 
 # %% ../../nbs/30_ft.ipynb #2258a1de
+def _check_trained(weights:dict, hparams):
+    "The trained weights pass `check_weight_values` (finite, no overflow in their dtype); else FloatingPointError."
+    for k, w in weights.items():
+        try: check_weight_values(k, w)
+        except FloatingPointError as e: raise FloatingPointError(f"FT: {e}; lower lr ({hparams.lr})") from None
+
 def apply_ft_to_model(model, tok,                # the model and its tokenizer
                       requests,                  # a request dict or a list of them (trained together)
                       hparams:FTHyperParams,     # hyperparameters
@@ -143,18 +151,14 @@ def apply_ft_to_model(model, tok,                # the model and its tokenizer
                       info:list=None,            # a list to append the training log to
                       **kwargs):                 # other editors' options (ignored)
     "Fine-tune the chosen layers on `requests`: `(model, {weight name: original})`; on any error the weights are left as they were."
-    if isinstance(requests, dict): requests = [requests]
-    if not requests: raise ValueError("no requests given")
-    for r in requests: request_text(r)
+    requests = check_requests(requests, tok)
     if copy: model = _copy.deepcopy(model)
     weights = ft_weights(model, hparams)
-    originals = {k: w.detach().clone() for k, w in weights.items()}
-    try:
-        log = ft_train(model, tok, requests, hparams, weights, originals)
-        bad = [k for k, w in weights.items() if not torch.isfinite(w).all()]
-        if bad: raise FloatingPointError(f"FT produced non-finite weights in {bad}; lower lr ({hparams.lr})")
-    except BaseException:
-        restore_weights(model, originals); raise
+    originals = {}
+    with all_or_nothing(model, originals) as saved:  # trained in place: put back on any error
+        save_originals(model, weights, saved)
+        log = ft_train(model, tok, requests, hparams, weights, saved)
+        _check_trained(weights, hparams)
     if info is not None: info.append(log)
     if not return_orig_weights: return model, {}
     return model, {k: v.to(return_orig_weights_device) if return_orig_weights_device is not None else v for k, v in originals.items()}

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from ..nethook import get_module, get_parameter, TraceDict
 from ..models import layername, model_arch, target_token_ids
-from ..editing import HyperParams, restore_weights
+from ..editing import HyperParams, restore_weights, check_requests, write_weights, all_or_nothing
 from .ft import request_text
 
 # %% ../../nbs/31_kn.ipynb #1322d994
@@ -31,6 +31,7 @@ class KNHyperParams(HyperParams):
     layers: list = None              # layers to search (None: all)
 
     def __post_init__(self):
+        super().__post_init__()
         if self.steps < 1 or self.batch_size < 1: raise ValueError(f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}")
         if not 0 <= self.adaptive_threshold <= 1: raise ValueError(f"adaptive_threshold must be in [0, 1], got {self.adaptive_threshold}")
         if not 0 <= self.p < 1: raise ValueError(f"p must be in [0, 1), got {self.p}")
@@ -159,14 +160,16 @@ def kn_direction(model, tok,            # the model and its tokenizer
 def kn_edit_weights(model, neurons:list,   # the model; `(layer, neuron)` pairs
                     direction:torch.Tensor, # [hidden] vector added to each neuron's output row
                     originals:dict=None):   # {weight name: original}, filled before a weight is first changed
-    "Add `direction` to the output row of each neuron (its down-projection row or column)."
+    "Add `direction` to the output row of each neuron (its down-projection row or column); all checked, then written."
     orient = model_arch(model).weight_orientation
+    new = {}
     for l, i in neurons:
         name = layername(model, l, 'down_proj') + '.weight'
-        w = get_parameter(model, name)
-        if originals is not None and name not in originals: originals[name] = w.detach().clone()
+        if name not in new: new[name] = get_parameter(model, name).detach().clone()
+        w = new[name]
         if orient == 'in_out': w[i, :] += direction.to(w.dtype)
         else: w[:, i] += direction.to(w.dtype)
+    write_weights(model, new, originals)
 
 # %% ../../nbs/31_kn.ipynb #c56a4d1b
 def apply_kn_to_model(model, tok,                # the model and its tokenizer
@@ -178,12 +181,10 @@ def apply_kn_to_model(model, tok,                # the model and its tokenizer
                       info:list=None,            # a list to append each request's neurons to
                       **kwargs):                 # other editors' options (ignored)
     "Edit each request's knowledge neurons toward its new object: `(model, {weight name: original})`."
-    if isinstance(requests, dict): requests = [requests]
-    if not requests: raise ValueError("no requests given")
-    for r in requests: request_text(r)
+    requests = check_requests(requests, tok)
     if copy: model = _copy.deepcopy(model)
     originals = {}
-    try:
+    with all_or_nothing(model, originals) as written:
         for r in requests:
             text, new = request_text(r)
             tt = r.get('target_true'); true = (tt['str'] if isinstance(tt, dict) else tt) if tt else None
@@ -196,9 +197,7 @@ def apply_kn_to_model(model, tok,                # the model and its tokenizer
             neurons = find_knowledge_neurons(model, tok, prompts, true, hparams)
             d = kn_direction(model, tok, text, new, true, hparams.lr_scale)
             if not torch.isfinite(d).all(): raise FloatingPointError("non-finite KN edit direction")
-            kn_edit_weights(model, neurons, d, originals)
+            kn_edit_weights(model, neurons, d, written)
             if info is not None: info.append({'neurons': neurons, 'target_true': true})
-    except BaseException:
-        restore_weights(model, originals); raise
     if not return_orig_weights: return model, {}
     return model, {k: v.to(return_orig_weights_device) if return_orig_weights_device is not None else v for k, v in originals.items()}

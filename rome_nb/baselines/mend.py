@@ -20,7 +20,7 @@ from torch.func import functional_call
 from ..nethook import get_module, get_parameter, TraceDict, temp_requires_grad
 from ..models import model_arch, layername, encode_with_targets, make_inputs, linear_dims
 from ..dsets import CounterFactDataset
-from ..editing import HyperParams
+from ..editing import HyperParams, check_requests, add_to_weights, all_or_nothing
 
 # %% ../../nbs/32_mend.ipynb #4c66a156
 EDIT_KINDS = ('mlp_in', 'down_proj')  # the MLP's input projections (c_fc, up_proj, gate_proj, ...) and its output projection
@@ -49,6 +49,7 @@ class EditorHyperParams(HyperParams):
     cache_dir: str = None         # trained editors (None: $ROME_NB_CACHE or ~/.cache/rome_nb, then <method>/<key>/)
 
     def __post_init__(self):
+        super().__post_init__()
         if isinstance(self.layers, int): self.layers = [self.layers]
         if self.layers is not None and not all(isinstance(l, int) for l in self.layers):
             raise ValueError(f"layers must be a list of ints or null (the last three blocks), got {self.layers!r}")
@@ -434,27 +435,22 @@ def mend_init_stats(editor, model, tok, records, hparams):
 
 # %% ../../nbs/32_mend.ipynb #40f4866a
 def apply_deltas(model, deltas:dict, weights_copy:dict, orig_device=None): # model, {param: change}, originals so far
-    "Add the changes to the weights in place, first saving the original of each weight not yet in `weights_copy`."
-    bad = [k for k, v in deltas.items() if not torch.isfinite(v).all()]
-    if bad: raise FloatingPointError(f"non-finite weight changes for {bad}; no weight was changed by this edit")
-    with torch.no_grad():
-        for k, v in deltas.items():
-            w = get_parameter(model, k)
-            if k not in weights_copy: weights_copy[k] = w.detach().clone().to(orig_device or w.device)
-            w.add_(v.to(device=w.device, dtype=w.dtype))
+    "Add the changes to the weights, all checked in each weight's dtype before any is written; originals saved first."
+    add_to_weights(model, deltas, weights_copy, orig_device)
 
 def apply_editor(model, tok, requests:list, hparams, # model, tokenizer, requests (or one), `EditorHyperParams`
                  method:str, make_editor, init_stats=None,  # as for `get_editor`
                  copy:bool=False, return_orig_weights:bool=False, return_orig_weights_device=None, progress:bool=True):
-    "Edit `model` with the `method` editor (one request after another); returns `(model, {weight name: original tensor})`."
-    if isinstance(requests, dict): requests = [requests]
+    "Edit `model` with the `method` editor (one request after another, all or none): `(model, {weight name: original})`."
+    requests = check_requests(requests, tok)
     editor = get_editor(model, tok, hparams, method, make_editor, init_stats, progress=progress)
     if copy: model = _copy.deepcopy(model)
-    weights_copy = {}
-    for rq in requests:
-        with torch.no_grad(): dl = editor.edit_deltas(model, tok, rq, hparams.lr_scale)
-        apply_deltas(model, dl, weights_copy, return_orig_weights_device)
-    return model, (weights_copy if return_orig_weights else {})
+    originals = {}
+    with all_or_nothing(model, originals) as written:
+        for rq in requests:
+            with torch.no_grad(): dl = editor.edit_deltas(model, tok, rq, hparams.lr_scale)
+            apply_deltas(model, dl, written, return_orig_weights_device)
+    return model, (originals if return_orig_weights else {})
 
 def apply_mend_to_model(model, tok, requests:list, hparams:MENDHyperParams, copy:bool=False,
                         return_orig_weights:bool=False, return_orig_weights_device=None, progress:bool=True, **kwargs):
