@@ -53,11 +53,13 @@ def check_hparam(owner:str, name:str, value, rule:Rule): # class name, field, it
     if not (math.isfinite(value) and low_ok and value <= rule.hi):
         raise ValueError(_rule_error(owner, name, value, rule))
 
-def check_hparams(hp, rules:dict=None): # a hyperparameter dataclass; {field: Rule} (default `HPARAM_RULES`)
-    "Check every field of `hp` that has a rule; ValueError naming the field and its range otherwise."
+def check_hparams(hp,              # a hyperparameter dataclass
+                  rules:dict=None): # {field: Rule} (default `HPARAM_RULES`)
+    "Check every field of `hp` that has a rule; ValueError naming the field and its range."
     rules = HPARAM_RULES if rules is None else rules
     for f in fields(hp):
-        if f.name in rules: check_hparam(type(hp).__name__, f.name, getattr(hp, f.name), rules[f.name])
+        if f.name in rules:
+            check_hparam(type(hp).__name__, f.name, getattr(hp, f.name), rules[f.name])
 
 # %% ../nbs/03_editing.ipynb #3bcd72d8
 class HyperParams:
@@ -129,20 +131,25 @@ def restore_weights(model, weights_copy:dict): # the edited model, {parameter na
 def check_weight_values(name:str,           # the parameter's name (for the message)
                         value:torch.Tensor, # its new value
                         dtype=None):        # the parameter's dtype (default: `value`'s)
-    "FloatingPointError when `value`, cast to `dtype`, is non-finite or would overflow it on unit inputs."
+    "FloatingPointError if `value` in `dtype` is non-finite or would overflow it on unit inputs."
     v = value.detach().to(dtype or value.dtype)
     if not v.is_floating_point(): return
     if not torch.isfinite(v).all():
-        raise FloatingPointError(f"non-finite new values for {name} in {v.dtype}; no weight was changed")
+        raise FloatingPointError(f"non-finite new values for {name} in {v.dtype}; "
+                                 f"no weight was changed")
     a = v.abs().double()
     big = max(a.sum(-1).max().item(), a.sum(0).max().item()) if a.dim() > 1 else a.sum().item()
     if big >= torch.finfo(v.dtype).max:
         raise FloatingPointError(f"new values for {name} would overflow {v.dtype} (a row or column "
-                                 f"sums to {big:.3g}); no weight was changed: lower the edit's scale")
+                                 f"sums to {big:.3g}); no weight was changed: lower the edit's "
+                                 f"scale")
 
 # %% ../nbs/03_editing.ipynb #a35da28a
-def save_originals(model, names, originals:dict, orig_device=None): # model, names, where to add them
-    "Copy the current value of each parameter in `names` that is not yet in `originals` (to `orig_device`)."
+def save_originals(model,             # the model
+                   names,             # parameter names
+                   originals:dict,    # where to add their current values
+                   orig_device=None): # where to keep them (default: the parameter's device)
+    "Copy the value of each parameter in `names` that is not yet in `originals`."
     for n in names:
         if n in originals: continue
         p = get_parameter(model, n).detach()
@@ -152,7 +159,8 @@ def _cast_checked(model, name, value):
     "`value` on the device and in the dtype of parameter `name`, checked (name, shape, values)."
     p = get_parameter(model, name)
     if tuple(value.shape) != tuple(p.shape):
-        raise ValueError(f"new value for {name} has shape {tuple(value.shape)}; the weight is {tuple(p.shape)}")
+        raise ValueError(f"new value for {name} has shape {tuple(value.shape)}; "
+                         f"the weight is {tuple(p.shape)}")
     v = value.detach().to(device=p.device, dtype=p.dtype)
     check_weight_values(name, v)
     return v
@@ -161,27 +169,31 @@ def _cast_checked(model, name, value):
 def write_weights(model,               # the model
                   new:dict,            # {parameter name: new value}
                   originals:dict=None, # where to save the replaced values (names not in it yet)
-                  orig_device=None):   # where to keep those (e.g. 'cpu'); default: the parameter's device
-    "Check every new value (name, shape, values in the weight's dtype) before writing any; then write all."
+                  orig_device=None):   # where to keep those (e.g. 'cpu'); default: the weight's device
+    "Check every new value (name, shape, values in the weight's dtype), then write them all."
     cast = {n: _cast_checked(model, n, v) for n, v in new.items()}
     if originals is not None: save_originals(model, cast, originals, orig_device)
     for n, v in cast.items(): get_parameter(model, n).copy_(v)
 
 # %% ../nbs/03_editing.ipynb #703deda5
-def add_to_weights(model, deltas:dict, originals:dict=None, orig_device=None): # as `write_weights`
-    "Add `{parameter name: change}` (cast to each weight's dtype) through `write_weights`: all or none."
+def add_to_weights(model,               # the model
+                   deltas:dict,         # {parameter name: change}, cast to each weight's dtype
+                   originals:dict=None, # as for `write_weights`
+                   orig_device=None):
+    "Add the changes through `write_weights`: all are checked before any is written."
     new = {}
     for n, d in deltas.items():
         p = get_parameter(model, n)
         if tuple(d.shape) != tuple(p.shape):
-            raise ValueError(f"change for {n} has shape {tuple(d.shape)}; the weight is {tuple(p.shape)}")
+            raise ValueError(f"change for {n} has shape {tuple(d.shape)}; "
+                             f"the weight is {tuple(p.shape)}")
         new[n] = p.detach() + d.detach().to(device=p.device, dtype=p.dtype)
     write_weights(model, new, originals, orig_device)
 
 # %% ../nbs/03_editing.ipynb #a3f315a6
 @contextlib.contextmanager
 def all_or_nothing(model, originals:dict=None): # the model; where to add the originals on success
-    "Context manager yielding the dict to write with; on any exception it restores those and re-raises."
+    "Context manager yielding the dict to write with; on any exception it restores and re-raises."
     journal = {}
     try: yield journal
     except BaseException:
@@ -211,7 +223,8 @@ def _target(t, key:str, request):
     "A request's target as `{'str': text, ...}`, its text checked and stripped."
     t = {'str': t} if isinstance(t, str) else t
     if not isinstance(t, dict):
-        raise RequestError(f"{key} must be a dict with 'str' (or a string), got {type(t).__name__}: {t!r}")
+        raise RequestError(f"{key} must be a dict with 'str' (or a string), "
+                           f"got {type(t).__name__}: {t!r}")
     s = t.get('str')
     if not isinstance(s, str):
         raise RequestError(f"{key}['str'] must be a string, got {s!r} in {request!r}")
@@ -221,14 +234,18 @@ def _target(t, key:str, request):
 
 # %% ../nbs/03_editing.ipynb #fe2bbae8
 def _check_prompt(p, s):
-    "RequestError unless the prompt `p` is a string with exactly one '{}' and no other braces."
+    "The prompt (no trailing whitespace); RequestError unless a string with one '{}' and no other braces."
     if not isinstance(p, str):
         raise RequestError(f"the prompt must be a string, got {type(p).__name__}: {p!r}")
     if p.count('{}') != 1:
-        hint = f"e.g. {p.replace(s, '{}', 1)!r}" if s in p else f"the subject {s!r} is not in the prompt either"
-        raise RequestError(f"the prompt must contain '{{}}' exactly once, where the subject goes: {p!r}; {hint}")
+        hint = (f"e.g. {p.replace(s, '{}', 1)!r}" if s in p else
+                f"the subject {s!r} is not in the prompt either")
+        raise RequestError(f"the prompt must contain '{{}}' exactly once, where the subject goes: "
+                           f"{p!r}; {hint}")
     if '{' in p.replace('{}', '') or '}' in p.replace('{}', ''):
         raise RequestError(f"the prompt {p!r} has braces other than its one '{{}}'; remove them")
+    if p != p.rstrip(): warnings.warn(f"prompt {p!r} ends with whitespace; using {p.rstrip()!r}")
+    return p.rstrip()
 
 def _check_subject(s, request):
     "The subject, stripped; RequestError unless it is a non-empty string."
@@ -245,31 +262,33 @@ def _check_found(tok, r):
 
 # %% ../nbs/03_editing.ipynb #f7dde35e
 def check_request(request:dict, # prompt with '{}', subject, target_new (and optionally target_true)
-                  tok=None):    # a tokenizer: also check that the subject is found in the tokenized prompt
-    "A clean copy of `request` (targets as dicts, whitespace removed with a warning); RequestError if bad."
+                  tok=None):    # a tokenizer: also check that it finds the subject in the prompt
+    "A clean copy of `request` (targets as dicts, whitespace removed with a warning)."
     if not isinstance(request, dict):
         raise RequestError(f"a request is a dict, got {type(request).__name__}: {request!r}")
     missing = [k for k in ('prompt', 'subject', 'target_new') if k not in request]
     if missing: raise RequestError(f"request lacks {missing}: {request!r}")
     r = _copy.deepcopy(request)
     r['subject'] = _check_subject(r['subject'], request)
-    _check_prompt(r['prompt'], r['subject'])
+    r['prompt'] = _check_prompt(r['prompt'], r['subject'])
     r['target_new'] = _target(r['target_new'], 'target_new', request)
     if r.get('target_true') is not None:
         r['target_true'] = _target(r['target_true'], 'target_true', request)
         if r['target_true']['str'] == r['target_new']['str']:
-            raise RequestError(f"target_new equals target_true ({r['target_new']['str']!r}): the edit would "
-                               f"change nothing; give a different new target")
+            raise RequestError(f"target_new equals target_true ({r['target_new']['str']!r}): "
+                               f"the edit would change nothing; give a different new target")
     if tok is not None: _check_found(tok, r)
     return r
 
 # %% ../nbs/03_editing.ipynb #4527b9f4
 def check_requests(requests, # a request dict or a non-empty list of them
                    tok=None): # a tokenizer (see `check_request`)
-    "Clean copies of all `requests`, every one checked before any is used; RequestError for a bad one."
+    "Clean copies of all `requests`, every one checked before any is used."
     if isinstance(requests, dict): requests = [requests]
-    if isinstance(requests, (str, bytes, dict)) or not hasattr(requests, '__iter__'):
-        raise RequestError(f"requests must be a request dict or a list of them, got {type(requests).__name__}")
+    if isinstance(requests, (str, bytes)) or not hasattr(requests, '__iter__'):
+        raise RequestError(f"requests must be a request dict or a list of them, "
+                           f"got {type(requests).__name__}")
     out = [check_request(r, tok) for r in requests]
-    if not out: raise RequestError("no requests given: pass a request dict or a non-empty list of them")
+    if not out:
+        raise RequestError("no requests given: pass a request dict or a non-empty list of them")
     return out

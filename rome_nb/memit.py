@@ -387,7 +387,7 @@ def execute_memit(model, tok,
     reqs, zs = [requests[i] for i in rep], zs[rep]
     info['n_groups'] = len(rep)
     deltas = {}
-    with tentative_weights(model) as saved:  # the keys of each layer are read with the lower ones edited
+    with tentative_weights(model) as saved:  # each layer's keys are read with the lower ones edited
         for j, l in enumerate(hparams.layers):
             with _Timer(timings, 'keys', model):
                 K = compute_ks(model, tok, reqs, hparams, l, ctx).T
@@ -401,8 +401,9 @@ def execute_memit(model, tok,
                 if not torch.isfinite(upd).all(): raise FloatingPointError(f"non-finite update for {names[l]}")
                 add_to_weights(model, {names[l]: upd}, saved)
             deltas[names[l]] = (adj_k.detach(), resid.detach())
-            info.setdefault('layers', []).append(dict(layer=l, residual_norm=R.norm(dim=0).mean().item(),
-                                                      update_norm=upd.float().norm().item(), weight_norm=saved[names[l]].float().norm().item()))
+            li = dict(layer=l, residual_norm=R.norm(dim=0).mean().item(), update_norm=upd.float().norm().item(),
+                      weight_norm=saved[names[l]].float().norm().item())
+            info.setdefault('layers', []).append(li)
             if verbose: print(info['layers'][-1])
     return deltas
 
@@ -419,12 +420,12 @@ def apply_memit_to_model(model, tok,
                          skip_lower=True,
                          verbose=False,
                          **kwargs):                # accepted for compatibility with other editors' options (ignored)
-    "Edit `model` with MEMIT: `(model, {weight_name: original weight})`; all requests are checked first, and on any error the weights are left as they were."
+    "Edit `model` with MEMIT: `(model, {weight_name: original weight})`; on any error the weights are left as they were."
     requests = check_requests(requests, tok)
     if copy: model = _copy.deepcopy(model)
     deltas = execute_memit(model, tok, requests, hparams, cache_template, timings, info, skip_lower, verbose)
     orient, originals = model_arch(model).weight_orientation, {}
-    with all_or_nothing(model, originals) as written:  # one weight at a time (less memory), all or none
+    with all_or_nothing(model, originals) as written:  # one weight at a time: less memory
         for name, (adj_k, resid) in deltas.items():
             upd = memit_update(adj_k, resid, get_parameter(model, name), orient)
             add_to_weights(model, {name: upd}, written, return_orig_weights_device)

@@ -92,7 +92,7 @@ def fill(template:str, *parts):
     return template
 
 def _occurrences_before(tok, ids, prompt:str, subject:str):
-    "How often `subject` occurs in the decoded tokens `ids` before the end of the tokens of `prompt`'s prefix."
+    "Mentions of `subject` in the decoded tokens `ids` that start before the tokens of `prompt`'s prefix end."
     text, ends = token_char_ends(tok, ids)
     sub = subject if subject in text else subject.strip()
     before = prompt[:prompt.index('{}')].rstrip()
@@ -107,7 +107,8 @@ def fact_lookup_idx(tok,                # tokenizer
     "Token ids of `prompt` filled with `subject`, and the index of the token where the fact is looked up."
     ids = tok.encode(fill(prompt, subject))
     if fact_token == 'last': return ids, len(ids) - 1
-    s, e = find_token_range(tok, ids, subject, occurrence=_occurrences_before(tok, ids, prompt, subject))
+    occ = _occurrences_before(tok, ids, prompt, subject)
+    s, e = find_token_range(tok, ids, subject, occurrence=occ)
     return ids, {'subject_last': e - 1, 'subject_first': s, 'subject_first_after_last': min(e, len(ids) - 1)}[fact_token]
 
 # %% ../nbs/21_rome.ipynb #ec8cec14
@@ -390,11 +391,11 @@ def execute_rome(model, tok,
                  info:dict=None,          # diagnostics per layer: {layer: {...}}
                  skip_lower=True,         # compute the layers below the edited one once (see `compute_v`)
                  verbose=False):
-    "The rank-one update(s) for one request: `{weight_name: (u, v)}`; the model is left unchanged (bit for bit)."
+    "The rank-one update(s) for one request: `{weight_name: (u, v)}`; the model is left unchanged."
     request = check_request(request, tok)
     tm, arch = rome_templates(model, hparams), model_arch(model)
     deltas = {}
-    with tentative_weights(model) as scratch:  # later layers are computed with the lower ones edited
+    with tentative_weights(model) as scratch:  # later layers see the lower ones edited
         with _Timer(timings, 'context_templates', model):
             ctx = get_context_templates(model, tok, hparams.context_template_length_params)
         for layer in sorted(hparams.layers):
@@ -408,7 +409,8 @@ def execute_rome(model, tok,
                 upd = rank_one_update(u, v, get_parameter(model, wname), arch.weight_orientation)
                 if not torch.isfinite(upd).all(): raise FloatingPointError(f"non-finite update for {wname}")
                 add_to_weights(model, {wname: upd}, scratch)
-                li['update_norm'] = upd.float().norm().item(); li['weight_norm'] = scratch[wname].float().norm().item()
+                li['update_norm'] = upd.float().norm().item()
+                li['weight_norm'] = scratch[wname].float().norm().item()
             deltas[wname] = (u.detach(), v.detach())
             li['u'] = u.detach()
             if info is not None: info[layer] = li
@@ -416,7 +418,7 @@ def execute_rome(model, tok,
 
 # %% ../nbs/21_rome.ipynb #63e3bdc4
 def apply_deltas(model, deltas:dict, weights_copy:dict=None, orig_device=None):
-    "Add the rank-one updates `{weight_name: (u, v)}` to `model`, all checked before any is written (all or none)."
+    "Add the rank-one updates `{weight_name: (u, v)}` to `model`: all are checked before any is written."
     orient = model_arch(model).weight_orientation
     upds = {}
     for name, (u, v) in deltas.items():
@@ -436,7 +438,7 @@ def apply_rome_to_model(model, tok,
                         skip_lower=True,          # compute the layers below the edited one once per request
                         verbose=False,
                         **kwargs):                # accepted for compatibility with other editors' options (ignored)
-    "Edit `model` with ROME: `(model, {weight_name: original weight})`; all requests are checked first, and on any error the weights are left as they were."
+    "Edit `model` with ROME: `(model, {weight_name: original})`; on any error the weights stay as they were."
     requests = check_requests(requests, tok)
     if copy: model = _copy.deepcopy(model)
     originals = {}

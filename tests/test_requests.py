@@ -89,7 +89,8 @@ def test_subject_not_found_as_tokenized(method, editors):
 def test_whitespace_normalised_with_warning_same_edit(method, editors, tok):
     "A subject or target with spaces around it warns, and gives the bit-identical edit of the clean request."
     m1, m2 = gpt2(), gpt2()
-    messy = {**REQ, 'subject': ' ' + REQ['subject'] + ' ', 'target_new': {'str': REQ['target_new']['str'] + ' '}}
+    messy = {**REQ, 'prompt': REQ['prompt'] + ' ', 'subject': ' ' + REQ['subject'] + ' ',
+             'target_new': {'str': REQ['target_new']['str'] + ' '}}
     with pytest.warns(UserWarning, match='whitespace'): editors[method](m1, tok, [messy])
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter('always')

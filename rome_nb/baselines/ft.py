@@ -137,10 +137,11 @@ def ft_train(model, tok,            # the model (trained in place) and its token
 
 # %% ../../nbs/30_ft.ipynb #2258a1de
 def _check_trained(weights:dict, hparams):
-    "The trained weights pass `check_weight_values` (finite, no overflow in their dtype); else FloatingPointError."
+    "FloatingPointError unless the trained weights pass `check_weight_values` in their dtype."
     for k, w in weights.items():
         try: check_weight_values(k, w)
-        except FloatingPointError as e: raise FloatingPointError(f"FT: {e}; lower lr ({hparams.lr})") from None
+        except FloatingPointError as e:
+            raise FloatingPointError(f"FT: {e}; lower lr ({hparams.lr})") from None
 
 def apply_ft_to_model(model, tok,                # the model and its tokenizer
                       requests,                  # a request dict or a list of them (trained together)

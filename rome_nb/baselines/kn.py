@@ -160,7 +160,7 @@ def kn_direction(model, tok,            # the model and its tokenizer
 def kn_edit_weights(model, neurons:list,   # the model; `(layer, neuron)` pairs
                     direction:torch.Tensor, # [hidden] vector added to each neuron's output row
                     originals:dict=None):   # {weight name: original}, filled before a weight is first changed
-    "Add `direction` to the output row of each neuron (its down-projection row or column); all checked, then written."
+    "Add `direction` to the output row of each neuron (a down-projection row or column), all or none."
     orient = model_arch(model).weight_orientation
     new = {}
     for l, i in neurons:

@@ -435,13 +435,13 @@ def mend_init_stats(editor, model, tok, records, hparams):
 
 # %% ../../nbs/32_mend.ipynb #40f4866a
 def apply_deltas(model, deltas:dict, weights_copy:dict, orig_device=None): # model, {param: change}, originals so far
-    "Add the changes to the weights, all checked in each weight's dtype before any is written; originals saved first."
+    "Add the changes to the weights (see `add_to_weights`): all checked before any is written."
     add_to_weights(model, deltas, weights_copy, orig_device)
 
 def apply_editor(model, tok, requests:list, hparams, # model, tokenizer, requests (or one), `EditorHyperParams`
                  method:str, make_editor, init_stats=None,  # as for `get_editor`
                  copy:bool=False, return_orig_weights:bool=False, return_orig_weights_device=None, progress:bool=True):
-    "Edit `model` with the `method` editor (one request after another, all or none): `(model, {weight name: original})`."
+    "Edit `model` with the `method` editor, one request after another: `(model, {name: original})`."
     requests = check_requests(requests, tok)
     editor = get_editor(model, tok, hparams, method, make_editor, init_stats, progress=progress)
     if copy: model = _copy.deepcopy(model)
