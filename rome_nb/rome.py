@@ -424,7 +424,8 @@ def apply_deltas(model, deltas:dict, weights_copy:dict=None, orig_device=None):
     for name, (u, v) in deltas.items():
         w = get_parameter(model, name)
         upds[name] = rank_one_update(u.to(w.device), v.to(w.device), w, orient)
-    add_to_weights(model, upds, weights_copy, orig_device)
+    with all_or_nothing(model, weights_copy) as written:  # even an interrupt mid-write leaves nothing
+        add_to_weights(model, upds, written, orig_device)
 
 # %% ../nbs/21_rome.ipynb #7dd96b42
 def apply_rome_to_model(model, tok,

@@ -87,7 +87,7 @@ def test_subject_not_found_as_tokenized(method, editors):
 
 @pytest.mark.parametrize('method', ['ROME', 'FT', 'KN', 'MEND'])
 def test_whitespace_normalised_with_warning_same_edit(method, editors, tok):
-    "A subject or target with spaces around it warns, and gives the bit-identical edit of the clean request."
+    "Spaces around a subject or target (or ending a prompt) warn, and give the clean request's exact edit."
     m1, m2 = gpt2(), gpt2()
     messy = {**REQ, 'prompt': REQ['prompt'] + ' ', 'subject': ' ' + REQ['subject'] + ' ',
              'target_new': {'str': REQ['target_new']['str'] + ' '}}
