@@ -3,7 +3,7 @@ machine, whatever ran before: a notebook cell (not exported) that draws from a g
 numpy, `random`, a randomly initialised module, or an exported function or class that draws one without seeding it
 first) must set a seed earlier in the same cell, or pass a `generator=`. Tests start from seeded generators
 (`conftest.py`)."""
-import ast, json, random, re
+import ast, functools, json, random, re
 from pathlib import Path
 import numpy as np
 import torch
@@ -46,7 +46,8 @@ def _unseeded_draw(src, names):
     return None
 
 
-def drawing_names(nb_paths=NBS):
+@functools.lru_cache(maxsize=None)
+def drawing_names(nb_paths=tuple(NBS)):
     "Exported functions and classes that draw from a global generator without seeding it first (transitively)."
     defs = {}
     for nb in nb_paths:
@@ -57,10 +58,10 @@ def drawing_names(nb_paths=NBS):
                 if isinstance(n, (ast.FunctionDef, ast.ClassDef)): defs[n.name] = ast.get_source_segment(src, n)
     names, grew = set(), True
     while grew:
-        new = {k for k, s in defs.items() if k not in names and _unseeded_draw(s, names - {k})}
+        new = {k for k, s in defs.items() if k not in names and _unseeded_draw(s, frozenset(names - {k}))}
         names |= new
         grew = bool(new)
-    return names
+    return frozenset(names)
 
 
 def unseeded_cells(nb_path, names):
@@ -104,3 +105,24 @@ def test_tests_start_seeded():
     assert torch.equal(a, torch.randn(3))
     assert np.random.get_state()[1][0] == np.random.RandomState(0).get_state()[1][0]
     assert random.getstate() == random.Random(0).getstate()
+
+
+TIMING = re.compile(r'\b(?:time\.time|time\.perf_counter|time\.monotonic|perf_counter|monotonic)\(\)|\.speedup\b')
+
+
+def timing_assertions(nb_path):
+    "Assertions in a notebook's non-exported cells on a time or a speed (which depends on the machine's load)."
+    out = []
+    for i, src, exported in _cells(nb_path):
+        if exported: continue
+        src = '\n'.join('' if l.lstrip().startswith(('%', '!')) else l for l in src.splitlines())
+        for n in ast.walk(ast.parse(src)):
+            is_test = isinstance(n, ast.Call) and getattr(n.func, 'id', '').startswith('test_')
+            if (isinstance(n, ast.Assert) or is_test) and TIMING.search(seg := ast.get_source_segment(src, n)):
+                out.append((i, seg))
+    return out
+
+
+def test_no_timing_assertions_in_notebooks():
+    bad = {nb.name: t for nb in NBS if (t := timing_assertions(nb))}
+    assert bad == {}, f"assertions on time or speed fail on a loaded machine; check what the time stands for: {bad}"

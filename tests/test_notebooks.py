@@ -117,3 +117,31 @@ def test_detects_absolute_paths(tmp_path):
 def sys_prefix_file():
     import sys
     return str(Path(sys.prefix) / 'lib' / 'python3' / 'site-packages' / 'torch' / 'x.py')
+
+
+def shown_widget_outputs(nb_path):
+    "Outputs held by the Output widgets that a notebook's saved outputs display (through their saved widget state)."
+    nb = json.loads(Path(nb_path).read_text(encoding='utf-8'))
+    state = nb.get('metadata', {}).get('widgets', {}).get('application/vnd.jupyter.widget-state+json', {}).get('state', {})
+    todo = [o['data']['application/vnd.jupyter.widget-view+json']['model_id'] for c in nb['cells'] for o in c.get('outputs', [])
+            if 'application/vnd.jupyter.widget-view+json' in o.get('data', {})]
+    seen, outs = set(), []
+    while todo:
+        m = todo.pop()
+        if m in seen or m not in state: continue
+        seen.add(m)
+        todo += re.findall(r'IPY_MODEL_([0-9a-f]{32})', json.dumps(state[m]))
+        if state[m].get('model_name') == 'OutputModel': outs += state[m]['state'].get('outputs', [])
+    return outs
+
+
+@pytest.mark.parametrize('nb', NBS, ids=lambda p: p.stem)
+def test_shown_widgets_hold_no_errors(nb):
+    "A widget shown in the saved notebook shows what its cell set up, not a mistake a later check made with it."
+    texts = [t for o in shown_widget_outputs(nb) for t in _output_texts(o)]
+    assert not [t for t in texts if 'cannot ' in t or 'Error' in t or 'Traceback' in t], texts
+
+
+def test_trace_explorer_is_saved_with_its_trace():
+    outs = shown_widget_outputs(next(p for p in NBS if p.stem == '10_tracing'))
+    assert any('image/png' in o.get('data', {}) for o in outs), "the explorer in 10_tracing is saved without its heatmap"
