@@ -49,18 +49,24 @@ def test_detects_a_stale_docs_config(tmp_path):
     assert 'sidebar.yml' in docs_prep_changes(src, tmp_path / 'b')
 
 
-@pytest.mark.slow
-def test_nbdev_proc_nbs_leaves_the_tree_clean(tmp_path):
-    "The real `nbdev_proc_nbs` on a clone (a stand-in `quarto` on PATH: without one nbdev runs `pip install -e .`)."
-    if not (ROOT / '.git').exists(): pytest.skip('not a git checkout')
+def proc_nbs_status(root, tmp_path):
+    """`git status` of a clone of `root` after the real `nbdev_proc_nbs` (a stand-in `quarto` on PATH: without one
+    nbdev installs Quarto and runs `pip install -e .` with whatever `pip` is first on PATH)."""
     clone = tmp_path / 'clone'
-    subprocess.run(['git', 'clone', '-q', str(ROOT), str(clone)], check=True)
+    subprocess.run(['git', 'clone', '-q', str(root), str(clone)], check=True)
     fake = tmp_path / 'bin'
     fake.mkdir()
-    (fake / 'quarto').write_text('#!/bin/sh\nexit 0\n')
-    (fake / 'quarto').chmod(stat.S_IRWXU)
+    for name, code in (('quarto', 0), ('pip', 1)):  # and a `pip` that refuses, should nbdev still try to install
+        (fake / name).write_text(f'#!/bin/sh\nexit {code}\n')
+        (fake / name).chmod(stat.S_IRWXU)
     env = dict(os.environ, PATH=f"{fake}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     subprocess.run([str(Path(sys.executable).parent / 'nbdev_proc_nbs'), '--n_workers', '1'], cwd=clone, env=env,
                    check=True, capture_output=True, text=True, timeout=900)
-    status = subprocess.run(['git', 'status', '--porcelain'], cwd=clone, capture_output=True, text=True).stdout
-    assert status == '', status
+    return subprocess.run(['git', 'status', '--porcelain'], cwd=clone, capture_output=True, text=True).stdout
+
+
+def test_nbdev_proc_nbs_leaves_the_tree_clean(tmp_path):
+    "The docs build's first step on a clone of this checkout's last commit leaves `git status` clean."
+    if not (ROOT / '.git').exists(): pytest.skip('not a git checkout')
+    status = proc_nbs_status(ROOT, tmp_path)
+    assert status == '', f"nbdev_proc_nbs changed tracked files or left untracked ones: {status}"
