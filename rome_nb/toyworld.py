@@ -376,7 +376,8 @@ def load_toy(path=None,   # toy model directory (default: the packaged one, `TOY
     "The toy model as a `ModelAndTokenizer` and its `ToyWorld`."
     p = Path(path) if path is not None else TOY_DIR
     world = load_world(p)
-    return ModelAndTokenizer(str(p), device=device or 'cpu', torch_dtype=torch.float32), world
+    name = str(p) if path is not None else 'toy'  # the packaged model by its alias, not a folder
+    return ModelAndTokenizer(name, device=device or 'cpu', torch_dtype=torch.float32), world
 
 def toy_train_log(path=None): # toy model directory (default: the packaged one)
     "The training log saved with a toy model."

@@ -25,6 +25,17 @@ def pytest_collection_modifyitems(config, items):
         if 'slow' in item.keywords: item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _seeded():
+    "Every test starts from seeded generators (torch, numpy, `random`): its draws do not depend on which tests ran before."
+    import random
+    import numpy as np
+    import torch
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+
+
 @pytest.fixture
 def shared_data():
     "The shared real-data folder (../shared/data from the project root); skips the test when it is absent."

@@ -207,3 +207,21 @@ def test_evaluate_mcf_batches(tmp_path):
     assert len(files) == 4
     rec = json.loads(files[0].read_text())
     assert rec['num_edits'] == 2 and len(rec['grouped_case_ids']) == 2 and 'rewrite_prompts_probs' in rec['post']
+
+
+def test_solve_keys_singular_case_is_detected_on_any_cpu():
+    "lambda C + K K^T singular in exact arithmetic (zero rows): the factorisation fails on every CPU, the ridge warns."
+    K0 = torch.tensor([[1., 0.], [0., 1.], [0., 0.], [0., 0.]], dtype=torch.float64)
+    with pytest.warns(UserWarning, match='singular'):
+        adj = M.solve_keys(torch.zeros(4, 4), K0, 1.0)
+    assert torch.isfinite(adj).all() and torch.allclose(adj, K0, atol=1e-8)
+
+
+def test_solve_keys_failed_factorisation_path(monkeypatch):
+    "The path for a failed Cholesky factorisation, forced: it warns and solves with a small ridge."
+    real = torch.linalg.cholesky_ex
+    monkeypatch.setattr(torch.linalg, 'cholesky_ex', lambda A: (real(A)[0], torch.tensor(1)))
+    C, K = torch.eye(3, dtype=torch.float64), torch.tensor([[1.], [2.], [0.]], dtype=torch.float64)
+    with pytest.warns(UserWarning, match='singular'):
+        adj = M.solve_keys(C, K, 2.0)
+    assert torch.allclose(adj, torch.linalg.solve(2 * C + K @ K.T, K), atol=1e-8)

@@ -81,3 +81,10 @@ def test_retrain_from_scratch_reaches_recall(tmp_path):
     tab, _ = tw.recall_table(mt, w)
     print(tab, f"\n{log['wall_s']:.0f} s wall, {log['cpu_s']:.0f} s CPU")
     assert tab.loc['all facts', 'training'] >= 0.98 and tab.loc['all facts', 'paraphrase'] >= 0.95
+
+
+def test_packaged_toy_is_named_by_its_alias():
+    "The packaged model is named 'toy', not by a folder of the machine (notebook outputs show the name)."
+    mt, _ = tw.load_toy()
+    assert mt.model_name == 'toy' and str(TOY_DIR) not in repr(mt)
+    assert tw.load_toy(TOY_DIR)[0].model_name == str(TOY_DIR)  # a folder given is kept as given
