@@ -17,7 +17,7 @@ from dataclasses import dataclass, asdict
 from pathlib import Path
 import torch
 import pandas as pd
-from fastcore.script import call_parse
+from .cli import command
 from .models import ModelAndTokenizer, TOY_DIR, make_inputs, generate_fast
 
 # %% ../nbs/02_toyworld.ipynb #bddc6416
@@ -367,7 +367,7 @@ def load_world(path=None): # a model directory with world.json, or the JSON file
     p = Path(path) if path is not None else TOY_DIR
     if p.is_dir(): p = p / 'world.json'
     if not p.exists():
-        raise FileNotFoundError(f"{p} does not exist: the toy model is missing. Retrain it with `rome_nb_toy_train` "
+        raise FileNotFoundError(f"{p} does not exist: the toy model is missing. Retrain it with `rome_nb_toy_train --overwrite_packaged` "
                                 f"(or reinstall the package, which ships it in {TOY_DIR})")
     return world_from_dict(json.loads(p.read_text()))
 
@@ -395,14 +395,18 @@ def plot_train_log(log:dict, ax=None): # a training log, an optional pair of axe
     return ax
 
 # %% ../nbs/02_toyworld.ipynb #728f6db7
-def recall_table(mt, world:ToyWorld): # model-and-tokenizer, its world
+def recall_table(mt, world:ToyWorld, # model-and-tokenizer, its world
+                 progress:bool=False): # show a progress bar over the templates
     "Top-1 recall of every fact per relation, averaged over training templates and over held-out templates."
+    from tqdm.auto import tqdm
+    jobs = [(r, kind, t) for r in world.relations
+            for kind, ts in (('training', r.templates + r.question_templates), ('paraphrase', r.paraphrase_templates))
+            for t in ts]
     rows = []
-    for r in world.relations:
+    for r, kind, t in tqdm(jobs, desc='recall of every fact', unit='template', disable=not progress):
         facts = [(s, r.relation_id) for s in world.subjects]
-        for kind, ts in (('training', r.templates + r.question_templates), ('paraphrase', r.paraphrase_templates)):
-            for t in ts: rows.append(dict(relation=f"{r.relation_id} {r.name}", kind=kind, template=t,
-                                         recall=fact_recall(mt.model, mt.tokenizer, world, facts, lambda _, t=t: t)))
+        rows.append(dict(relation=f"{r.relation_id} {r.name}", kind=kind, template=t,
+                         recall=fact_recall(mt.model, mt.tokenizer, world, facts, lambda _, t=t: t)))
     df = pd.DataFrame(rows)
     tab = df.pivot_table(index='relation', columns='kind', values='recall', aggfunc='mean', sort=False)
     tab.loc['all facts'] = df.groupby('kind')['recall'].mean()
@@ -506,7 +510,7 @@ def toy_zsre(world:ToyWorld, n:int=None, tok=None, seed:int=0): # world, keep `n
     return [zsre_record(r, i, tok) for i, r in enumerate(toy_zsre_raw(world, n, seed))]
 
 # %% ../nbs/02_toyworld.ipynb #122929b1
-@call_parse
+@command('rome_nb_toy_train')
 def toy_train(out_dir:str=None,  # model directory to write (default: the packaged toy model's)
               steps:int=None,    # training steps (default: the recipe's)
               n_layer:int=None,  # layers
@@ -522,5 +526,27 @@ def toy_train(out_dir:str=None,  # model directory to write (default: the packag
     tab, _ = recall_table(mt, world)
     print(f"trained {log['config']['steps']} steps in {log['wall_s']:.0f} s wall ({log['cpu_s']:.0f} s CPU, {log['threads']} threads); "
           f"saved to {out_dir or TOY_DIR}")
+    print((tab * 100).round(1).to_string())
+    return tab
+
+# %% ../nbs/02_toyworld.ipynb #857da7c1
+@command('rome_nb_toy_train')
+def toy_train(out_dir:str=None,  # folder to write the model to (default: ./toy_model)
+              overwrite_packaged:bool=False, # write over the packaged toy model instead
+              steps:int=None,    # training steps (default: the recipe's)
+              n_layer:int=None,  # layers
+              lr:float=None,     # peak learning rate
+              seed:int=None,     # world and training seed
+              n_docs:int=None,   # corpus documents
+              eval_every:int=None, # steps between recall checks
+              threads:int=None,  # CPU threads (default: torch's)
+              quiet:bool=False): # no progress bar
+    "Train a toy model from scratch, save it (by default to ./toy_model) and print its recall table."
+    out = toy_out_dir(out_dir, overwrite_packaged)
+    kw = {k: v for k, v in dict(steps=steps, n_layer=n_layer, lr=lr, seed=seed, n_docs=n_docs, eval_every=eval_every).items() if v is not None}
+    mt, world, log = train_toy_model(out, progress=not quiet, threads=threads, **kw)
+    tab, _ = recall_table(mt, world)
+    print(f"trained {log['config']['steps']} steps in {log['wall_s']:.0f} s wall ({log['cpu_s']:.0f} s CPU, {log['threads']} threads); "
+          f"saved to {out}")
     print((tab * 100).round(1).to_string())
     return tab
