@@ -9,7 +9,7 @@ __all__ = ['FRAMES_TRAIN', 'FRAMES_HELD', 'REL_SPECS', 'ONSETS', 'VOWELS', 'CODA
            'filler', 'statement', 'assoc_sentence', 'profile', 'toy_document', 'toy_corpus', 'train_toy_tokenizer',
            'pack_corpus', 'fact_recall', 'train_toy_model', 'load_world', 'load_toy', 'toy_train_log', 'plot_train_log',
            'recall_table', 'counterfact_record', 'toy_counterfact', 'toy_knowns', 'toy_attribute_snippets',
-           'toy_text_corpus', 'toy_stats_corpus', 'toy_zsre_raw', 'toy_zsre', 'toy_train']
+           'toy_text_corpus', 'toy_stats_corpus', 'toy_zsre_raw', 'toy_zsre', 'toy_out_dir', 'toy_train']
 
 # %% ../nbs/02_toyworld.ipynb #04dde568
 import hashlib, json, math, os, random, shutil, tempfile, time
@@ -509,27 +509,22 @@ def toy_zsre(world:ToyWorld, n:int=None, tok=None, seed:int=0): # world, keep `n
     if tok is None: tok = load_toy()[0].tokenizer
     return [zsre_record(r, i, tok) for i, r in enumerate(toy_zsre_raw(world, n, seed))]
 
-# %% ../nbs/02_toyworld.ipynb #122929b1
-@command('rome_nb_toy_train')
-def toy_train(out_dir:str=None,  # model directory to write (default: the packaged toy model's)
-              steps:int=None,    # training steps (default: the recipe's)
-              n_layer:int=None,  # layers
-              lr:float=None,     # peak learning rate
-              seed:int=None,     # world and training seed
-              n_docs:int=None,   # corpus documents
-              eval_every:int=None, # steps between recall checks
-              threads:int=None,  # CPU threads (default: torch's)
-              quiet:bool=False): # no progress bar
-    "Retrain the toy model from scratch and print its recall table."
-    kw = {k: v for k, v in dict(steps=steps, n_layer=n_layer, lr=lr, seed=seed, n_docs=n_docs, eval_every=eval_every).items() if v is not None}
-    mt, world, log = train_toy_model(out_dir or TOY_DIR, progress=not quiet, threads=threads, **kw)
-    tab, _ = recall_table(mt, world)
-    print(f"trained {log['config']['steps']} steps in {log['wall_s']:.0f} s wall ({log['cpu_s']:.0f} s CPU, {log['threads']} threads); "
-          f"saved to {out_dir or TOY_DIR}")
-    print((tab * 100).round(1).to_string())
-    return tab
-
 # %% ../nbs/02_toyworld.ipynb #857da7c1
+def toy_out_dir(out_dir=None,                   # folder to write (default: ./toy_model)
+                overwrite_packaged:bool=False): # write over the packaged toy model instead
+    "Where `rome_nb_toy_train` writes: a new, empty or toy-model folder; the packaged model's only if asked."
+    if overwrite_packaged:
+        if out_dir is not None: raise ValueError("give either --out_dir or --overwrite_packaged, not both")
+        return TOY_DIR
+    out = Path(out_dir if out_dir is not None else 'toy_model')
+    if out.exists() and not out.is_dir(): raise FileExistsError(f"{out} is a file; give a new folder as --out_dir")
+    is_toy = (out / 'world.json').is_file() and (out / 'config.json').is_file()
+    if out.is_dir() and any(out.iterdir()) and not is_toy:
+        raise FileExistsError(f"{out} is not empty and holds no toy model (no world.json and config.json); "
+                              "give a new folder as --out_dir")
+    return out
+
+# %% ../nbs/02_toyworld.ipynb #122929b1
 @command('rome_nb_toy_train')
 def toy_train(out_dir:str=None,  # folder to write the model to (default: ./toy_model)
               overwrite_packaged:bool=False, # write over the packaged toy model instead
