@@ -6,32 +6,34 @@
 __all__ = ['BAD_INPUT', 'error_line', 'exit_code', 'UsageError', 'parse_cli', 'debug_wanted', 'run_command', 'called_as_program',
            'command']
 
-# %% ../nbs/00a_cli.ipynb #ef9239d2
+# %% ../nbs/00a_cli.ipynb #83e1c35e
 import inspect, os, sys, traceback
 from functools import wraps
 from pathlib import Path
 from fastcore.script import anno_parser
 
-# %% ../nbs/00a_cli.ipynb #aa3de08d
+# %% ../nbs/00a_cli.ipynb #7f338873
 def error_line(e:BaseException): # the exception to report
-    "The text of `e` on one line (whitespace collapsed); with its type when the text is a single word or empty."
+    "The text of `e` on one line; with its type when the text is one word or empty."
     msg = e.args[0] if isinstance(e, KeyError) and len(e.args) == 1 else str(e)
     msg = ' '.join(str(msg).split())
     return msg if ' ' in msg else f"{type(e).__name__}: {msg}".rstrip(': ')
 
-# %% ../nbs/00a_cli.ipynb #6122f3c4
-BAD_INPUT = (ValueError, TypeError, LookupError, OSError)  # exceptions that report bad input (exit code 2)
+# %% ../nbs/00a_cli.ipynb #93b7c3ee
+BAD_INPUT = (ValueError, TypeError, LookupError, OSError)  # what reports bad input (exit code 2)
 
 def exit_code(e:BaseException): # what the command raised
     "The exit code for `e`: 130 interrupted, 2 bad input (`BAD_INPUT`), 1 anything else."
     if isinstance(e, KeyboardInterrupt): return 130
     return 2 if isinstance(e, BAD_INPUT) else 1
 
-# %% ../nbs/00a_cli.ipynb #ab43a498
+# %% ../nbs/00a_cli.ipynb #6d56387f
 class UsageError(ValueError):
     "A command line that does not parse; the message names the option and points to `--help`."
 
-def parse_cli(func, prog:str, argv:list): # the command's function, its name, the arguments (without the program)
+def parse_cli(func,       # the command's function
+              prog:str,   # its name
+              argv:list): # the arguments (without the program)
     "Keyword arguments for `func` from `argv`, parsed like fastcore's `call_parse`, plus `debug`."
     p = anno_parser(func, prog=prog)
     p.add_argument('--debug', action='store_true', help='on an error, show the full traceback')
@@ -41,13 +43,15 @@ def parse_cli(func, prog:str, argv:list): # the command's function, its name, th
     for k in ('pdb', 'xtra'): kw.pop(k, None)  # fastcore's hidden options
     return kw
 
-# %% ../nbs/00a_cli.ipynb #60fd18c8
+# %% ../nbs/00a_cli.ipynb #78b4a218
 def debug_wanted(argv:list): # the command's arguments
-    "True if the user asked for tracebacks: `--debug` among the arguments, or `ROME_NB_DEBUG` set (not 0)."
+    "True if the user asked for tracebacks: `--debug` in `argv`, or `ROME_NB_DEBUG` set (not 0)."
     return '--debug' in argv or os.environ.get('ROME_NB_DEBUG', '0').strip() not in ('', '0')
 
-def run_command(func, prog:str, argv:list=None): # function, command name, arguments (default `sys.argv[1:]`)
-    "Run `func` as command `prog`: 0 on success; on an error one line on stderr and `exit_code`'s code."
+def run_command(func,            # the command's function
+                prog:str,        # its name
+                argv:list=None): # its arguments (default `sys.argv[1:]`)
+    "Run `func` as command `prog`: 0 on success; on an error, one line on stderr and its exit code."
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         kw = parse_cli(func, prog, argv)
@@ -61,7 +65,7 @@ def run_command(func, prog:str, argv:list=None): # function, command name, argum
         print(f"{prog}: {_describe(e, code)}", file=sys.stderr, flush=True)
         return code
 
-# %% ../nbs/00a_cli.ipynb #01722bb6
+# %% ../nbs/00a_cli.ipynb #39e116eb
 def _describe(e, code):
     "The line printed for error `e` with exit code `code`."
     if code == 130: return "interrupted"
@@ -70,17 +74,17 @@ def _describe(e, code):
     if not msg.startswith(type(e).__name__): msg = f"{type(e).__name__}: {msg}"
     return f"internal error: {msg} (run with --debug for the traceback)"
 
-# %% ../nbs/00a_cli.ipynb #13d24c02
+# %% ../nbs/00a_cli.ipynb #aed85ec5
 def called_as_program(frame): # the frame of the caller
-    "True if `frame` is the top level of the file Python runs as `__main__` (script, `python -m`, console command)."
+    "True if `frame` is the top level of the file run as `__main__` (script, `-m` module, command)."
     if frame is None or frame.f_locals is not frame.f_globals: return False
     g = frame.f_globals
     if g.get('__name__') != '__main__' or not g.get('__file__'): return False
     return Path(g['__file__']).resolve() == Path(frame.f_code.co_filename).resolve()
 
-# %% ../nbs/00a_cli.ipynb #382e3f63
+# %% ../nbs/00a_cli.ipynb #fb5f7daf
 def command(prog:str): # the command's name, e.g. 'rome_nb_evaluate'
-    "Decorator used instead of fastcore's `call_parse`: a Python call returns the value; a program exits 0 or with one line."
+    "Use for `call_parse`: a Python call returns the value; a program exits 0 or with one line."
     def deco(func):
         @wraps(func)
         def _f(*args, **kwargs):

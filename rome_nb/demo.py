@@ -22,38 +22,42 @@ def facts_table(world, n:int=6): # the toy world, people to show
                          for s in world.subjects[:n]]).set_index('subject')
 
 # %% ../nbs/90_demo.ipynb #af3f3afd
-def mlp_trace_summary(res, min_share:float=0.05): # `calculate_all_flows` results; least share that counts
-    "Where the MLP heatmap is strongest, and the last subject token's peak layer (None if its row stays under `min_share`)."
+def mlp_trace_summary(res,                   # `calculate_all_flows` results
+                      min_share:float=0.05): # least share of the gap that counts as an effect
+    "Where the MLP heatmap is strongest, and where the last subject token's row peaks (or None)."
     mlp = res['mlp']
     low, high = float(mlp['low_score']), float(mlp['high_score'])
     share = (torch.as_tensor(mlp['scores']).double() - low) / max(high - low, 1e-12)
     t, layer = divmod(int(share.argmax()), share.shape[1])
-    e = mlp['subject_range'][1] - 1
-    row = share[e]
+    row = share[mlp['subject_range'][1] - 1]
     return dict(token=mlp['input_tokens'][t], layer=layer, share=float(share[t, layer]),
-                subject_token=mlp['input_tokens'][e], subject_share=float(row.max()),
+                subject_token=mlp['input_tokens'][mlp['subject_range'][1] - 1],
+                subject_share=float(row.max()),
                 subject_layer=int(row.argmax()) if float(row.max()) >= min_share else None)
 
 # %% ../nbs/90_demo.ipynb #3e962bae
-def mlp_trace_sentence(summ:dict, edit_layers:list): # a `mlp_trace_summary`, the layers ROME edits
+def mlp_trace_sentence(summ:dict,        # a `mlp_trace_summary`
+                       edit_layers:list): # the layers ROME edits
     "The MLP heatmap in words, and how it relates to the layers ROME edits."
-    at = f"restoring an MLP output helps most at {summ['token']!r}, layer {summ['layer']} ({summ['share']:.0%} of the gap)"
-    sub = summ['subject_token']
+    layers = ', '.join(map(str, edit_layers))
+    at = (f"restoring an MLP output helps most at {summ['token']!r}, layer {summ['layer']} "
+          f"({summ['share']:.0%} of the gap)")
+    sub, share = summ['subject_token'], f"{summ['subject_share']:.0%}"
+    averaged = "chosen from the trace averaged over many facts (rome_nb_rome_bench --trace 100)"
     if summ['subject_layer'] is None:
-        row = f"the row of the last subject token {sub!r} is blank (at most {summ['subject_share']:.0%} at any layer)"
-        why = (f"ROME edits layer {', '.join(map(str, edit_layers))} (its toy hyperparameters), chosen from the trace "
-               "averaged over many facts (rome_nb_rome_bench --trace 100), which one faint fact cannot show")
+        row = f"the row of the last subject token {sub!r} is blank (at most {share} at any layer)"
+        why = f"ROME edits layer {layers} (its toy hyperparameters), {averaged}"
+        why += ", which one fact cannot show"
     else:
-        row = f"at the last subject token {sub!r} the MLP effect peaks at layer {summ['subject_layer']}"
-        row += f" ({summ['subject_share']:.0%})"
+        peak = f"layer {summ['subject_layer']} ({share})"
+        row = f"at the last subject token {sub!r} the MLP effect peaks at {peak}"
         same = summ['subject_layer'] in edit_layers
-        why = f"ROME edits layer {', '.join(map(str, edit_layers))}" + ("" if same else
-              ", chosen from the trace averaged over many facts (rome_nb_rome_bench --trace 100)")
+        why = f"ROME edits layer {layers}" + ("" if same else f", {averaged}")
     return f"{at}; {row}. {why}."
 
 # %% ../nbs/90_demo.ipynb #70575374
 def trace_one(mt, world, out_dir=None, fact:int=0): # model, world, where to save the heatmaps, which known fact
-    "Causal traces (hidden, MLP, attention) of one fact; returns the fact, the results and `mlp_trace_summary` of them."
+    "Causal traces (hidden, MLP, attention) of one fact: the fact, results, `mlp_trace_summary`."
     from rome_nb.tracing import calculate_all_flows, plot_flows
     from rome_nb.toyworld import toy_knowns
     k = toy_knowns(world, mt, n=fact + 1)[fact]
@@ -127,7 +131,8 @@ def main(n_cases:int=10,          # toy CounterFact cases to evaluate ROME on
     tab, _ = recall_table(mt, world, progress=not quiet)
     print("   top-1 recall of the true object (%):\n" + (tab * 100).round(1).to_string(), "\n")
     k, res, summ = trace_one(mt, world, out)
-    print(f"2. Causal tracing of {k['prompt']!r} -> {k['prediction'].strip()!r}; heatmaps in {out / 'trace.png'}")
+    print(f"2. Causal tracing of {k['prompt']!r} -> {k['prediction'].strip()!r}; "
+          f"heatmaps in {out / 'trace.png'}")
     print(f"   {mlp_trace_sentence(summ, rome_layers())}\n")
     rr, df, gen, exact = edit_one(mt, world)
     print(f"3. ROME: {rr['prompt'].format(rr['subject'])!r} {rr['target_true']['str']!r} -> {rr['target_new']['str']!r}")

@@ -188,8 +188,8 @@ def dataset_texts(ds_name, # local file/folder, list of strings, 'toy', or a Hug
         ds_id, texts = toy_stats_corpus()
         return ds_id, iter(texts)
     if re.search(r'[\\/]', str(ds_name)) and not re.fullmatch(r'[\w.-]+/[\w.-]+', str(ds_name)):
-        raise FileNotFoundError(f"no such file or folder: {ds_name}; give a text file, a folder of texts, "
-                                "'wikipedia', 'wikitext', 'toy' or a hub dataset name")
+        raise FileNotFoundError(f"no such file or folder: {ds_name}; give a text file, a folder of "
+                                "texts, 'wikipedia', 'wikitext', 'toy' or a hub dataset name")
     return str(ds_name), _hf_texts(str(ds_name), download)
 
 # %% ../nbs/20_stats.ipynb #c26fabac
@@ -467,7 +467,8 @@ def _layer_list(layers):
     "Block numbers from the comma-separated `--layers`; a clear error for anything else."
     xs = [x.strip() for x in str(layers).split(',') if x.strip()]
     if not xs or not all(x.lstrip('-').isdigit() for x in xs):
-        raise ValueError(f"--layers must be comma-separated block numbers such as 17 or 5,6,7, got {layers!r}")
+        raise ValueError(f"--layers must be comma-separated block numbers such as 17 or 5,6,7, "
+                         f"got {layers!r}")
     return [int(x) for x in xs]
 
 @command('rome_nb_layer_stats')

@@ -129,12 +129,15 @@ def format_table(t, digits:int=1): # a `summary_table`
 # %% ../nbs/43_summarize.ipynb #fe79ea0e
 METRIC_LEGEND = {
     "n": "cases", "S": "score (harmonic mean of ES, PS, NS)",
-    "ES": "efficacy (% edit prompts where the new object beats the old)", "EM": "efficacy magnitude (P(new) - P(old))",
+    "ES": "efficacy (% edit prompts where the new object beats the old)",
+    "EM": "efficacy magnitude (P(new) - P(old))",
     "PS": "paraphrase success", "PM": "paraphrase magnitude",
-    "NS": "neighbourhood specificity (% other subjects that keep the old object)", "NM": "its magnitude",
+    "NS": "neighbourhood specificity (% other subjects that keep the old object)",
+    "NM": "its magnitude",
     "GE": "generation entropy (fluency)", "RS": "reference score (consistency of generated text)",
-    "E-acc": "edit-prompt token accuracy", "P-acc": "paraphrase token accuracy", "N-acc": "neighbour token accuracy",
-    "essence": "perplexity of texts about the subject", "time": "seconds per edit"}
+    "E-acc": "edit-prompt token accuracy", "P-acc": "paraphrase token accuracy",
+    "N-acc": "neighbour token accuracy", "essence": "perplexity of texts about the subject",
+    "time": "seconds per edit"}  # what each column of `summary_table` / `format_table` means
 
 def legend_line(t): # a `summary_table` or `format_table` (or its column names)
     "One line that explains the columns of `t`, the stages and the intervals."

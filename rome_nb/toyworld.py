@@ -367,7 +367,8 @@ def load_world(path=None): # a model directory with world.json, or the JSON file
     p = Path(path) if path is not None else TOY_DIR
     if p.is_dir(): p = p / 'world.json'
     if not p.exists():
-        raise FileNotFoundError(f"{p} does not exist: the toy model is missing. Retrain it with `rome_nb_toy_train --overwrite_packaged` "
+        raise FileNotFoundError(f"{p} does not exist: the toy model is missing. Retrain it with "
+                                "`rome_nb_toy_train --overwrite_packaged` "
                                 f"(or reinstall the package, which ships it in {TOY_DIR})")
     return world_from_dict(json.loads(p.read_text()))
 
@@ -395,18 +396,21 @@ def plot_train_log(log:dict, ax=None): # a training log, an optional pair of axe
     return ax
 
 # %% ../nbs/02_toyworld.ipynb #728f6db7
-def recall_table(mt, world:ToyWorld, # model-and-tokenizer, its world
+def recall_table(mt, world:ToyWorld,   # model-and-tokenizer, its world
                  progress:bool=False): # show a progress bar over the templates
     "Top-1 recall of every fact per relation, averaged over training templates and over held-out templates."
     from tqdm.auto import tqdm
     jobs = [(r, kind, t) for r in world.relations
-            for kind, ts in (('training', r.templates + r.question_templates), ('paraphrase', r.paraphrase_templates))
+            for kind, ts in (('training', r.templates + r.question_templates),
+                             ('paraphrase', r.paraphrase_templates))
             for t in ts]
     rows = []
-    for r, kind, t in tqdm(jobs, desc='recall of every fact', unit='template', disable=not progress):
+    bar = tqdm(jobs, desc='recall of every fact', unit='template', disable=not progress)
+    for r, kind, t in bar:
         facts = [(s, r.relation_id) for s in world.subjects]
+        recall = fact_recall(mt.model, mt.tokenizer, world, facts, lambda _, t=t: t)
         rows.append(dict(relation=f"{r.relation_id} {r.name}", kind=kind, template=t,
-                         recall=fact_recall(mt.model, mt.tokenizer, world, facts, lambda _, t=t: t)))
+                         recall=recall))
     df = pd.DataFrame(rows)
     tab = df.pivot_table(index='relation', columns='kind', values='recall', aggfunc='mean', sort=False)
     tab.loc['all facts'] = df.groupby('kind')['recall'].mean()
@@ -512,16 +516,18 @@ def toy_zsre(world:ToyWorld, n:int=None, tok=None, seed:int=0): # world, keep `n
 # %% ../nbs/02_toyworld.ipynb #857da7c1
 def toy_out_dir(out_dir=None,                   # folder to write (default: ./toy_model)
                 overwrite_packaged:bool=False): # write over the packaged toy model instead
-    "Where `rome_nb_toy_train` writes: a new, empty or toy-model folder; the packaged model's only if asked."
+    "Where `rome_nb_toy_train` writes: a new, empty or toy-model folder; the packaged one if asked."
     if overwrite_packaged:
-        if out_dir is not None: raise ValueError("give either --out_dir or --overwrite_packaged, not both")
+        if out_dir is not None:
+            raise ValueError("give either --out_dir or --overwrite_packaged, not both")
         return TOY_DIR
     out = Path(out_dir if out_dir is not None else 'toy_model')
-    if out.exists() and not out.is_dir(): raise FileExistsError(f"{out} is a file; give a new folder as --out_dir")
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} is a file; give a new folder as --out_dir")
     is_toy = (out / 'world.json').is_file() and (out / 'config.json').is_file()
     if out.is_dir() and any(out.iterdir()) and not is_toy:
-        raise FileExistsError(f"{out} is not empty and holds no toy model (no world.json and config.json); "
-                              "give a new folder as --out_dir")
+        raise FileExistsError(f"{out} is not empty and holds no toy model (no world.json and "
+                              "config.json); give a new folder as --out_dir")
     return out
 
 # %% ../nbs/02_toyworld.ipynb #122929b1
@@ -536,7 +542,7 @@ def toy_train(out_dir:str=None,  # folder to write the model to (default: ./toy_
               eval_every:int=None, # steps between recall checks
               threads:int=None,  # CPU threads (default: torch's)
               quiet:bool=False): # no progress bar
-    "Train a toy model from scratch, save it (by default to ./toy_model) and print its recall table."
+    "Train a toy model from scratch, save it (default: ./toy_model) and print its recall table."
     out = toy_out_dir(out_dir, overwrite_packaged)
     kw = {k: v for k, v in dict(steps=steps, n_layer=n_layer, lr=lr, seed=seed, n_docs=n_docs, eval_every=eval_every).items() if v is not None}
     mt, world, log = train_toy_model(out, progress=not quiet, threads=threads, **kw)

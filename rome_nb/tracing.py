@@ -1193,11 +1193,13 @@ def main(model_name:str='toy',   # hub name, local directory, or 'toy'
     if bench:
         import pandas as pd
         pd.set_option('display.width', 250)
-        df = benchmark_tracing(bench_models.split(','), samples=samples, window=window, threads=threads or 1, verbose=False, device=device)
+        df = benchmark_tracing(bench_models.split(','), samples=samples, window=window,
+                               threads=threads or 1, verbose=False, device=device)
         print(df.to_string(index=False, float_format='%.3g'))
         return
     mt, knowns = load_model_and_knowns(model_name, fact_file, device)
     out_dir = output_dir.format(model_name=model_name.replace('/', '_'))
     print(f"tracing {min(len(knowns), limit or len(knowns))} facts with {mt} into {out_dir}")
-    trace_knowns(mt, knowns, out_dir, kinds=[k.strip() for k in kinds.split(',')], noise=noise_level,
-                 replace=bool(replace), samples=samples, window=window, limit=limit, pdfs=pdfs, modelname=model_name)
+    trace_knowns(mt, knowns, out_dir, kinds=[k.strip() for k in kinds.split(',')],
+                 noise=noise_level, replace=bool(replace), samples=samples, window=window,
+                 limit=limit, pdfs=pdfs, modelname=model_name)

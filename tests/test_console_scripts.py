@@ -17,7 +17,7 @@ def exe(cmd):
 
 
 def env(**kw):
-    "The environment of a command: one thread, no downloads, no debug; `kw` added (a None value removes a variable)."
+    "A command's environment: one thread, no downloads, no debug, and `kw` (a None value removes one)."
     e = dict(os.environ, OMP_NUM_THREADS='1', ROME_NB_OFFLINE='1')
     e.pop('ROME_NB_DEBUG', None)
     for k, v in kw.items():
@@ -27,15 +27,15 @@ def env(**kw):
 
 
 def run(cmd, *args, cwd, timeout=600, **kw):
-    return subprocess.run([exe(cmd), *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env(**kw),
-                          timeout=timeout)
+    return subprocess.run([exe(cmd), *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                          env=env(**kw), timeout=timeout)
 
 
 def lines(text): return [l for l in text.splitlines() if l.strip()]
 
 
 def assert_one_line_error(r, cmd, want=None):
-    "Non-zero exit, exactly one non-empty stderr line `rome_nb_<cmd>: error: ...` (containing `want`), no traceback."
+    "Exit 2, exactly one non-empty stderr line `rome_nb_<cmd>: error: ...` (with `want`), no traceback."
     err = lines(r.stderr)
     assert r.returncode == 2, (r.returncode, r.stderr[-3000:])
     assert len(err) == 1, r.stderr[-3000:]
@@ -48,7 +48,8 @@ def test_all_commands_are_tested():
     import configparser
     cfg = configparser.ConfigParser()
     cfg.read(Path(__file__).resolve().parents[1] / 'settings.ini')
-    scripts = {l.split('=')[0].strip() for l in cfg['DEFAULT']['console_scripts'].splitlines() if l.strip()}
+    lines_ = cfg['DEFAULT']['console_scripts'].splitlines()
+    scripts = {l.split('=')[0].strip() for l in lines_ if l.strip()}
     assert scripts == {f'rome_nb_{c}' for c in COMMANDS}
 
 
@@ -58,7 +59,8 @@ def test_all_commands_are_tested():
 def evaluated(tmp_path_factory):
     "One toy CounterFact case evaluated by `rome_nb_evaluate`: (completed process, results folder)."
     d = tmp_path_factory.mktemp('evaluate')
-    r = run('evaluate', '--dataset_size_limit', 1, '--skip_generation_tests', '--results_dir', d / 'results', '--quiet', cwd=d)
+    r = run('evaluate', '--dataset_size_limit', 1, '--skip_generation_tests', '--results_dir', d / 'results',
+            '--quiet', cwd=d)
     return r, d / 'results'
 
 
@@ -84,7 +86,8 @@ def test_layer_stats_exits_0(tmp_path):
 
 
 def test_trace_exits_0(tmp_path):
-    r = run('trace', '--limit', 1, '--samples', 2, '--kinds', 'mlp', '--output_dir', tmp_path / 'tr', cwd=tmp_path)
+    r = run('trace', '--limit', 1, '--samples', 2, '--kinds', 'mlp', '--output_dir', tmp_path / 'tr',
+            cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert list((tmp_path / 'tr').rglob('*.npz'))
 
@@ -104,7 +107,8 @@ def test_rome_bench_exits_0(tmp_path):
     assert 'seconds per edit' in r.stdout
 
 
-def _digest(d): return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(Path(d).iterdir()) if f.is_file()}
+def _digest(d):
+    return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(Path(d).iterdir()) if f.is_file()}
 
 
 @pytest.mark.slow
@@ -138,25 +142,29 @@ EVALUATE_BAD = [(('--alg_name', 'NOPE'), "unknown editing method 'NOPE'"),
 @pytest.mark.parametrize('args,want', EVALUATE_BAD, ids=[a[0] for a, _ in EVALUATE_BAD])
 def test_evaluate_bad_input(tmp_path, args, want):
     args = [a.format(tmp=tmp_path) for a in args]
-    r = run('evaluate', *args, '--dataset_size_limit', 1, '--skip_generation_tests', '--results_dir', tmp_path / 'res',
-            cwd=tmp_path) if args[0] != '--dataset_size_limit' else run('evaluate', *args, cwd=tmp_path)
+    if args[0] == '--dataset_size_limit': r = run('evaluate', *args, cwd=tmp_path)
+    else: r = run('evaluate', *args, '--dataset_size_limit', 1, '--skip_generation_tests',
+                  '--results_dir', tmp_path / 'res', cwd=tmp_path)
     assert_one_line_error(r, 'evaluate', want)
     assert not (tmp_path / 'res' / 'ROME' / 'run_000').exists() and not (tmp_path / 'nothere').exists()
 
 
 LAYER_STATS_BAD = [(('--layers', '99'), 'layer 99 out of range'),
                    (('--layers', 'abc'), "--layers must be comma-separated block numbers"),
-                   (('--layers', '0', '--dataset', '/nonexistent.txt'), 'no such file or folder: /nonexistent.txt')]
+                   (('--layers', '0', '--dataset', '{tmp}/nothere.txt'), 'no such file or folder: ')]
 
 
 @pytest.mark.parametrize('args,want', LAYER_STATS_BAD, ids=['layers-99', 'layers-abc', 'dataset-missing'])
 def test_layer_stats_bad_input(tmp_path, args, want):
-    r = run('layer_stats', '--model_name', 'toy', '--dataset', 'toy', '--stats_dir', tmp_path / 'stats', *args, cwd=tmp_path)
+    args = [a.format(tmp=tmp_path) for a in args]
+    r = run('layer_stats', '--model_name', 'toy', '--dataset', 'toy', '--stats_dir', tmp_path / 'stats', *args,
+            cwd=tmp_path)
     assert_one_line_error(r, 'layer_stats', want)
 
 
 def test_summarize_bad_input(tmp_path):
-    assert_one_line_error(run('summarize', '--dir_name', 'NOPE', cwd=tmp_path), 'summarize', "no results folder 'NOPE'")
+    r = run('summarize', '--dir_name', 'NOPE', cwd=tmp_path)
+    assert_one_line_error(r, 'summarize', "no results folder 'NOPE'")
 
 
 @pytest.fixture
@@ -175,9 +183,10 @@ def facts(tmp_path):
 
 
 def test_trace_missing_model_fails_fast(tmp_path, facts, dead_hub):
-    "A model that is no folder, no alias and not cached, with the hub unreachable: one line, without the hub's retries."
+    "A model that is no folder, no alias and not cached, the hub unreachable: one line, no retries."
     r = run('trace', '--model_name', 'nobody/no-such-model', '--fact_file', facts, cwd=tmp_path,
-            HF_ENDPOINT=dead_hub, HF_HUB_OFFLINE=None, TRANSFORMERS_OFFLINE=None, HF_HOME=str(tmp_path / 'hf'), timeout=120)
+            HF_ENDPOINT=dead_hub, HF_HUB_OFFLINE=None, TRANSFORMERS_OFFLINE=None, HF_HOME=str(tmp_path / 'hf'),
+            timeout=120)
     assert_one_line_error(r, 'trace', 'cannot be reached')
     r = run('trace', '--model_name', 'nobody/no-such-model', '--fact_file', facts, cwd=tmp_path,
             HF_HUB_OFFLINE='1', HF_HOME=str(tmp_path / 'hf'), timeout=120)
@@ -189,7 +198,8 @@ def test_trace_missing_model_fails_fast(tmp_path, facts, dead_hub):
 def test_toy_train_refuses_a_folder_that_is_not_a_toy_model(tmp_path):
     (tmp_path / 'mine').mkdir()
     (tmp_path / 'mine' / 'notes.txt').write_text('keep me')
-    assert_one_line_error(run('toy_train', '--out_dir', 'mine', cwd=tmp_path), 'toy_train', 'holds no toy model')
+    r = run('toy_train', '--out_dir', 'mine', cwd=tmp_path)
+    assert_one_line_error(r, 'toy_train', 'holds no toy model')
     assert (tmp_path / 'mine' / 'notes.txt').read_text() == 'keep me'
     r = run('toy_train', '--out_dir', 'x', '--overwrite_packaged', cwd=tmp_path)
     assert_one_line_error(r, 'toy_train', 'not both')
