@@ -149,6 +149,17 @@ def test_evaluate_bad_input(tmp_path, args, want):
     assert not (tmp_path / 'res' / 'ROME' / 'run_000').exists() and not (tmp_path / 'nothere').exists()
 
 
+def test_evaluate_reads_the_given_data_file_with_the_toy_model(tmp_path):
+    "An explicit --data_dir is what gets evaluated, also with the toy model (it used to be ignored)."
+    from rome_nb.toyworld import load_world, toy_counterfact
+    rec = dict(toy_counterfact(load_world(), 1)[0], case_id=7)
+    (tmp_path / 'mine.json').write_text(json.dumps([rec]))
+    r = run('evaluate', '--data_dir', tmp_path / 'mine.json', '--skip_generation_tests', '--quiet', '--dataset_size_limit', 1,
+            '--results_dir', tmp_path / 'res', cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert [f.name for f in (tmp_path / 'res' / 'ROME' / 'run_000').glob('case_*.json')] == ['case_7.json']
+
+
 LAYER_STATS_BAD = [(('--layers', '99'), 'layer 99 out of range'),
                    (('--layers', 'abc'), "--layers must be comma-separated block numbers"),
                    (('--layers', '0', '--dataset', '{tmp}/nothere.txt'), 'no such file or folder: ')]
