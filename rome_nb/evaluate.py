@@ -11,7 +11,7 @@ __all__ = ['ALG_DICT', 'DS_DICT', 'UnknownNameError', 'AlgRegistry', 'new_run_di
 import json, os, sys, time, shutil, importlib, inspect, warnings, dataclasses
 from pathlib import Path
 import torch
-from fastcore.script import call_parse
+from .cli import command
 from .nethook import get_parameter
 from .models import ModelAndTokenizer, default_device
 from .dsets import (CounterFactDataset, MultiCounterFactDataset, MENDQADataset, AttributeSnippets,
@@ -240,6 +240,9 @@ def evaluate(alg_name:str='ROME', model_name='toy', hparams_fname:str=None, ds_n
     params_class, apply_algo = ALG_DICT[alg_name]
     if ds_name not in DS_DICT: raise UnknownNameError(f"unknown dataset {ds_name!r}; known: {sorted(DS_DICT)}")
     if num_edits < 1: raise ValueError(f"num_edits must be >= 1, got {num_edits}")
+    if data_dir is not None and Path(data_dir).suffix and not Path(data_dir).exists():
+        raise FileNotFoundError(f"no such data file: {data_dir}; give an existing dataset file "
+                                "or a data directory")
     if num_edits > 1 and ds_name == 'cf': raise ValueError("cf does not support multiple edits at once; use mcf (MultiCounterFact)")
     rank, world_size, local_rank = dist_info()
     if device is None and device_map is None: device = f'cuda:{local_rank}' if world_size > 1 and torch.cuda.is_available() else default_device()
@@ -251,7 +254,8 @@ def evaluate(alg_name:str='ROME', model_name='toy', hparams_fname:str=None, ds_n
     mt, world = load_model(model_name, device, device_map, torch_dtype)
     gen = not skip_generation_tests and generation_test_interval != -1
     if records is None:
-        records, s2, v2 = toy_sources(world, ds_name, dataset_size_limit) if world is not None else \
+        toy = world is not None and data_dir is None  # a data_dir given is used, even with the toy
+        records, s2, v2 = toy_sources(world, ds_name, dataset_size_limit) if toy else \
             load_sources(ds_name, data_dir, mt.tokenizer, dataset_size_limit, generation=gen)
         snips, vec = (s2 if snips is None else snips), (v2 if vec is None else vec)
     elif dataset_size_limit is not None: records = records[:dataset_size_limit]
@@ -294,7 +298,7 @@ def _run_cases(mt, records, apply_algo, hp, ds_eval, run_dir, snips, vec, num_ed
     return run_dir
 
 # %% ../nbs/42_evaluate.ipynb #260f19a9
-@call_parse
+@command('rome_nb_evaluate')
 def main(alg_name:str='ROME',              # editing method, a key of ALG_DICT (results go to results/<alg_name>/run_<NNN>)
          model_name:str='toy',             # hub name (gpt2-xl, EleutherAI/gpt-j-6B, ...), local directory, or 'toy'
          hparams_fname:str=None,           # file in hparams/<alg_name>/ or rome_nb/hparams/<alg_name>/, or a path (default: <model_name>.json)

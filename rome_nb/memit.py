@@ -17,7 +17,7 @@ import torch.nn as nn
 from .nethook import Trace, TraceDict, get_module, get_parameter, set_requires_grad, untuple, retuple
 from .models import model_arch, make_inputs, pad_token_id, target_logprobs
 from .stats import layer_stats, STATS_DIR, _model_label, as_btd
-from fastcore.script import call_parse
+from .cli import command
 from .editing import (HyperParams, hparams_path, restore_weights, check_requests, add_to_weights,
                              all_or_nothing, tentative_weights)
 from .rome import (MLPEditHyperParams, rome_templates, check_request, fill, fact_lookup_idx, get_context_templates, skip_lower_layers,
@@ -507,7 +507,7 @@ def memit_benchmark(n:int=1000,            # edits (the first n toy CounterFact 
     return pd.DataFrame(rows).set_index('method')
 
 # %% ../nbs/25_memit.ipynb #fdca5e14
-@call_parse
+@command('rome_nb_memit')
 def main(bench:bool=False,        # run `memit_benchmark` on the toy model and print its table
          n:int=1000,              # edits
          no_rome:bool=False,      # skip the sequential-ROME contrast

@@ -5,10 +5,10 @@
 # %% auto #0
 __all__ = ['TINY_CONFIGS', 'KINDS', 'TOY_DIR', 'MODEL_ALIASES', 'tiny_model', 'linear_dims', 'ModelArch', 'layername_from_arch',
            'ArchitectureError', 'detect_arch', 'model_arch', 'set_arch', 'layername', 'tiny_tokenizer',
-           'default_device', 'ensure_pad_token', 'resolve_model_name', 'ModelAndTokenizer', 'load_causal_lm',
-           'position_ids_from_mask', 'pad_token_id', 'make_inputs', 'target_token_ids', 'encode_with_targets',
-           'target_logprobs', 'decode_tokens', 'token_char_ends', 'find_token_range', 'logits_last',
-           'predict_from_input', 'predict_token', 'cache_arg', 'generate_fast']
+           'default_device', 'ensure_pad_token', 'resolve_model_name', 'hub_reachable', 'check_model_source',
+           'ModelAndTokenizer', 'load_causal_lm', 'position_ids_from_mask', 'pad_token_id', 'make_inputs',
+           'target_token_ids', 'encode_with_targets', 'target_logprobs', 'decode_tokens', 'token_char_ends',
+           'find_token_range', 'logits_last', 'predict_from_input', 'predict_token', 'cache_arg', 'generate_fast']
 
 # %% ../nbs/01_models.ipynb #df4ea5b8
 import re, math, unicodedata, inspect, warnings
@@ -337,6 +337,45 @@ def resolve_model_name(model_name): # hub name, local directory, or an alias in 
     "What `from_pretrained` loads for `model_name`: an alias's directory (as a string), else `model_name` itself."
     return str(MODEL_ALIASES[model_name]) if isinstance(model_name, str) and model_name in MODEL_ALIASES else model_name
 
+# %% ../nbs/01_models.ipynb #7a3a9b3f
+def hub_reachable(endpoint:str=None,  # the hub's address (default: $HF_ENDPOINT or huggingface.co)
+                  timeout:float=3.0): # seconds to wait for a connection
+    "True if a TCP connection to the hub (or to the HTTPS proxy in use) opens within `timeout` s."
+    import socket, urllib.parse, urllib.request
+    from huggingface_hub import constants
+    proxy = urllib.request.getproxies().get('https')
+    u = urllib.parse.urlparse(proxy or endpoint or constants.ENDPOINT)
+    port = u.port or (443 if u.scheme == 'https' else 80)
+    try:
+        with socket.create_connection((u.hostname, port), timeout): return True
+    except OSError: return False
+
+# %% ../nbs/01_models.ipynb #270e1be0
+def check_model_source(model_name,         # hub name, local directory or alias
+                       revision:str=None,  # hub revision
+                       endpoint:str=None): # the hub's address (default: huggingface_hub's)
+    "Where `model_name` loads from: 'local', 'cache' or 'hub'; at once a one-line error if nowhere."
+    name, aliases = str(resolve_model_name(model_name)), ', '.join(map(repr, MODEL_ALIASES))
+    if Path(name).expanduser().is_dir(): return 'local'
+    pathlike = name.startswith(('/', '.', '~')) or '\\' in name or name.count('/') > 1
+    if pathlike or Path(name).exists():
+        raise FileNotFoundError(f"no model directory {name}: give a model directory, a hub name "
+                                f"or an alias ({aliases})")
+    from huggingface_hub import constants, try_to_load_from_cache
+    try: cached = try_to_load_from_cache(name, 'config.json', revision=revision)
+    except ValueError:
+        raise ValueError(f"{name!r} is neither a model directory, an alias ({aliases}) "
+                         "nor a hub name") from None
+    if isinstance(cached, str): return 'cache'
+    where = (f"model {name!r} is not a local directory, an alias ({aliases}) or in the local "
+             "Hugging Face cache")
+    if constants.HF_HUB_OFFLINE:
+        raise OSError(f"{where}, and HF_HUB_OFFLINE is set; unset it or give a local model")
+    if not hub_reachable(endpoint):
+        raise OSError(f"{where}, and the hub ({endpoint or constants.ENDPOINT}) cannot be reached; "
+                      "connect to the internet or give a local model directory")
+    return 'hub'
+
 # %% ../nbs/01_models.ipynb #12d28d50
 class ModelAndTokenizer:
     "A causal LM, its tokenizer and its architecture: loaded by hub name or path, or wrapping given objects."
@@ -354,6 +393,8 @@ class ModelAndTokenizer:
             raise ValueError("give a model_name (hub name or local directory) or a model and tokenizer")
         self.model_name, self.revision = (str(model_name) if model_name is not None else None), revision  # an alias as given
         model_name = resolve_model_name(model_name)
+        if model_name is not None and (model is None or tokenizer is None):
+            check_model_source(model_name, revision)  # at once, one line, if it cannot load
         if tokenizer is None:
             if model_name is None: raise ValueError("a tokenizer is needed: pass tokenizer= or model_name=")
             from transformers import AutoTokenizer

@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 import torch
 import pandas as pd
-from fastcore.script import call_parse
+from .cli import command
 from .models import ModelAndTokenizer, generate_fast, target_logprobs, tiny_model, tiny_tokenizer
 from .rome import ROMEHyperParams, apply_rome_to_model, check_request, fill, TIMING_PARTS, RomeEdit
 from .editing import hparams_path, restore_weights
@@ -219,7 +219,7 @@ def gpt2_small_shaped(stats_texts, sample_size:int=200):
 def _print_table(title, df):
     print(f"\n## {title}\n"); print(df.to_string(float_format=lambda x: f'{x:.3g}'), flush=True)
 
-@call_parse
+@command('rome_nb_rome_bench')
 def main(n_cf:int=50,       # counterfactual edits, each on a fresh model (0: skip)
          n_seq:int=30,      # edits in a row for the key comparison (0: skip)
          n_timing:int=3,    # edits timed on the toy model (0: skip)

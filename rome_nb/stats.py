@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from fastcore.script import call_parse
+from .cli import command
 from .nethook import Trace, get_module, set_requires_grad
 from .models import model_arch, ModelAndTokenizer
 
@@ -188,7 +188,8 @@ def dataset_texts(ds_name, # local file/folder, list of strings, 'toy', or a Hug
         ds_id, texts = toy_stats_corpus()
         return ds_id, iter(texts)
     if re.search(r'[\\/]', str(ds_name)) and not re.fullmatch(r'[\w.-]+/[\w.-]+', str(ds_name)):
-        raise FileNotFoundError(f"no such file or folder: {ds_name}")
+        raise FileNotFoundError(f"no such file or folder: {ds_name}; give a text file, a folder of "
+                                "texts, 'wikipedia', 'wikitext', 'toy' or a hub dataset name")
     return str(ds_name), _hf_texts(str(ds_name), download)
 
 # %% ../nbs/20_stats.ipynb #c26fabac
@@ -462,7 +463,15 @@ def layer_stats(model,                # the causal LM
 # %% ../nbs/20_stats.ipynb #89af7767
 def _opt_int(x): return None if x is None or str(x) in ('all', 'any', 'None', '') else int(x)
 
-@call_parse
+def _layer_list(layers):
+    "Block numbers from the comma-separated `--layers`; a clear error for anything else."
+    xs = [x.strip() for x in str(layers).split(',') if x.strip()]
+    if not xs or not all(x.lstrip('-').isdigit() for x in xs):
+        raise ValueError(f"--layers must be comma-separated block numbers such as 17 or 5,6,7, "
+                         f"got {layers!r}")
+    return [int(x) for x in xs]
+
+@command('rome_nb_layer_stats')
 def main(model_name:str='gpt2-xl', # hub name, local directory or alias (e.g. 'toy')
          dataset:str='wikipedia',  # 'wikipedia', 'wikitext', another hub dataset, 'toy', or a local file/folder
          layers:str='17',          # comma-separated block numbers
@@ -476,8 +485,9 @@ def main(model_name:str='gpt2-xl', # hub name, local directory or alias (e.g. 't
          device:str=None,          # where to run (default: CUDA if available)
          maxlen:int=None):         # tokens read per text
     "Compute (or find) and cache the key statistics of some layers of a model."
+    layer_ids = _layer_list(layers)
     mt = ModelAndTokenizer(model_name, device=device, revision=revision)
-    for layer in [int(x) for x in str(layers).split(',') if x.strip()]:
+    for layer in layer_ids:
         lname = mt.arch.layer(layer, 'down_proj')
         print(f"layer {layer} ({lname}) of {model_name}: inputs of the MLP down-projection over "
               f"{sample_size} texts of {dataset}")

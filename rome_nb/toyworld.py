@@ -9,7 +9,7 @@ __all__ = ['FRAMES_TRAIN', 'FRAMES_HELD', 'REL_SPECS', 'ONSETS', 'VOWELS', 'CODA
            'filler', 'statement', 'assoc_sentence', 'profile', 'toy_document', 'toy_corpus', 'train_toy_tokenizer',
            'pack_corpus', 'fact_recall', 'train_toy_model', 'load_world', 'load_toy', 'toy_train_log', 'plot_train_log',
            'recall_table', 'counterfact_record', 'toy_counterfact', 'toy_knowns', 'toy_attribute_snippets',
-           'toy_text_corpus', 'toy_stats_corpus', 'toy_zsre_raw', 'toy_zsre', 'toy_train']
+           'toy_text_corpus', 'toy_stats_corpus', 'toy_zsre_raw', 'toy_zsre', 'toy_out_dir', 'toy_train']
 
 # %% ../nbs/02_toyworld.ipynb #04dde568
 import hashlib, json, math, os, random, shutil, tempfile, time
@@ -17,7 +17,7 @@ from dataclasses import dataclass, asdict
 from pathlib import Path
 import torch
 import pandas as pd
-from fastcore.script import call_parse
+from .cli import command
 from .models import ModelAndTokenizer, TOY_DIR, make_inputs, generate_fast
 
 # %% ../nbs/02_toyworld.ipynb #bddc6416
@@ -367,7 +367,8 @@ def load_world(path=None): # a model directory with world.json, or the JSON file
     p = Path(path) if path is not None else TOY_DIR
     if p.is_dir(): p = p / 'world.json'
     if not p.exists():
-        raise FileNotFoundError(f"{p} does not exist: the toy model is missing. Retrain it with `rome_nb_toy_train` "
+        raise FileNotFoundError(f"{p} does not exist: the toy model is missing. Retrain it with "
+                                "`rome_nb_toy_train --overwrite_packaged` "
                                 f"(or reinstall the package, which ships it in {TOY_DIR})")
     return world_from_dict(json.loads(p.read_text()))
 
@@ -396,14 +397,21 @@ def plot_train_log(log:dict, ax=None): # a training log, an optional pair of axe
     return ax
 
 # %% ../nbs/02_toyworld.ipynb #728f6db7
-def recall_table(mt, world:ToyWorld): # model-and-tokenizer, its world
+def recall_table(mt, world:ToyWorld,   # model-and-tokenizer, its world
+                 progress:bool=False): # show a progress bar over the templates
     "Top-1 recall of every fact per relation, averaged over training templates and over held-out templates."
+    from tqdm.auto import tqdm
+    jobs = [(r, kind, t) for r in world.relations
+            for kind, ts in (('training', r.templates + r.question_templates),
+                             ('paraphrase', r.paraphrase_templates))
+            for t in ts]
     rows = []
-    for r in world.relations:
+    bar = tqdm(jobs, desc='recall of every fact', unit='template', disable=not progress)
+    for r, kind, t in bar:
         facts = [(s, r.relation_id) for s in world.subjects]
-        for kind, ts in (('training', r.templates + r.question_templates), ('paraphrase', r.paraphrase_templates)):
-            for t in ts: rows.append(dict(relation=f"{r.relation_id} {r.name}", kind=kind, template=t,
-                                         recall=fact_recall(mt.model, mt.tokenizer, world, facts, lambda _, t=t: t)))
+        recall = fact_recall(mt.model, mt.tokenizer, world, facts, lambda _, t=t: t)
+        rows.append(dict(relation=f"{r.relation_id} {r.name}", kind=kind, template=t,
+                         recall=recall))
     df = pd.DataFrame(rows)
     tab = df.pivot_table(index='relation', columns='kind', values='recall', aggfunc='mean', sort=False)
     tab.loc['all facts'] = df.groupby('kind')['recall'].mean()
@@ -506,9 +514,27 @@ def toy_zsre(world:ToyWorld, n:int=None, tok=None, seed:int=0): # world, keep `n
     if tok is None: tok = load_toy()[0].tokenizer
     return [zsre_record(r, i, tok) for i, r in enumerate(toy_zsre_raw(world, n, seed))]
 
+# %% ../nbs/02_toyworld.ipynb #857da7c1
+def toy_out_dir(out_dir=None,                   # folder to write (default: ./toy_model)
+                overwrite_packaged:bool=False): # write over the packaged toy model instead
+    "Where `rome_nb_toy_train` writes: a new, empty or toy-model folder; the packaged one if asked."
+    if overwrite_packaged:
+        if out_dir is not None:
+            raise ValueError("give either --out_dir or --overwrite_packaged, not both")
+        return TOY_DIR
+    out = Path(out_dir if out_dir is not None else 'toy_model')
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} is a file; give a new folder as --out_dir")
+    is_toy = (out / 'world.json').is_file() and (out / 'config.json').is_file()
+    if out.is_dir() and any(out.iterdir()) and not is_toy:
+        raise FileExistsError(f"{out} is not empty and holds no toy model (no world.json and "
+                              "config.json); give a new folder as --out_dir")
+    return out
+
 # %% ../nbs/02_toyworld.ipynb #122929b1
-@call_parse
-def toy_train(out_dir:str=None,  # model directory to write (default: the packaged toy model's)
+@command('rome_nb_toy_train')
+def toy_train(out_dir:str=None,  # folder to write the model to (default: ./toy_model)
+              overwrite_packaged:bool=False, # write over the packaged toy model instead
               steps:int=None,    # training steps (default: the recipe's)
               n_layer:int=None,  # layers
               lr:float=None,     # peak learning rate
@@ -517,11 +543,12 @@ def toy_train(out_dir:str=None,  # model directory to write (default: the packag
               eval_every:int=None, # steps between recall checks
               threads:int=None,  # CPU threads (default: torch's)
               quiet:bool=False): # no progress bar
-    "Retrain the toy model from scratch and print its recall table."
+    "Train a toy model from scratch, save it (default: ./toy_model) and print its recall table."
+    out = toy_out_dir(out_dir, overwrite_packaged)
     kw = {k: v for k, v in dict(steps=steps, n_layer=n_layer, lr=lr, seed=seed, n_docs=n_docs, eval_every=eval_every).items() if v is not None}
-    mt, world, log = train_toy_model(out_dir or TOY_DIR, progress=not quiet, threads=threads, **kw)
+    mt, world, log = train_toy_model(out, progress=not quiet, threads=threads, **kw)
     tab, _ = recall_table(mt, world)
     print(f"trained {log['config']['steps']} steps in {log['wall_s']:.0f} s wall ({log['cpu_s']:.0f} s CPU, {log['threads']} threads); "
-          f"saved to {out_dir or TOY_DIR}")
+          f"saved to {out}")
     print((tab * 100).round(1).to_string())
     return tab

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from fastcore.basics import patch
-from fastcore.script import call_parse, store_true
+from fastcore.script import store_true
+from .cli import command
 from .nethook import Trace, TraceDict, get_module, untuple
 from .models import (ModelAndTokenizer, make_inputs, find_token_range, decode_tokens, predict_from_input,
                             layername, model_arch, target_token_ids, tiny_model, tiny_tokenizer, cache_arg)
@@ -1172,7 +1173,7 @@ def load_model_and_knowns(model_name:str, fact_file:str=None, device:str=None):
     return ModelAndTokenizer(model_name, device=device), known_facts(fact_file)
 
 # %% ../nbs/10_tracing.ipynb #8df88b5b
-@call_parse
+@command('rome_nb_trace')
 def main(model_name:str='toy',   # hub name, local directory, or 'toy'
          fact_file:str=None,     # known facts (known_1000.json format); default for 'toy': the toy world's
          output_dir:str='results/{model_name}/causal_trace', # where cases/ (and pdfs/) go
@@ -1192,14 +1193,13 @@ def main(model_name:str='toy',   # hub name, local directory, or 'toy'
     if bench:
         import pandas as pd
         pd.set_option('display.width', 250)
-        try: df = benchmark_tracing(bench_models.split(','), samples=samples, window=window, threads=threads or 1, verbose=False, device=device)
-        except ValueError as e: raise SystemExit(f"rome_nb_trace: {e}") from None
+        df = benchmark_tracing(bench_models.split(','), samples=samples, window=window,
+                               threads=threads or 1, verbose=False, device=device)
         print(df.to_string(index=False, float_format='%.3g'))
         return
-    try:
-        mt, knowns = load_model_and_knowns(model_name, fact_file, device)
-        out_dir = output_dir.format(model_name=model_name.replace('/', '_'))
-        print(f"tracing {min(len(knowns), limit or len(knowns))} facts with {mt} into {out_dir}")
-        trace_knowns(mt, knowns, out_dir, kinds=[k.strip() for k in kinds.split(',')], noise=noise_level,
-                     replace=bool(replace), samples=samples, window=window, limit=limit, pdfs=pdfs, modelname=model_name)
-    except (ValueError, FileNotFoundError) as e: raise SystemExit(f"rome_nb_trace: {e}") from None
+    mt, knowns = load_model_and_knowns(model_name, fact_file, device)
+    out_dir = output_dir.format(model_name=model_name.replace('/', '_'))
+    print(f"tracing {min(len(knowns), limit or len(knowns))} facts with {mt} into {out_dir}")
+    trace_knowns(mt, knowns, out_dir, kinds=[k.strip() for k in kinds.split(',')],
+                 noise=noise_level, replace=bool(replace), samples=samples, window=window,
+                 limit=limit, pdfs=pdfs, modelname=model_name)
