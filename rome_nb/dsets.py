@@ -143,7 +143,7 @@ def _load_json(path):
     "The JSON content of `path`; an error naming the file if it is not UTF-8 or not valid JSON (and what to do)."
     url = downloaded_from(path)
     hint = (f"it was downloaded from {url}: delete it to download it again" if url else
-            "fix it, or pass the path of a valid file (a missing file in the data directory is downloaded)")
+            "it is not a file rome_nb downloaded: fix it, or pass the path of another file")
     return read_json(path, hint, MalformedRecordError)
 
 def _records(data, path, size):
