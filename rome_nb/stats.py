@@ -99,6 +99,8 @@ def make_stat(to_collect): # names among `STAT_TYPES`
     return CombinedStat(**{k: STAT_TYPES[k]() for k in to_collect})
 
 # %% ../nbs/20_stats.ipynb #b62d9ae2
+from .files import read_json
+
 HF_DATASETS = {'wikipedia': ('wikimedia/wikipedia', '20231101.en'), 'wikitext': ('Salesforce/wikitext', 'wikitext-103-raw-v1')}
 _TEXT_EXTS = ('.txt', '.raw', '.text', '.tokens', '.json', '.jsonl')
 
@@ -123,16 +125,19 @@ def _file_texts(f):
         if isinstance(o, dict) and isinstance(o.get('text'), str): return o['text']
         raise ValueError(f"{f}: expected strings or objects with a 'text' field, got {type(o).__name__}")
     if f.suffix.lower() == '.json':
-        data = json.loads(f.read_text(encoding='utf-8'))
+        data = read_json(f, "give a JSON list of texts (or of objects with a 'text' field)")
         if isinstance(data, dict) and 'text' in data: data = data['text']
         if not isinstance(data, list): raise ValueError(f"{f}: expected a JSON list of texts")
         yield from (t for t in map(item, data) if t.strip())
     elif f.suffix.lower() == '.jsonl':
-        with open(f, encoding='utf-8') as fh:
-            for line in fh:
-                if line.strip():
-                    t = item(json.loads(line))
-                    if t.strip(): yield t
+        with open(f, 'rb') as fh:
+            for i, raw in enumerate(fh, 1):
+                try: line = raw.decode('utf-8')
+                except UnicodeDecodeError: raise ValueError(f"{f}, line {i}: not UTF-8 text; convert the file to UTF-8") from None
+                if not line.strip(): continue
+                try: t = item(json.loads(line))
+                except json.JSONDecodeError as e: raise ValueError(f"{f}, line {i}: not valid JSON ({e.msg}); fix the line") from None
+                if t.strip(): yield t
     else:
         with open(f, encoding='utf-8', errors='replace') as fh:
             for line in fh:

@@ -362,6 +362,8 @@ def _train_loop(model, tok, world, data, cfg, log, progress):
             bar.set_postfix(loss=f"{loss.item():.3f}", recall=f"{ev['train']:.2f}", para=f"{ev['paraphrase']:.2f}")
 
 # %% ../nbs/02_toyworld.ipynb #a1a5ad5f
+from .files import read_json
+
 def load_world(path=None): # a model directory with world.json, or the JSON file (default: the packaged toy model's)
     "The `ToyWorld` saved with a toy model."
     p = Path(path) if path is not None else TOY_DIR
@@ -369,7 +371,11 @@ def load_world(path=None): # a model directory with world.json, or the JSON file
     if not p.exists():
         raise FileNotFoundError(f"{p} does not exist: the toy model is missing. Retrain it with `rome_nb_toy_train` "
                                 f"(or reinstall the package, which ships it in {TOY_DIR})")
-    return world_from_dict(json.loads(p.read_text()))
+    hint = "retrain the toy model with `rome_nb_toy_train --out_dir <folder>`, or reinstall the package"
+    d = read_json(p, hint)
+    try: return world_from_dict(d)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ValueError(f"{p} is not a toy world ({type(e).__name__}: {str(e)[:80]}); {hint}") from None
 
 def load_toy(path=None,   # toy model directory (default: the packaged one, `TOY_DIR`)
              device=None): # where to put the model (default: CPU)
@@ -380,7 +386,7 @@ def load_toy(path=None,   # toy model directory (default: the packaged one, `TOY
 
 def toy_train_log(path=None): # toy model directory (default: the packaged one)
     "The training log saved with a toy model."
-    return json.loads((Path(path or TOY_DIR) / 'train_log.json').read_text())
+    return read_json(Path(path or TOY_DIR) / 'train_log.json', "retrain the toy model to write a new one")
 
 # %% ../nbs/02_toyworld.ipynb #945ba470
 def plot_train_log(log:dict, ax=None): # a training log, an optional pair of axes
