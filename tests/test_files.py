@@ -397,3 +397,88 @@ def test_sigkill_then_resume_gives_the_same_case_files(tmp_path):
     assert len(whole) == 6 and cases_without_time(run_dir) == whole
     assert 'case_0.json is not a complete result file' in r.stderr and 'case_4.json is not a complete result file' in r.stderr
     assert sorted(p.name for p in run_dir.iterdir() if not p.name.startswith('case_')) == ['params.json', 'run_info.json']
+
+
+# ---------------------------------------------------------------- other files: MEMIT targets, traces, hyperparameters, toy world, texts
+
+def test_memit_target_cache_tampered_or_pickled(tok, tmp_path):
+    from rome_nb import memit as M
+    hp = M.MEMITHyperParams(layers=[1, 2], mom2_dataset=TEXTS, mom2_n_samples=150, stats_dir=str(tmp_path / 'stats'),
+                            context_template_length_params=[[5, 5]], v_num_grad_steps=6, mom2_update_weight=100, clamp_norm_factor=4)
+    reqs = [dict(REQ, case_id=0)]
+    model = tiny_model('gpt2', n_layer=4)
+    tmpl = str(tmp_path / 'z' / 'layer_{}_clamp_{}_case_{}.npz')
+    d1 = M.execute_memit(model, tok, reqs, hp, cache_template=tmpl)
+    f = next((tmp_path / 'z').iterdir())
+    with np.load(f, allow_pickle=False) as z: arrays = {k: z[k] for k in z.files}
+    assert 'rome_nb.digest' in arrays
+    np.savez(f, **dict(arrays, v_star=arrays['v_star'] * 3))  # changed, still a valid file with the reference's key
+    with pytest.warns(UserWarning, match='digest does not match'):
+        d2 = M.execute_memit(model, tok, reqs, hp, cache_template=tmpl)
+    for k in d1: assert torch.equal(d1[k][1], d2[k][1])
+    mark = tmp_path / 'mark'
+    npz_with_pickle(f, mark, v_star=arrays['v_star'])
+    with pytest.warns(UserWarning, match='cannot read the cached target'):
+        M.execute_memit(model, tok, reqs, hp, cache_template=tmpl)
+    assert not mark.exists()
+    np.savez(f, v_star=np.full_like(arrays['v_star'], np.nan))
+    with pytest.warns(UserWarning, match='non-finite'):
+        M.execute_memit(model, tok, reqs, hp, cache_template=tmpl)
+    assert not mark.exists()
+
+
+def test_trace_cache_damaged_is_traced_again(tmp_path):
+    from rome_nb.tracing import save_trace, load_trace, _cached_traces
+    res = {'scores': torch.arange(6.).reshape(2, 3), 'low_score': 0.1, 'high_score': 0.9, 'input_tokens': ['a', 'b'],
+           'subject_range': (0, 1), 'answer': 'x', 'kind': '', 'window': 10, 'correct_prediction': True}
+    save_trace(tmp_path / 'k.npz', res)
+    assert load_trace(tmp_path / 'k.npz')['answer'] == 'x' and [p.name for p in tmp_path.iterdir()] == ['k.npz']
+    with np.load(tmp_path / 'k.npz', allow_pickle=False) as z: arrays = {k: z[k] for k in z.files}
+    np.savez(tmp_path / 'changed.npz', **dict(arrays, scores=arrays['scores'] * 0))
+    (tmp_path / 'cut.npz').write_bytes((tmp_path / 'k.npz').read_bytes()[:200])
+    mark = tmp_path / 'mark'
+    npz_with_pickle(tmp_path / 'pickled.npz', mark, scores=arrays['scores'])
+    paths = {None: tmp_path / 'changed.npz', 'mlp': tmp_path / 'cut.npz', 'attn': tmp_path / 'pickled.npz'}
+    with pytest.warns(UserWarning) as w:
+        assert _cached_traces(paths, [None, 'mlp', 'attn']) == {}
+    msgs = ' '.join(str(x.message) for x in w)
+    assert 'changed.npz fails its digest check' in msgs and 'cut.npz is not a readable trace result' in msgs
+    assert 'pickled.npz is not a readable trace result' in msgs and not mark.exists()
+
+
+def test_hparams_file_errors_name_the_file(tmp_path):
+    (tmp_path / 'h.json').write_text('{"layers": [1], ')
+    with pytest.raises(ValueError, match=r'h\.json is not valid JSON'):
+        R.ROMEHyperParams.from_json(tmp_path / 'h.json')
+    (tmp_path / 'h.json').write_text('[1, 2]')
+    with pytest.raises(ValueError, match=r'h\.json must hold a JSON object'):
+        R.ROMEHyperParams.from_json(tmp_path / 'h.json')
+    (tmp_path / 'h.json').write_bytes(b'{"layers": [1], "x": "\xff"}')
+    with pytest.raises(ValueError, match=r'h\.json is not UTF-8'):
+        R.ROMEHyperParams.from_json(tmp_path / 'h.json')
+    h = R.ROMEHyperParams(layers=[3])
+    h.to_json(tmp_path / 'h.json')
+    assert R.ROMEHyperParams.from_json(tmp_path / 'h.json') == h and [p.name for p in tmp_path.iterdir()] == ['h.json']
+
+
+def test_toy_world_file_errors(tmp_path):
+    from rome_nb.toyworld import load_world, TOY_DIR
+    (tmp_path / 'world.json').write_text('{"subjects": ')
+    with pytest.raises(ValueError, match=r'world\.json is not valid JSON.*rome_nb_toy_train'):
+        load_world(tmp_path)
+    (tmp_path / 'world.json').write_text('{"subjects": 3}')
+    with pytest.raises(ValueError, match=r'world\.json is not a toy world'):
+        load_world(tmp_path)
+    assert load_world(TOY_DIR).subjects  # the packaged world still loads
+
+
+def test_stats_text_files_name_the_file(tmp_path, model, tok):
+    (tmp_path / 'a.jsonl').write_bytes(b'{"text": "one"}\n{"text": "caf\xe9"}\n')
+    with pytest.raises(ValueError, match=r'a\.jsonl, line 2: not UTF-8'):
+        S.layer_stats(model, tok, LNAME, tmp_path / 's', tmp_path / 'a.jsonl', progress=None)
+    (tmp_path / 'a.jsonl').write_text('{"text": "one"}\n{"text": \n')
+    with pytest.raises(ValueError, match=r'a\.jsonl, line 2: not valid JSON'):
+        S.layer_stats(model, tok, LNAME, tmp_path / 's', tmp_path / 'a.jsonl', progress=None)
+    (tmp_path / 'b.json').write_bytes(b'["caf\xe9"]')
+    with pytest.raises(ValueError, match=r'b\.json is not UTF-8'):
+        S.layer_stats(model, tok, LNAME, tmp_path / 's', tmp_path / 'b.json', progress=None)
