@@ -369,8 +369,10 @@ def load_world(path=None): # a model directory with world.json, or the JSON file
     p = Path(path) if path is not None else TOY_DIR
     if p.is_dir(): p = p / 'world.json'
     if not p.exists():
+        old = p.parent.with_name(f".{p.parent.name}.old")
+        hint = f"; a retraining was interrupted: {old} holds the previous model (rename it back)" if old.is_dir() else ''
         raise FileNotFoundError(f"{p} does not exist: the toy model is missing. Retrain it with `rome_nb_toy_train` "
-                                f"(or reinstall the package, which ships it in {TOY_DIR})")
+                                f"(or reinstall the package, which ships it in {TOY_DIR}){hint}")
     hint = "retrain the toy model with `rome_nb_toy_train --out_dir <folder>`, or reinstall the package"
     d = read_json(p, hint)
     try: return world_from_dict(d)

@@ -764,6 +764,8 @@ def calculate_hidden_flow(mt, prompt:str, subject:str, samples:int=10, noise='s3
                                expect, target, subjects, engine, max_rows)[_norm_kind(kind)]
 
 # %% ../nbs/10_tracing.ipynb #79423bd2
+from .files import atomic_path
+
 _CMAPS = {None: 'Purples', 'mlp': 'Greens', 'attn': 'Reds'}
 _KIND_NAMES = {'mlp': 'MLP', 'attn': 'Attn'}
 _PAPER_RC = {'font.family': 'serif', 'font.serif': ['Times New Roman', 'Times', 'Nimbus Roman', 'DejaVu Serif']}
@@ -777,7 +779,8 @@ def _finish(fig, savepdf):
     import matplotlib.pyplot as plt
     if savepdf:
         if os.path.dirname(savepdf): os.makedirs(os.path.dirname(savepdf), exist_ok=True)
-        fig.savefig(savepdf, bbox_inches='tight'); plt.close(fig)
+        with atomic_path(savepdf) as tmp: fig.savefig(tmp, bbox_inches='tight')  # the suffix (format) is kept
+        plt.close(fig)
     else: plt.show()
 
 def _layer_ticks(ax, n):
