@@ -61,7 +61,7 @@ def _mark_downloaded(path, url):
     write_text_atomic(json.dumps(rec, indent=1), _download_record(path))
 
 def downloaded_from(path): # a data file
-    "The address the package downloaded `path` from, or None if it did not download it (a user's own file)."
+    "The address the package downloaded `path` from, or None if it did not (a user's own file)."
     try: rec = json.loads(_download_record(path).read_text())
     except (OSError, ValueError): return None
     return rec.get('url') if isinstance(rec, dict) and isinstance(rec.get('url'), str) else None
@@ -140,7 +140,7 @@ def check_record(rec:dict,           # a dataset record
 
 # %% ../nbs/40_dsets.ipynb #eb8a3f90
 def _load_json(path):
-    "The JSON content of `path`; an error naming the file if it is not UTF-8 or not valid JSON (and what to do)."
+    "The JSON content of `path`; an error naming the file (and what to do) if it is not UTF-8 JSON."
     url = downloaded_from(path)
     hint = (f"it was downloaded from {url}: delete it to download it again" if url else
             "it is not a file rome_nb downloaded: fix it, or pass the path of another file")
@@ -180,7 +180,8 @@ def easyedit_files(path):
     files = sorted(p.glob('counterfact-*.json')) if p.is_dir() else [p] if p.is_file() and p.suffix == '.json' else []
     out = []
     for f in files:
-        with open(f, encoding='utf-8', errors='replace') as fh: head = fh.read(4096)  # read in full (and checked) later
+        with open(f, encoding='utf-8', errors='replace') as fh:  # read in full (and checked) later
+            head = fh.read(4096)
         if '"rephrase_prompt"' in head and '"ground_truth"' in head: out.append(f)
     return out
 
@@ -235,17 +236,21 @@ def _zsre_answers(a, where):
     "zsRE answers as a list of strings: a single string is one answer (not a list of characters)."
     if isinstance(a, str): a = [a]
     if not isinstance(a, list) or not a or not all(isinstance(x, str) and x.strip() for x in a):
-        raise MalformedRecordError(f"{where}: field 'answers' must be a non-empty list of non-empty strings, got {a!r}")
+        raise MalformedRecordError(f"{where}: field 'answers' must be a non-empty list of "
+                                   f"non-empty strings, got {a!r}")
     return a
 
 def zsre_record(r:dict, i:int, tok): # a MEND-format zsRE record, its index (the case id), a tokenizer
     "A zsRE evaluation record (the reference's format) from a MEND-format record."
     where = f"record {i}"
-    if not isinstance(r, dict): raise MalformedRecordError(f"{where}: a zsRE record must be a JSON object, got {type(r).__name__}")
+    if not isinstance(r, dict):
+        raise MalformedRecordError(f"{where}: a zsRE record must be a JSON object, got "
+                                   f"{type(r).__name__}")
     for k in _ZSRE_KEYS:
         if k not in r: raise MalformedRecordError(f"{where}: zsRE field {k!r} is missing")
     for k in ('src', 'subject', 'rephrase', 'loc', 'loc_ans'):
-        if not isinstance(r[k], str): raise MalformedRecordError(f"{where}: zsRE field {k!r} must be a string, got {r[k]!r}")
+        if not isinstance(r[k], str):
+            raise MalformedRecordError(f"{where}: zsRE field {k!r} must be a string, got {r[k]!r}")
     answers = _zsre_answers(r['answers'], where)
     if "nq question: " not in r["loc"]: raise MalformedRecordError(f"{where}: field 'loc' must start with 'nq question: ', got {r['loc']!r}")
     if r["subject"] not in r["src"]: raise MalformedRecordError(f"{where}: field 'src' ({r['src']!r}) must contain field 'subject' ({r['subject']!r})")
@@ -301,6 +306,11 @@ class AttributeSnippets:
         for i, el in enumerate(snippets_list):
             for k in ('relation_id', 'target_id', 'samples'):
                 if not isinstance(el, dict) or k not in el: raise MalformedRecordError(f"attribute snippet entry {i}: field {k!r} is missing")
+            ok = isinstance(el['samples'], list)
+            is_snip = lambda x: isinstance(x, dict) and isinstance(x.get('text'), str)
+            if not ok or not all(map(is_snip, el['samples'])):
+                raise MalformedRecordError(f"attribute snippet entry {i}: field 'samples' must "
+                                           f"be a list of {{'name', 'text'}} objects")
             snips[el['relation_id']][el['target_id']].extend(el['samples'])
         self._data, self.snippets_list = snips, snippets_list
 
@@ -316,6 +326,9 @@ def tfidf_vectorizer_from_stats(idf,   # IDF weight of each column
     "A fitted scikit-learn `TfidfVectorizer` with the given IDF weights and vocabulary."
     from sklearn.feature_extraction.text import TfidfVectorizer
     idf = np.asarray(idf, dtype=np.float64)
+    col = lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v < len(idf)
+    if not isinstance(vocab, dict) or not all(map(col, vocab.values())):
+        raise ValueError(f"the TF-IDF vocabulary must map words to column numbers below {len(idf)}")
     if len(vocab) != len(idf): raise ValueError(f"the vocabulary has {len(vocab)} words but there are {len(idf)} IDF weights")
     vec = TfidfVectorizer()
     vec.vocabulary_ = {str(k): int(v) for k, v in vocab.items()}
@@ -348,13 +361,15 @@ def collect_stats(data_dir): # the data directory
     save_tfidf_stats(fit_tfidf_vectorizer(AttributeSnippets(d).texts()), d)
 
 def _load_idf(path):
-    "The IDF weights in `path` (`.npy`, no pickle): a finite, non-negative float vector, else an error naming the file."
+    "The IDF weights in `path` (`.npy`, no pickle): finite, non-negative floats, else an error."
     try: idf = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
-        raise MalformedRecordError(f"{path} is not a readable .npy array ({str(e)[:100]}); delete it to fetch or fit it again") from None
+        raise MalformedRecordError(f"{path} is not a readable .npy array ({str(e)[:100]}); "
+                                   f"delete it to fetch or fit it again") from None
     if idf.ndim != 1 or idf.dtype.kind != 'f' or not np.isfinite(idf).all() or (idf < 0).any():
-        raise MalformedRecordError(f"{path} must hold finite non-negative IDF weights (a float vector), got {idf.dtype} "
-                                   f"of shape {idf.shape}; delete it to fetch or fit it again")
+        raise MalformedRecordError(f"{path} must hold finite non-negative IDF weights (a float "
+                                   f"vector), got {idf.dtype} of shape {idf.shape}; delete it to "
+                                   f"fetch or fit it again")
     return idf
 
 def get_tfidf_vectorizer(data_dir=None): # data directory with (or to receive) `idf.npy` and `tfidf_vocab.json`

@@ -32,7 +32,9 @@ class HyperParams:
     def from_json(cls, fpath): # a JSON file, e.g. `hparams_path('ROME', 'gpt2-xl')`
         "Load from a JSON file (an error naming the file if it is not JSON or not an object)."
         d = read_json(fpath, "fix it, or give another hyperparameters file")
-        if not isinstance(d, dict): raise ValueError(f"{fpath} must hold a JSON object of hyperparameters, not a {type(d).__name__}")
+        if not isinstance(d, dict):
+            raise ValueError(f"{fpath} must hold a JSON object of hyperparameters, not a "
+                             f"{type(d).__name__}")
         return cls.from_dict(d)
 
     def to_dict(self): return asdict(self)

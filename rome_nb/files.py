@@ -13,7 +13,7 @@ import numpy as np
 # %% ../nbs/04_files.ipynb #9afe2f34
 @contextlib.contextmanager
 def atomic_path(path): # the file to write
-    "A temporary path beside `path`: synced and renamed to `path` if the block succeeds, deleted if it fails."
+    "A temporary path beside `path`, renamed to `path` if the block succeeds, else deleted."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp{path.suffix}')
@@ -36,15 +36,17 @@ class BadFileError(ValueError):
 def read_json(path,                         # a JSON file
               hint:str='fix it or replace it', # what the user should do if it is unreadable
               error=BadFileError):          # the exception class to raise
-    "The JSON content of `path`; a one-line `error` naming the file if it is not UTF-8 or not valid JSON."
+    "The JSON content of `path`; a one-line `error` naming the file if it is not UTF-8 or not JSON."
     path = Path(path)
     raw = path.read_bytes()
     try: text = raw.decode('utf-8')
     except UnicodeDecodeError as e:
-        raise error(f"{path} is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); {hint}") from None
+        where = f"byte 0x{raw[e.start]:02x} at offset {e.start}"
+        raise error(f"{path} is not UTF-8 text ({where}); {hint}") from None
     try: return json.loads(text)
     except json.JSONDecodeError as e:
-        raise error(f"{path} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); {hint}") from None
+        where = f"{e.msg} at line {e.lineno} column {e.colno}"
+        raise error(f"{path} is not valid JSON ({where}); {hint}") from None
 
 # %% ../nbs/04_files.ipynb #9f57ab38
 def _as_numpy(a):
@@ -62,7 +64,8 @@ def arrays_digest(arrays:dict): # name -> numpy array or tensor
 
 def json_digest(obj): # anything `json.dumps` can write
     "SHA-256 (hex) of `obj` as canonical JSON (keys sorted)."
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(',', ':')).encode()).hexdigest()
+    text = json.dumps(obj, sort_keys=True, separators=(',', ':'))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 # %% ../nbs/04_files.ipynb #524e7556
 _WARNED = set()

@@ -328,11 +328,12 @@ def _z_cache_file(cache_template, layer, hparams, request, members=None):
     return Path(str(cache_template).format(layer, hparams.clamp_norm_factor, cid))
 
 def _load_z(path, width):
-    "A cached target: digest (if any), shape and values checked; None, with a warning, if it cannot be used."
+    "A cached target: digest (if any), shape and values checked; None (with a warning) if unusable."
     try:
         with np.load(path, allow_pickle=False) as d: arrays = {k: d[k] for k in d.files}
         digest = arrays.pop('rome_nb.digest', None)
-        if digest is not None and str(digest) != arrays_digest(arrays): raise ValueError("its digest does not match")
+        if digest is not None and str(digest) != arrays_digest(arrays):
+            raise ValueError("its digest does not match")
         z = torch.from_numpy(np.asarray(arrays['v_star'], dtype=np.float32))
         if z.shape != (width,): raise ValueError(f"shape {tuple(z.shape)}, expected ({width},)")
         if not torch.isfinite(z).all(): raise ValueError("non-finite values")

@@ -472,14 +472,14 @@ def apply_rome_to_model(model, tok,
 from .files import atomic_path, arrays_digest, json_digest
 
 EDIT_FORMAT = 'rome_nb.edit/2'   # format 2 carries a digest of tensors and metadata
-EDIT_FORMATS_UNVERIFIED = ('rome_nb.edit/1',)  # older formats: read, with a warning that they are unverified
+EDIT_FORMATS_UNVERIFIED = ('rome_nb.edit/1',)  # older formats: read, with a warning (unverified)
 
 def edit_digest(meta:dict, tensors:dict): # metadata (without 'digest'), tensors by name
     "SHA-256 of an edit file's metadata and tensors (names, dtypes, shapes, bytes)."
     return 'sha256:' + json_digest({'meta': meta, 'tensors': arrays_digest(tensors)})
 
 def _read_edit_file(path):
-    "`(metadata, tensors)` of an edit file: format known, digest checked (format 2) or a warning (older formats)."
+    "`(metadata, tensors)` of an edit file: format known, digest checked (older formats: a warning)"
     from safetensors import safe_open
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"no edit file at {path}")
@@ -488,17 +488,19 @@ def _read_edit_file(path):
             meta, tensors = dict(f.metadata() or {}), {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:
         why = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
-        raise ValueError(f"{path} is not a readable edit file ({why}); it is damaged or of another kind: "
-                         f"compute and save the edit again") from None
+        raise ValueError(f"{path} is not a readable edit file ({why}); it is damaged or of "
+                         f"another kind: compute and save the edit again") from None
     fmt = meta.get('format')
     if fmt == EDIT_FORMAT:
         if meta.pop('digest', None) != edit_digest(meta, tensors):
-            raise ValueError(f"{path} fails its digest check: its tensors or metadata changed after it was saved; "
-                             f"do not use it, compute and save the edit again")
+            raise ValueError(f"{path} fails its digest check: its tensors or metadata changed "
+                             f"after it was saved; do not use it, compute and save the edit again")
     elif fmt in EDIT_FORMATS_UNVERIFIED:
-        warnings.warn(f"{path} is an edit file of the old format {fmt!r}, which has no digest: it was loaded "
-                      f"unverified; save it again (RomeEdit.save) to add one")
-    else: raise ValueError(f"{path} is not a rome_nb edit file (format {fmt!r}, expected {EDIT_FORMAT!r})")
+        warnings.warn(f"{path} is an edit file of the old format {fmt!r}, which has no digest: "
+                      f"it was loaded unverified; save it again (RomeEdit.save) to add one")
+    else:
+        raise ValueError(f"{path} is not a rome_nb edit file (format {fmt!r}, expected "
+                         f"{EDIT_FORMAT!r})")
     return meta, tensors
 
 # %% ../nbs/21_rome.ipynb #6b8cdca2
@@ -508,16 +510,19 @@ def _edit_fields(path, meta, tensors):
     for k in ('request', 'hparams', 'model_name', 'layers', 'weights'):
         try: out[k] = json.loads(meta[k])
         except (KeyError, TypeError, json.JSONDecodeError):
-            raise ValueError(f"{path}: metadata field {k!r} is missing or not JSON; compute and save the edit again") from None
+            raise ValueError(f"{path}: metadata field {k!r} is missing or not JSON; compute "
+                             f"and save the edit again") from None
     names = out.pop('weights')
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise ValueError(f"{path}: metadata field 'weights' must be a list of weight names, got {names!r}")
+        raise ValueError(f"{path}: metadata field 'weights' must list weight names: {names!r}")
     expected = {f'{p}.{n}' for n in names for p in 'uv'}
     if set(tensors) != expected:
-        raise ValueError(f"{path}: its tensors {sorted(tensors)} do not match its weights {names}; compute the edit again")
+        raise ValueError(f"{path}: its tensors {sorted(tensors)} do not match its weights {names}; "
+                         f"compute the edit again")
     for k, t in tensors.items():
         if t.dim() != 1 or not t.is_floating_point() or not torch.isfinite(t).all():
-            raise ValueError(f"{path}: tensor {k!r} must be a finite float vector (shape {tuple(t.shape)}, {t.dtype})")
+            raise ValueError(f"{path}: tensor {k!r} must be a finite float vector "
+                             f"(shape {tuple(t.shape)}, {t.dtype})")
     out['deltas'] = {n: (tensors[f'u.{n}'], tensors[f'v.{n}']) for n in names}
     return out
 
@@ -547,7 +552,7 @@ class RomeEdit:
         return cls(check_request(request), deltas, hparams.to_dict(), name, sorted(hparams.layers))
 
     def save(self, path):
-        "Write a safetensors file (tensors `u.<weight>`, `v.<weight>`; metadata as JSON strings, and a digest), atomically."
+        "Write a safetensors file (`u.<weight>`, `v.<weight>`, JSON metadata, digest), atomically."
         from safetensors.torch import save_file
         tensors = {}
         for n, (u, v) in self.deltas.items():
@@ -563,7 +568,7 @@ class RomeEdit:
 
     @classmethod
     def load(cls, path):
-        "Read an edit file written by `save`; a damaged or changed file is an error (its digest is checked)."
+        "Read an edit file written by `save`; a damaged or changed file is an error (digest)."
         f = _edit_fields(path, *_read_edit_file(path))
         return cls(f['request'], f['deltas'], f['hparams'], f['model_name'], f['layers'])
 

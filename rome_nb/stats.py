@@ -133,10 +133,12 @@ def _file_texts(f):
         with open(f, 'rb') as fh:
             for i, raw in enumerate(fh, 1):
                 try: line = raw.decode('utf-8')
-                except UnicodeDecodeError: raise ValueError(f"{f}, line {i}: not UTF-8 text; convert the file to UTF-8") from None
+                except UnicodeDecodeError:
+                    raise ValueError(f"{f}, line {i}: not UTF-8; convert it to UTF-8") from None
                 if not line.strip(): continue
                 try: t = item(json.loads(line))
-                except json.JSONDecodeError as e: raise ValueError(f"{f}, line {i}: not valid JSON ({e.msg}); fix the line") from None
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{f}, line {i}: not JSON ({e.msg}); fix the line") from None
                 if t.strip(): yield t
     else:
         with open(f, encoding='utf-8', errors='replace') as fh:
@@ -308,17 +310,19 @@ def _psd_problem(M:torch.Tensor, tol:float):
     if scale == 0: return "its second moment is zero"
     if float((M - M.T).abs().max()) > tol * scale: return "its second moment is not symmetric"
     if bool((M.diagonal() < 0).any()): return "its second moment has negative diagonal entries"
-    v = torch.ones(len(M), dtype=M.dtype)  # power iteration (deterministic start) for the largest eigenvalue
+    v = torch.ones(len(M), dtype=M.dtype)  # power iteration (fixed start): the largest eigenvalue
     for _ in range(50): v = M @ v; v = v / v.norm().clamp_min(1e-300)
     lam = max(float(v @ M @ v), float(M.diagonal().max()))
     _, info = torch.linalg.cholesky_ex((M + M.T) / 2 + tol * lam * torch.eye(len(M), dtype=M.dtype))
-    if int(info) != 0: return f"its second moment is not positive semi-definite (to {tol:g} of its largest eigenvalue)"
+    if int(info) != 0:
+        return (f"its second moment is not positive semi-definite "
+                f"(to {tol:g} of its largest eigenvalue)")
     return None
 
 def check_stat_arrays(arrays:dict, # a statistics file's arrays ('mom2.mom2', 'mom2.count', ...)
                       to_collect,  # the statistics in it
                       tol:float=1e-4): # tolerance, relative to the largest eigenvalue
-    "Why `arrays` cannot be statistics of real keys (a string), or None: counts, symmetry, PSD, means."
+    "Why `arrays` cannot be statistics of real keys, or None: counts, symmetry, PSD, means."
     counts = {int(np.asarray(arrays[f'{k}.count'])) for k in to_collect}
     if len(counts) > 1: return f"its counts differ ({sorted(counts)})"
     n, M = counts.pop(), None
@@ -327,11 +331,14 @@ def check_stat_arrays(arrays:dict, # a statistics file's arrays ('mom2.mom2', 'm
         if (why := _psd_problem(M, tol)): return why
     tr = float(M.trace()) * (1 + tol) if M is not None else None
     mu = np.asarray(arrays['mean.sum'], dtype=np.float64) / n if 'mean' in to_collect else None
-    if mu is not None and tr is not None and float(mu @ mu) > tr: return "its mean is larger than its second moment allows"
+    if mu is not None and tr is not None and float(mu @ mu) > tr:
+        return "its mean is larger than its second moment allows"
     if 'norm_mean' in to_collect:
         nm = float(np.asarray(arrays['norm_mean.sum'], dtype=np.float64).reshape(-1)[0]) / n
-        if nm < 0 or (tr is not None and nm * nm > tr): return "its mean norm is negative or larger than its second moment allows"
-        if mu is not None and float(np.linalg.norm(mu)) > nm * (1 + tol): return "its mean is longer than its mean norm"
+        if nm < 0 or (tr is not None and nm * nm > tr):
+            return "its mean norm is negative or larger than its second moment allows"
+        if mu is not None and float(np.linalg.norm(mu)) > nm * (1 + tol):
+            return "its mean is longer than its mean norm"
     return None
 
 # %% ../nbs/20_stats.ipynb #b09fdce0
@@ -343,7 +350,7 @@ def _save_npz(path, arrays:dict):
         with open(tmp, 'wb') as f: np.savez(f, **arrays)
 
 def save_stats(path, stat:CombinedStat, key:dict=None, dtype=np.float64, **extra):
-    "Save `stat` (and its `key` as JSON) to `path`, atomically, without pickle, with a digest of all its arrays."
+    "Save `stat` (and its `key` as JSON) to `path`: atomically, without pickle, with a digest."
     arrays = stat.state_dict(dtype)
     if key is not None: arrays['rome_nb.key'] = np.array(json.dumps(key, sort_keys=True))
     arrays.update({k: np.asarray(v) for k, v in extra.items()})
@@ -351,7 +358,7 @@ def save_stats(path, stat:CombinedStat, key:dict=None, dtype=np.float64, **extra
     _save_npz(path, arrays)
 
 def _npz_arrays(path, to_collect, key):
-    "`(arrays, digest, None)` of a statistics file (all arrays if it has a digest, else those needed), or `(None, None, reason)`."
+    "`(arrays, digest, None)` of a statistics file (all if it has a digest), or `(None, None, why)`"
     with open(path, 'rb') as fh, np.load(fh, allow_pickle=False) as z:
         names = set(z.files)
         if key is not None and 'rome_nb.key' in names:
@@ -366,7 +373,7 @@ def _npz_arrays(path, to_collect, key):
 
 def read_stats(path, to_collect=('mom2',), key:dict=None, width:int=None,
                require_digest:bool=False): # refuse a file without a digest (e.g. a checkpoint)
-    "Load a statistics file (ours: digest checked; the reference's: checked for plausibility); `(stat, None)` if valid, else `(None, reason)`."
+    "`(stat, None)` from a statistics file (digest or plausibility checked), or `(None, why)`."
     try: arrays, digest, why = _npz_arrays(path, to_collect, key)
     except FileNotFoundError: return None, "it does not exist"
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, json.JSONDecodeError) as e:
@@ -385,10 +392,12 @@ def read_stats(path, to_collect=('mom2',), key:dict=None, width:int=None,
             if k == 'mom2' and (a.ndim != 2 or a.shape[0] != a.shape[1] or (width and a.shape[0] != width)):
                 return None, f"{k}.{f} has shape {a.shape}, expected ({width}, {width})"
     if digest is None:
-        if (why := check_stat_arrays(arrays, to_collect)): return None, f"it has no digest and {why}"
+        if (why := check_stat_arrays(arrays, to_collect)):
+            return None, f"it has no digest and {why}"
         warn_once(('rome_nb.stats', str(Path(path).resolve())),
-                  f"{path} was read unverified: it has no rome_nb digest (a reference file, or one written before "
-                  f"digests); it passed the checks that can be made (counts, symmetric, positive semi-definite)")
+                  f"{path} was read unverified: it has no rome_nb digest (a reference file, or one "
+                  f"written before digests); it passed the checks that can be made (counts, "
+                  f"symmetric, positive semi-definite)")
     return make_stat(list(to_collect)).load_state_dict(arrays), None
 
 # %% ../nbs/20_stats.ipynb #10a910e5
@@ -434,7 +443,8 @@ def _compute(model, tokenizer, layer_name, texts, stat, path, key, sample_size, 
         got, why = read_stats(part, list(stat.keys()), key, require_digest=True)
         if got is not None:
             with np.load(part, allow_pickle=False) as z: done = int(z['rome_nb.texts_done'])
-            if done < 0 or (sample_size is not None and done > sample_size): got, why = None, f"it says {done} texts are done"
+            if done < 0 or (sample_size is not None and done > sample_size):
+                got, why = None, f"it says {done} texts are done"
         if got is not None:
             stat = got; print(f"resuming from {part.name}: {done} texts done")
         else:

@@ -46,9 +46,10 @@ def case_files(run_dir): # a run directory
     return sorted(fs, key=lambda f: int(f.name.split("_")[-1][:-5]))
 
 def _case_row(f, first_n_cases):
-    "`(row or None, problem or None)` for one case file: None, None when it is outside `first_n_cases`."
+    "`(row or None, problem or None)` for one case file (None, None: outside `first_n_cases`)."
     try: data = json.loads(f.read_text(encoding='utf-8'))
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e: return None, f"could not decode {f} ({e})"
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+        return None, f"could not decode {f} ({e})"
     cid = data.get('case_id') if isinstance(data, dict) else None
     if not isinstance(cid, int) or isinstance(cid, bool):
         what = f"a JSON {type(data).__name__}" if not isinstance(data, dict) else f"case_id {cid!r}"
@@ -59,7 +60,7 @@ def _case_row(f, first_n_cases):
         return None, f"{f} has malformed scores ({type(e).__name__}: {e})"
 
 def read_run(run_dir, first_n_cases:int=None): # a run directory; keep cases with id < first_n_cases
-    "One row of `case_metrics` per case file of `run_dir`, indexed by case id; unreadable files are skipped (`attrs['skipped']`)."
+    "A row of `case_metrics` per case file of `run_dir`, by case id (skipped: `attrs['skipped']`)."
     rows, skipped = [], []
     for f in case_files(run_dir):
         row, why = _case_row(f, first_n_cases)

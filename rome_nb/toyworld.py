@@ -370,14 +370,17 @@ def load_world(path=None): # a model directory with world.json, or the JSON file
     if p.is_dir(): p = p / 'world.json'
     if not p.exists():
         old = p.parent.with_name(f".{p.parent.name}.old")
-        hint = f"; a retraining was interrupted: {old} holds the previous model (rename it back)" if old.is_dir() else ''
+        hint = (f"; a retraining was interrupted: {old} holds the previous model (rename it back)"
+                if old.is_dir() else '')
         raise FileNotFoundError(f"{p} does not exist: the toy model is missing. Retrain it with `rome_nb_toy_train` "
                                 f"(or reinstall the package, which ships it in {TOY_DIR}){hint}")
-    hint = "retrain the toy model with `rome_nb_toy_train --out_dir <folder>`, or reinstall the package"
+    hint = ("retrain the toy model with `rome_nb_toy_train --out_dir <folder>`, "
+            "or reinstall the package")
     d = read_json(p, hint)
     try: return world_from_dict(d)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise ValueError(f"{p} is not a toy world ({type(e).__name__}: {str(e)[:80]}); {hint}") from None
+        why = f"{type(e).__name__}: {str(e)[:80]}"
+        raise ValueError(f"{p} is not a toy world ({why}); {hint}") from None
 
 def load_toy(path=None,   # toy model directory (default: the packaged one, `TOY_DIR`)
              device=None): # where to put the model (default: CPU)
@@ -388,7 +391,8 @@ def load_toy(path=None,   # toy model directory (default: the packaged one, `TOY
 
 def toy_train_log(path=None): # toy model directory (default: the packaged one)
     "The training log saved with a toy model."
-    return read_json(Path(path or TOY_DIR) / 'train_log.json', "retrain the toy model to write a new one")
+    hint = "retrain the toy model to write a new one"
+    return read_json(Path(path or TOY_DIR) / 'train_log.json', hint)
 
 # %% ../nbs/02_toyworld.ipynb #945ba470
 def plot_train_log(log:dict, ax=None): # a training log, an optional pair of axes

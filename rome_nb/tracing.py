@@ -779,7 +779,8 @@ def _finish(fig, savepdf):
     import matplotlib.pyplot as plt
     if savepdf:
         if os.path.dirname(savepdf): os.makedirs(os.path.dirname(savepdf), exist_ok=True)
-        with atomic_path(savepdf) as tmp: fig.savefig(tmp, bbox_inches='tight')  # the suffix (format) is kept
+        with atomic_path(savepdf) as tmp:  # the suffix (the format) is kept
+            fig.savefig(tmp, bbox_inches='tight')
         plt.close(fig)
     else: plt.show()
 
@@ -964,23 +965,25 @@ def _to_numpy(v):
     return np.asarray(v)
 
 def save_trace(path, result:dict):
-    "Save a trace result as .npz at `path` with a digest of its arrays, atomically (temporary file, then rename)."
+    "Save a trace result as .npz at `path`, with a digest of its arrays, atomically."
     arrays = {k: _to_numpy(v) for k, v in result.items()}
     arrays['rome_nb.digest'] = np.array(arrays_digest(arrays))
     with atomic_path(path) as tmp:
         with open(tmp, 'wb') as f: np.savez(f, **arrays)
 
 def load_trace(path):
-    "A trace result saved by `save_trace` (digest checked) or by the reference, with strings and numbers as Python values."
+    "A trace result saved by `save_trace` (digest checked) or the reference, as Python values."
     try:
         with np.load(path, allow_pickle=False) as z: d = {k: z[k] for k in z.files}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
-        raise ValueError(f"{path} is not a readable trace result ({type(e).__name__}: {str(e)[:100]}); delete it and trace again") from None
+        why = f"{type(e).__name__}: {str(e)[:100]}"
+        raise ValueError(f"{path} is not a readable trace result ({why}); trace again") from None
     digest = d.pop('rome_nb.digest', None)
     if digest is not None and str(digest) != arrays_digest(d):
-        raise ValueError(f"{path} fails its digest check (damaged or changed); delete it and trace again")
+        raise ValueError(f"{path} fails its digest check (damaged or changed); trace again")
     if not {'scores', 'correct_prediction'} & set(d):
-        raise ValueError(f"{path} holds neither 'scores' nor 'correct_prediction': not a trace result; delete it and trace again")
+        raise ValueError(f"{path} holds neither 'scores' nor 'correct_prediction': not a trace "
+                         f"result; delete it and trace again")
     for k in ('answer', 'kind', 'expect', 'low_score', 'high_score', 'window', 'correct_prediction'):
         if k in d and d[k].ndim == 0: d[k] = d[k].item()
     if 'input_tokens' in d: d['input_tokens'] = [str(t) for t in d['input_tokens']]
@@ -988,7 +991,7 @@ def load_trace(path):
     return d
 
 def _cached_traces(paths:dict, kinds):
-    "The readable cached results among `paths` (kind -> file); an unreadable one is dropped, with a warning, to be traced again."
+    "The readable cached results among `paths` (kind -> file); others are left out (a warning)."
     out = {}
     for k in kinds:
         if k not in paths or not paths[k].exists(): continue
