@@ -477,8 +477,23 @@ def test_stats_text_files_name_the_file(tmp_path, model, tok):
     with pytest.raises(ValueError, match=r'a\.jsonl, line 2: not UTF-8'):
         S.layer_stats(model, tok, LNAME, tmp_path / 's', tmp_path / 'a.jsonl', progress=None)
     (tmp_path / 'a.jsonl').write_text('{"text": "one"}\n{"text": \n')
-    with pytest.raises(ValueError, match=r'a\.jsonl, line 2: not valid JSON'):
+    with pytest.raises(ValueError, match=r'a\.jsonl, line 2: not JSON'):
         S.layer_stats(model, tok, LNAME, tmp_path / 's', tmp_path / 'a.jsonl', progress=None)
     (tmp_path / 'b.json').write_bytes(b'["caf\xe9"]')
     with pytest.raises(ValueError, match=r'b\.json is not UTF-8'):
         S.layer_stats(model, tok, LNAME, tmp_path / 's', tmp_path / 'b.json', progress=None)
+
+
+def test_run_info_snippets_and_vocab_checked(tmp_path):
+    run = tmp_path / 'results' / 'FT' / 'run_000'
+    run.mkdir(parents=True)
+    (run / 'run_info.json').write_text('[1]')
+    with pytest.raises(ValueError, match=r'run_info\.json is not a JSON object'):
+        E.evaluate(results_dir=tmp_path / 'results', continue_from_run='run_000', **EVAL_KW)
+    (run / 'run_info.json').write_text('{"alg_name": ')
+    with pytest.raises(ValueError, match=r'run_info\.json is not valid JSON'):
+        E.evaluate(results_dir=tmp_path / 'results', continue_from_run='run_000', **EVAL_KW)
+    with pytest.raises(D.MalformedRecordError, match="field 'samples' must be a list"):
+        D.AttributeSnippets.from_list([{'relation_id': 'P1', 'target_id': 'Q1', 'samples': 'a text'}])
+    with pytest.raises(ValueError, match='vocabulary must map words to column numbers'):
+        D.tfidf_vectorizer_from_stats(np.ones(2), {'a': 0, 'b': 7})
