@@ -497,3 +497,15 @@ def test_run_info_snippets_and_vocab_checked(tmp_path):
         D.AttributeSnippets.from_list([{'relation_id': 'P1', 'target_id': 'Q1', 'samples': 'a text'}])
     with pytest.raises(ValueError, match='vocabulary must map words to column numbers'):
         D.tfidf_vectorizer_from_stats(np.ones(2), {'a': 0, 'b': 7})
+
+
+def test_trace_run_params_checked(tmp_path):
+    from rome_nb.tracing import _check_run_params
+    _check_run_params(tmp_path, {'window': 2})
+    assert json.loads((tmp_path / 'params.json').read_text()) == {'window': 2}
+    (tmp_path / 'params.json').write_text('[2]')
+    with pytest.raises(ValueError, match=r'params\.json is not a JSON object'):
+        _check_run_params(tmp_path, {'window': 2})
+    (tmp_path / 'params.json').write_text('{"window": ')
+    with pytest.raises(ValueError, match=r'params\.json is not valid JSON'):
+        _check_run_params(tmp_path, {'window': 2})
