@@ -1008,7 +1008,7 @@ def _check_run_params(output_dir, params):
     if f.exists():
         old = read_json(f, "fix it, or choose another output directory")
         if not isinstance(old, dict):
-            raise ValueError(f"{f} is not a JSON object; fix it, or choose another output directory")
+            raise ValueError(f"{f} is not a JSON object; fix it, or choose another output folder")
         diff = {k: (old.get(k), v) for k, v in params.items() if old.get(k) != v}
         if diff: raise ValueError(f"{output_dir} holds traces made with other settings (was, now): {diff}; "
                                   f"choose another output directory or delete it")
