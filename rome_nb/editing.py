@@ -62,6 +62,8 @@ def check_hparams(hp,              # a hyperparameter dataclass
             check_hparam(type(hp).__name__, f.name, getattr(hp, f.name), rules[f.name])
 
 # %% ../nbs/03_editing.ipynb #3bcd72d8
+from .files import read_json, write_text_atomic
+
 class HyperParams:
     "Base of the hyperparameter dataclasses: load from and save to JSON."
     @classmethod
@@ -76,8 +78,12 @@ class HyperParams:
 
     @classmethod
     def from_json(cls, fpath): # a JSON file, e.g. `hparams_path('ROME', 'gpt2-xl')`
-        "Load from a JSON file."
-        with open(fpath) as f: return cls.from_dict(json.load(f))
+        "Load from a JSON file (an error naming the file if it is not JSON or not an object)."
+        d = read_json(fpath, "fix it, or give another hyperparameters file")
+        if not isinstance(d, dict):
+            raise ValueError(f"{fpath} must hold a JSON object of hyperparameters, not a "
+                             f"{type(d).__name__}")
+        return cls.from_dict(d)
 
     def __post_init__(self):
         "Check the fields that have a rule in `HPARAM_RULES` (see below)."
@@ -85,8 +91,8 @@ class HyperParams:
 
     def to_dict(self): return asdict(self)
     def to_json(self, fpath): # where to write
-        "Save as an indented JSON file."
-        Path(fpath).write_text(json.dumps(self.to_dict(), indent=4) + '\n')
+        "Save as an indented JSON file, atomically."
+        write_text_atomic(json.dumps(self.to_dict(), indent=4) + '\n', fpath)
 
 # %% ../nbs/03_editing.ipynb #a6ba694f
 HPARAMS_DIR = Path(rome_nb.__file__).parent / 'hparams'

@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['ALG_DICT', 'DS_DICT', 'UnknownNameError', 'AlgRegistry', 'new_run_dir', 'write_json_atomic', 'case_file',
-           'finished_cases', 'weights_checksum', 'check_weights', 'dist_info', 'shard', 'agree_on_run_dir',
-           'load_model', 'toy_sources', 'load_sources', 'edit_and_score', 'evaluate', 'main']
+           'finished_cases', 'case_result_problem', 'weights_checksum', 'check_weights', 'dist_info', 'shard',
+           'agree_on_run_dir', 'load_model', 'toy_sources', 'load_sources', 'edit_and_score', 'evaluate', 'main']
 
 # %% ../nbs/42_evaluate.ipynb #6033750c
 import json, os, sys, time, shutil, importlib, inspect, warnings, dataclasses
@@ -77,14 +77,42 @@ def case_file(run_dir, case_id, num_edits=1): # run directory, case id, edits ap
     return Path(run_dir) / (f"case_{case_id}.json" if num_edits == 1 else f"{num_edits}_edits-case_{case_id}.json")
 
 def finished_cases(run_dir, num_edits=1): # run directory, edits applied at once
-    "Case ids whose result files in `run_dir` exist and hold valid JSON."
+    "Case ids whose result files in `run_dir` hold complete records (`case_result_problem`)."
     pat = "case_*.json" if num_edits == 1 else f"{num_edits}_edits-case_*.json"
     done = set()
     for f in Path(run_dir).glob(pat):
         if num_edits == 1 and not f.name.startswith('case_'): continue
-        try: done.add(int(json.loads(f.read_text())['case_id']))
-        except (ValueError, KeyError, TypeError): warnings.warn(f"{f} is not a valid result file; its case will be evaluated again")
+        try: cid = int(f.name[:-len('.json')].split('case_')[-1])
+        except ValueError: continue  # not one of ours (e.g. case_x.json)
+        try: why = case_result_problem(json.loads(f.read_text(encoding='utf-8')), cid, num_edits)
+        except (ValueError, OSError) as e: why = f"it is unreadable ({type(e).__name__})"
+        if why:
+            warnings.warn(f"{f} is not a complete result file ({why}); case {cid} will be "
+                          f"evaluated again")
+        else: done.add(cid)
     return done
+
+# %% ../nbs/42_evaluate.ipynb #a3421532
+def _is_num(x): return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+def case_result_problem(data,            # a case file's content
+                        case_id:int,     # the case id in the file's name
+                        num_edits:int=1): # edits applied at once
+    "What makes `data` not a complete result record for `case_id` (a string), or None if it is one."
+    if not isinstance(data, dict): return f"it holds a JSON {type(data).__name__}, not an object"
+    need = {'case_id': int, 'requested_rewrite': dict, 'time': None, 'post': dict}
+    need.update({'pre': dict} if num_edits == 1 else {'grouped_case_ids': list, 'num_edits': int})
+    for k, t in need.items():
+        if k not in data: return f"field {k!r} is missing"
+        v = data[k]
+        ok = _is_num(v) if t is None else isinstance(v, t) and not isinstance(v, bool)
+        if not ok: return f"field {k!r} has the wrong type ({type(data[k]).__name__})"
+    if data['case_id'] != case_id: return f"it holds case {data['case_id']}, not {case_id}"
+    if not data['post'] or (num_edits == 1 and not data['pre']): return "its scores are empty"
+    group = data.get('grouped_case_ids', [case_id])
+    if num_edits > 1 and (data['num_edits'] != num_edits or case_id not in group):
+        return "its num_edits or grouped_case_ids do not match"
+    return None
 
 # %% ../nbs/42_evaluate.ipynb #1f85b2c5
 @torch.no_grad()
@@ -188,7 +216,10 @@ def _prepare_run_dir(alg_dir, continue_from_run, info, rank, world_size):
         runs = sorted(p.name for p in alg_dir.iterdir() if p.is_dir()) if alg_dir.is_dir() else []
         raise FileNotFoundError(f"cannot continue run {continue_from_run!r}: {run_dir} does not exist; runs in {alg_dir}: {runs}")
     if (run_dir / 'run_info.json').exists():
-        old = json.loads((run_dir / 'run_info.json').read_text())
+        old = read_json(run_dir / 'run_info.json', "fix it, or start a new run")
+        if not isinstance(old, dict):
+            raise ValueError(f"{run_dir / 'run_info.json'} is not a JSON object; fix it, or start "
+                             f"a new run")
         diff = {k: (old.get(k), v) for k, v in info.items() if k in ('alg_name', 'model_name', 'ds_name', 'num_edits') and old.get(k) != v}
         if diff: raise ValueError(f"{run_dir} was run with other settings (was, now): {diff}; start a new run instead")
     return run_dir
@@ -208,6 +239,8 @@ def _save_params(run_dir, hparams, path):
         tmp = run_dir / f'.params.json.{os.getpid()}.tmp'; shutil.copyfile(path, tmp); os.replace(tmp, run_dir / 'params.json')
 
 # %% ../nbs/42_evaluate.ipynb #084d2f34
+from .files import read_json
+
 def _remove_stale_tmp(run_dir, ids, num_edits):
     "Temporary files that a killed run of this process's cases left behind."
     for i in ids:
@@ -216,7 +249,11 @@ def _remove_stale_tmp(run_dir, ids, num_edits):
 def _chunks(arr, n): return [arr[i:i + n] for i in range(0, len(arr), n)]
 
 def _check_records(records, kind, snips=None):
-    "Check every record before anything is edited: fields, unique case ids, snippets for the generation tests."
+    "Check every record before anything is edited: some records, fields, unique ids, snippets."
+    if not records:
+        raise ValueError("the dataset holds no records (an empty file, or dataset_size_limit 0); "
+                         "nothing to evaluate, and no run folder was made: give a dataset with "
+                         "records")
     ids = set()
     for i, r in enumerate(records):
         check_record(r, kind, i, generation=snips is not None)

@@ -317,6 +317,8 @@ def get_cov(model, tok, layer_name:str, hparams:MEMITHyperParams):
     return _COV_CACHE[key]
 
 # %% ../nbs/25_memit.ipynb #2770ee66
+from .files import atomic_path, arrays_digest
+
 def _z_cache_file(cache_template, layer, hparams, request, members=None):
     "The cache file of a request's target (`members`: the requests of its key group, when more than one)."
     members = members or [request]
@@ -327,17 +329,24 @@ def _z_cache_file(cache_template, layer, hparams, request, members=None):
     return Path(str(cache_template).format(layer, hparams.clamp_norm_factor, cid))
 
 def _load_z(path, width):
+    "A cached target: digest (if any), shape and values checked; None (with a warning) if unusable."
     try:
-        with np.load(path, allow_pickle=False) as d: z = torch.from_numpy(np.asarray(d['v_star'], dtype=np.float32))
+        with np.load(path, allow_pickle=False) as d: arrays = {k: d[k] for k in d.files}
+        digest = arrays.pop('rome_nb.digest', None)
+        if digest is not None and str(digest) != arrays_digest(arrays):
+            raise ValueError("its digest does not match")
+        z = torch.from_numpy(np.asarray(arrays['v_star'], dtype=np.float32))
         if z.shape != (width,): raise ValueError(f"shape {tuple(z.shape)}, expected ({width},)")
+        if not torch.isfinite(z).all(): raise ValueError("non-finite values")
         return z
     except Exception as e:
         warnings.warn(f"cannot read the cached target {path} ({e}); computing it again"); return None
 
 def _save_z(path, z):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.stem}.{os.getpid()}.tmp.npz')
-    np.savez(tmp, v_star=z.detach().float().cpu().numpy()); os.replace(tmp, path)
+    "Write a target to the cache, with a digest, atomically (the reference's key `v_star`)."
+    arrays = {'v_star': z.detach().float().cpu().numpy()}
+    arrays['rome_nb.digest'] = np.array(arrays_digest(arrays))
+    with atomic_path(path) as tmp: np.savez(tmp, **arrays)
 
 # %% ../nbs/25_memit.ipynb #c75e79da
 TIMING_PARTS = ('context_templates', 'covariance', 'z_optimisation', 'keys', 'update')

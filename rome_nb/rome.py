@@ -4,10 +4,10 @@
 
 # %% auto #0
 __all__ = ['FACT_TOKENS', 'KEY_MODES', 'CONTEXT_PROMPTS', 'MAX_COND', 'KL_PROMPTS', 'TIMING_PARTS', 'EDIT_FORMAT',
-           'MLPEditHyperParams', 'ROMEHyperParams', 'rome_templates', 'fill', 'fact_lookup_idx',
-           'get_context_templates', 'compute_keys', 'regularized_inverse', 'get_inv_cov', 'compute_key', 'compute_u',
-           'skip_lower_layers', 'compute_v', 'upd_matrix_match_shape', 'rank_one_update', 'execute_rome',
-           'apply_deltas', 'apply_rome_to_model', 'RomeEdit']
+           'EDIT_FORMATS_UNVERIFIED', 'MLPEditHyperParams', 'ROMEHyperParams', 'rome_templates', 'fill',
+           'fact_lookup_idx', 'get_context_templates', 'compute_keys', 'regularized_inverse', 'get_inv_cov',
+           'compute_key', 'compute_u', 'skip_lower_layers', 'compute_v', 'upd_matrix_match_shape', 'rank_one_update',
+           'execute_rome', 'apply_deltas', 'apply_rome_to_model', 'edit_digest', 'RomeEdit']
 
 # %% ../nbs/21_rome.ipynb #62a81e1f
 import json, time, copy as _copy, math, re, warnings, datetime, contextlib
@@ -451,6 +451,64 @@ def apply_rome_to_model(model, tok,
             if info is not None: info.append(ri)
     return model, (originals if return_orig_weights else {})
 
+# %% ../nbs/21_rome.ipynb #b870c96a
+from .files import atomic_path, arrays_digest, json_digest
+
+EDIT_FORMAT = 'rome_nb.edit/2'   # format 2 carries a digest of tensors and metadata
+EDIT_FORMATS_UNVERIFIED = ('rome_nb.edit/1',)  # older formats: read, with a warning (unverified)
+
+def edit_digest(meta:dict, tensors:dict): # metadata (without 'digest'), tensors by name
+    "SHA-256 of an edit file's metadata and tensors (names, dtypes, shapes, bytes)."
+    return 'sha256:' + json_digest({'meta': meta, 'tensors': arrays_digest(tensors)})
+
+def _read_edit_file(path):
+    "`(metadata, tensors)` of an edit file: format known, digest checked (older formats: a warning)"
+    from safetensors import safe_open
+    path = Path(path)
+    if not path.is_file(): raise FileNotFoundError(f"no edit file at {path}")
+    try:
+        with safe_open(str(path), framework='pt') as f:
+            meta, tensors = dict(f.metadata() or {}), {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:
+        why = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        raise ValueError(f"{path} is not a readable edit file ({why}); it is damaged or of "
+                         f"another kind: compute and save the edit again") from None
+    fmt = meta.get('format')
+    if fmt == EDIT_FORMAT:
+        if meta.pop('digest', None) != edit_digest(meta, tensors):
+            raise ValueError(f"{path} fails its digest check: its tensors or metadata changed "
+                             f"after it was saved; do not use it, compute and save the edit again")
+    elif fmt in EDIT_FORMATS_UNVERIFIED:
+        warnings.warn(f"{path} is an edit file of the old format {fmt!r}, which has no digest: "
+                      f"it was loaded unverified; save it again (RomeEdit.save) to add one")
+    else:
+        raise ValueError(f"{path} is not a rome_nb edit file (format {fmt!r}, expected "
+                         f"{EDIT_FORMAT!r})")
+    return meta, tensors
+
+# %% ../nbs/21_rome.ipynb #6b8cdca2
+def _edit_fields(path, meta, tensors):
+    "The fields of a `RomeEdit` from an edit file's metadata and tensors, checked for consistency."
+    out = {}
+    for k in ('request', 'hparams', 'model_name', 'layers', 'weights'):
+        try: out[k] = json.loads(meta[k])
+        except (KeyError, TypeError, json.JSONDecodeError):
+            raise ValueError(f"{path}: metadata field {k!r} is missing or not JSON; compute "
+                             f"and save the edit again") from None
+    names = out.pop('weights')
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"{path}: metadata field 'weights' must list weight names: {names!r}")
+    expected = {f'{p}.{n}' for n in names for p in 'uv'}
+    if set(tensors) != expected:
+        raise ValueError(f"{path}: its tensors {sorted(tensors)} do not match its weights {names}; "
+                         f"compute the edit again")
+    for k, t in tensors.items():
+        if t.dim() != 1 or not t.is_floating_point() or not torch.isfinite(t).all():
+            raise ValueError(f"{path}: tensor {k!r} must be a finite float vector "
+                             f"(shape {tuple(t.shape)}, {t.dtype})")
+    out['deltas'] = {n: (tensors[f'u.{n}'], tensors[f'v.{n}']) for n in names}
+    return out
+
 # %% ../nbs/21_rome.ipynb #d41f086c
 def _same_model_name(a, b):
     "Whether two model names (hub names, directories or aliases such as 'toy') name the same model."
@@ -460,8 +518,6 @@ def _same_model_name(a, b):
     return norm(a) == norm(b)
 
 # %% ../nbs/21_rome.ipynb #a1c3eb5c
-EDIT_FORMAT = 'rome_nb.edit/1'
-
 @dataclass
 class RomeEdit:
     "One ROME edit: the request, and per rewritten weight the vectors u and v, with what is needed to re-apply it."
@@ -479,30 +535,25 @@ class RomeEdit:
         return cls(check_request(request), deltas, hparams.to_dict(), name, sorted(hparams.layers))
 
     def save(self, path):
-        "Write a safetensors file (tensors `u.<weight>`, `v.<weight>`; metadata as JSON strings), atomically."
+        "Write a safetensors file (`u.<weight>`, `v.<weight>`, JSON metadata, digest), atomically."
         from safetensors.torch import save_file
         tensors = {}
         for n, (u, v) in self.deltas.items():
-            tensors[f'u.{n}'] = u.detach().float().cpu().contiguous(); tensors[f'v.{n}'] = v.detach().float().cpu().contiguous()
+            tensors[f'u.{n}'] = u.detach().float().cpu().contiguous()
+            tensors[f'v.{n}'] = v.detach().float().cpu().contiguous()
         meta = {'format': EDIT_FORMAT, 'request': json.dumps(self.request), 'hparams': json.dumps(self.hparams),
                 'model_name': json.dumps(self.model_name), 'layers': json.dumps(self.layers),
                 'weights': json.dumps(list(self.deltas)), 'rome_nb_version': rome_nb.__version__,
                 'created': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}
-        path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f'.{path.name}.tmp')
-        save_file(tensors, str(tmp), metadata=meta); tmp.replace(path)
-        return path
+        meta['digest'] = edit_digest(meta, tensors)
+        with atomic_path(path) as tmp: save_file(tensors, str(tmp), metadata=meta)
+        return Path(path)
 
     @classmethod
     def load(cls, path):
-        "Read an edit file written by `save`."
-        from safetensors import safe_open
-        with safe_open(str(path), framework='pt') as f:
-            meta = f.metadata() or {}
-            if meta.get('format') != EDIT_FORMAT: raise ValueError(f"{path} is not a rome_nb edit file (format {meta.get('format')!r})")
-            names = json.loads(meta['weights'])
-            deltas = {n: (f.get_tensor(f'u.{n}'), f.get_tensor(f'v.{n}')) for n in names}
-        return cls(json.loads(meta['request']), deltas, json.loads(meta['hparams']), json.loads(meta['model_name']), json.loads(meta['layers']))
+        "Read an edit file written by `save`; a damaged or changed file is an error (digest)."
+        f = _edit_fields(path, *_read_edit_file(path))
+        return cls(f['request'], f['deltas'], f['hparams'], f['model_name'], f['layers'])
 
     def apply(self, model):
         "Add the edit to `model`; returns the original weights (for `restore_weights` / `revert`)."

@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['STAT_TYPES', 'HF_DATASETS', 'MAX_LEN', 'STATS_DIR', 'REMOTE_ROOT_URL', 'SecondMoment', 'Mean', 'NormMean',
            'CombinedStat', 'make_stat', 'dataset_texts', 'model_max_len', 'pack_batches', 'as_btd', 'collect_batch',
-           'weights_fingerprint', 'tokenizer_fingerprint', 'stats_filename', 'save_stats', 'read_stats', 'layer_stats',
-           'main']
+           'weights_fingerprint', 'tokenizer_fingerprint', 'stats_filename', 'check_stat_arrays', 'save_stats',
+           'read_stats', 'layer_stats', 'main']
 
 # %% ../nbs/20_stats.ipynb #82c6d722
 import os, re, json, time, hashlib, warnings, itertools, zipfile, urllib.request
@@ -99,6 +99,8 @@ def make_stat(to_collect): # names among `STAT_TYPES`
     return CombinedStat(**{k: STAT_TYPES[k]() for k in to_collect})
 
 # %% ../nbs/20_stats.ipynb #b62d9ae2
+from .files import read_json
+
 HF_DATASETS = {'wikipedia': ('wikimedia/wikipedia', '20231101.en'), 'wikitext': ('Salesforce/wikitext', 'wikitext-103-raw-v1')}
 _TEXT_EXTS = ('.txt', '.raw', '.text', '.tokens', '.json', '.jsonl')
 
@@ -123,16 +125,21 @@ def _file_texts(f):
         if isinstance(o, dict) and isinstance(o.get('text'), str): return o['text']
         raise ValueError(f"{f}: expected strings or objects with a 'text' field, got {type(o).__name__}")
     if f.suffix.lower() == '.json':
-        data = json.loads(f.read_text(encoding='utf-8'))
+        data = read_json(f, "give a JSON list of texts (or of objects with a 'text' field)")
         if isinstance(data, dict) and 'text' in data: data = data['text']
         if not isinstance(data, list): raise ValueError(f"{f}: expected a JSON list of texts")
         yield from (t for t in map(item, data) if t.strip())
     elif f.suffix.lower() == '.jsonl':
-        with open(f, encoding='utf-8') as fh:
-            for line in fh:
-                if line.strip():
-                    t = item(json.loads(line))
-                    if t.strip(): yield t
+        with open(f, 'rb') as fh:
+            for i, raw in enumerate(fh, 1):
+                try: line = raw.decode('utf-8')
+                except UnicodeDecodeError:
+                    raise ValueError(f"{f}, line {i}: not UTF-8; convert it to UTF-8") from None
+                if not line.strip(): continue
+                try: t = item(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{f}, line {i}: not JSON ({e.msg}); fix the line") from None
+                if t.strip(): yield t
     else:
         with open(f, encoding='utf-8', errors='replace') as fh:
             for line in fh:
@@ -295,49 +302,103 @@ def stats_filename(stats_dir, model_label:str, ds_id:str, layer_name:str, to_col
     ds = re.sub(r'[^A-Za-z0-9_.@-]', '_', str(ds_id))
     return Path(stats_dir) / model_label / f'{ds}_stats' / f"{layer_name}_{precision}_{'-'.join(sorted(to_collect))}{suffix}.npz"
 
+# %% ../nbs/20_stats.ipynb #3abdf6f4
+from .files import atomic_path, arrays_digest, warn_once
+
+def _psd_problem(M:torch.Tensor, tol:float):
+    "Why the symmetric-looking float64 matrix `M` is not a second moment (None if it may be one)."
+    scale = float(M.abs().max())
+    if scale == 0: return "its second moment is zero"
+    if float((M - M.T).abs().max()) > tol * scale: return "its second moment is not symmetric"
+    if bool((M.diagonal() < 0).any()): return "its second moment has negative diagonal entries"
+    v = torch.ones(len(M), dtype=M.dtype)  # power iteration (fixed start): the largest eigenvalue
+    for _ in range(50): v = M @ v; v = v / v.norm().clamp_min(1e-300)
+    lam = max(float(v @ M @ v), float(M.diagonal().max()))
+    _, info = torch.linalg.cholesky_ex((M + M.T) / 2 + tol * lam * torch.eye(len(M), dtype=M.dtype))
+    if int(info) != 0:
+        return (f"its second moment is not positive semi-definite "
+                f"(to {tol:g} of its largest eigenvalue)")
+    return None
+
+def check_stat_arrays(arrays:dict, # a statistics file's arrays ('mom2.mom2', 'mom2.count', ...)
+                      to_collect,  # the statistics in it
+                      tol:float=1e-4): # tolerance, relative to the largest eigenvalue
+    "Why `arrays` cannot be statistics of real keys, or None: counts, symmetry, PSD, means."
+    counts = {int(np.asarray(arrays[f'{k}.count'])) for k in to_collect}
+    if len(counts) > 1: return f"its counts differ ({sorted(counts)})"
+    n, M = counts.pop(), None
+    if 'mom2' in to_collect:
+        M = torch.from_numpy(np.asarray(arrays['mom2.mom2'], dtype=np.float64)) / n
+        if (why := _psd_problem(M, tol)): return why
+    tr = float(M.trace()) * (1 + tol) if M is not None else None
+    mu = np.asarray(arrays['mean.sum'], dtype=np.float64) / n if 'mean' in to_collect else None
+    if mu is not None and tr is not None and float(mu @ mu) > tr:
+        return "its mean is larger than its second moment allows"
+    if 'norm_mean' in to_collect:
+        nm = float(np.asarray(arrays['norm_mean.sum'], dtype=np.float64).reshape(-1)[0]) / n
+        if nm < 0 or (tr is not None and nm * nm > tr):
+            return "its mean norm is negative or larger than its second moment allows"
+        if mu is not None and float(np.linalg.norm(mu)) > nm * (1 + tol):
+            return "its mean is longer than its mean norm"
+    return None
+
 # %% ../nbs/20_stats.ipynb #b09fdce0
+_DIGEST = 'rome_nb.digest'
+
 def _save_npz(path, arrays:dict):
     "Write `arrays` to `path` atomically (temporary file, then rename)."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    try:
+    with atomic_path(path) as tmp:
         with open(tmp, 'wb') as f: np.savez(f, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists(): tmp.unlink()
 
 def save_stats(path, stat:CombinedStat, key:dict=None, dtype=np.float64, **extra):
-    "Save `stat` (and its `key` as JSON) to `path`, atomically, without pickle."
+    "Save `stat` (and its `key` as JSON) to `path`: atomically, without pickle, with a digest."
     arrays = stat.state_dict(dtype)
     if key is not None: arrays['rome_nb.key'] = np.array(json.dumps(key, sort_keys=True))
     arrays.update({k: np.asarray(v) for k, v in extra.items()})
+    arrays[_DIGEST] = np.array(arrays_digest(arrays))
     _save_npz(path, arrays)
 
-def read_stats(path, to_collect=('mom2',), key:dict=None, width:int=None):
-    "Load a statistics file (ours or the reference's); `(stat, None)` if valid, else `(None, reason)`."
-    try:
-        with open(path, 'rb') as fh, np.load(fh, allow_pickle=False) as z:
-            names = set(z.files)
-            if key is not None and 'rome_nb.key' in names:
-                found = json.loads(str(z['rome_nb.key']))
-                diff = {k: (found.get(k), v) for k, v in key.items() if found.get(k) != v}
-                if diff: return None, f"it was computed for different settings {diff}"
-            need = [f'{k}.{f}' for k in to_collect for f in ('count',) + STAT_TYPES[k].fields]
-            missing = [n for n in need if n not in names]
-            if missing: return None, f"it lacks the arrays {missing}"
-            arrays = {n: z[n] for n in need}
+def _npz_arrays(path, to_collect, key):
+    "`(arrays, digest, None)` of a statistics file (all if it has a digest), or `(None, None, why)`"
+    with open(path, 'rb') as fh, np.load(fh, allow_pickle=False) as z:
+        names = set(z.files)
+        if key is not None and 'rome_nb.key' in names:
+            found = json.loads(str(z['rome_nb.key']))
+            diff = {k: (found.get(k), v) for k, v in key.items() if found.get(k) != v}
+            if diff: return None, None, f"it was computed for different settings {diff}"
+        need = [f'{k}.{f}' for k in to_collect for f in ('count',) + STAT_TYPES[k].fields]
+        missing = [n for n in need if n not in names]
+        if missing: return None, None, f"it lacks the arrays {missing}"
+        digest = str(z[_DIGEST]) if _DIGEST in names else None
+        return {n: z[n] for n in (names - {_DIGEST} if digest else need)}, digest, None
+
+def read_stats(path, to_collect=('mom2',), key:dict=None, width:int=None,
+               require_digest:bool=False): # refuse a file without a digest (e.g. a checkpoint)
+    "`(stat, None)` from a statistics file (digest or plausibility checked), or `(None, why)`."
+    try: arrays, digest, why = _npz_arrays(path, to_collect, key)
     except FileNotFoundError: return None, "it does not exist"
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, json.JSONDecodeError) as e:
         return None, f"it is unreadable ({type(e).__name__}: {e})"
+    if why: return None, why
+    if digest is not None and digest != arrays_digest(arrays):
+        return None, "its digest does not match its contents: the file was damaged or changed"
+    if digest is None and require_digest: return None, "it has no digest"
     for k in to_collect:
         c = np.asarray(arrays[f'{k}.count'])
-        if c.size != 1 or int(c) <= 0: return None, f"{k}.count is {c}"
+        if c.size != 1 or c.dtype.kind not in 'iu' or int(c) <= 0: return None, f"{k}.count is {c}"
         for f in STAT_TYPES[k].fields:
             a = arrays[f'{k}.{f}']
             if a.dtype.kind != 'f': return None, f"{k}.{f} has dtype {a.dtype}"
             if not np.isfinite(a).all(): return None, f"{k}.{f} has non-finite values"
             if k == 'mom2' and (a.ndim != 2 or a.shape[0] != a.shape[1] or (width and a.shape[0] != width)):
                 return None, f"{k}.{f} has shape {a.shape}, expected ({width}, {width})"
+    if digest is None:
+        if (why := check_stat_arrays(arrays, to_collect)):
+            return None, f"it has no digest and {why}"
+        warn_once(('rome_nb.stats', str(Path(path).resolve())),
+                  f"{path} was read unverified: it has no rome_nb digest (a reference file, or one "
+                  f"written before digests); it passed the checks that can be made (counts, "
+                  f"symmetric, positive semi-definite)")
     return make_stat(list(to_collect)).load_state_dict(arrays), None
 
 # %% ../nbs/20_stats.ipynb #10a910e5
@@ -380,11 +441,16 @@ def _compute(model, tokenizer, layer_name, texts, stat, path, key, sample_size, 
     part = path.with_name(path.name[:-4] + '.partial.npz')
     done = 0
     if part.exists():
-        got, why = read_stats(part, list(stat.keys()), key)
+        got, why = read_stats(part, list(stat.keys()), key, require_digest=True)
         if got is not None:
             with np.load(part, allow_pickle=False) as z: done = int(z['rome_nb.texts_done'])
+            if done < 0 or (sample_size is not None and done > sample_size):
+                got, why = None, f"it says {done} texts are done"
+        if got is not None:
             stat = got; print(f"resuming from {part.name}: {done} texts done")
-        else: print(f"ignoring checkpoint {part.name}: {why}")
+        else:
+            done = 0
+            warnings.warn(f"ignoring the checkpoint {part}: {why}; computing from the start")
     texts = itertools.islice(texts, done, sample_size)
     total = (sample_size - done) if sample_size is not None else None
     bar = progress(total=total, desc=f"stats {layer_name}", unit='text') if progress else None

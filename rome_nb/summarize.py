@@ -45,16 +45,30 @@ def case_files(run_dir): # a run directory
     fs = [f for f in Path(run_dir).glob("*case_*.json") if f.name.split("_")[-1][:-5].isdigit()]
     return sorted(fs, key=lambda f: int(f.name.split("_")[-1][:-5]))
 
+def _case_row(f, first_n_cases):
+    "`(row or None, problem or None)` for one case file (None, None: outside `first_n_cases`)."
+    try: data = json.loads(f.read_text(encoding='utf-8'))
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+        return None, f"could not decode {f} ({e})"
+    cid = data.get('case_id') if isinstance(data, dict) else None
+    if not isinstance(cid, int) or isinstance(cid, bool):
+        what = f"a JSON {type(data).__name__}" if not isinstance(data, dict) else f"case_id {cid!r}"
+        return None, f"{f} is not a result file (it holds {what})"
+    if first_n_cases is not None and cid >= first_n_cases: return None, None
+    try: return case_metrics(data), None
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
+        return None, f"{f} has malformed scores ({type(e).__name__}: {e})"
+
 def read_run(run_dir, first_n_cases:int=None): # a run directory; keep cases with id < first_n_cases
-    "One row of `case_metrics` per case file of `run_dir`, indexed by case id."
-    rows = []
+    "A row of `case_metrics` per case file of `run_dir`, by case id (skipped: `attrs['skipped']`)."
+    rows, skipped = [], []
     for f in case_files(run_dir):
-        try: data = json.loads(f.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            warnings.warn(f"could not decode {f} ({e}); skipping it"); continue
-        if first_n_cases is not None and data["case_id"] >= first_n_cases: continue
-        rows.append(case_metrics(data))
-    return pd.DataFrame(rows).set_index("case_id") if rows else pd.DataFrame()
+        row, why = _case_row(f, first_n_cases)
+        if why: warnings.warn(f"{why}; skipping it"); skipped.append(str(f))
+        if row is not None: rows.append(row)
+    df = pd.DataFrame(rows).set_index("case_id") if rows else pd.DataFrame()
+    df.attrs['skipped'] = skipped
+    return df
 
 # %% ../nbs/43_summarize.ipynb #63bf8ea0
 COLUMNS = {"ES": ("rewrite_success", 100), "EM": ("rewrite_diff", 100), "PS": ("paraphrase_success", 100),

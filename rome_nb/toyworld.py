@@ -362,15 +362,25 @@ def _train_loop(model, tok, world, data, cfg, log, progress):
             bar.set_postfix(loss=f"{loss.item():.3f}", recall=f"{ev['train']:.2f}", para=f"{ev['paraphrase']:.2f}")
 
 # %% ../nbs/02_toyworld.ipynb #a1a5ad5f
+from .files import read_json
+
 def load_world(path=None): # a model directory with world.json, or the JSON file (default: the packaged toy model's)
     "The `ToyWorld` saved with a toy model."
     p = Path(path) if path is not None else TOY_DIR
     if p.is_dir(): p = p / 'world.json'
     if not p.exists():
-        raise FileNotFoundError(f"{p} does not exist: the toy model is missing. Retrain it with "
-                                "`rome_nb_toy_train --overwrite_packaged` "
-                                f"(or reinstall the package, which ships it in {TOY_DIR})")
-    return world_from_dict(json.loads(p.read_text()))
+        old = p.parent.with_name(f".{p.parent.name}.old")
+        hint = (f"; a retraining was interrupted: {old} holds the previous model (rename it back)"
+                if old.is_dir() else '')
+        raise FileNotFoundError(f"{p} does not exist: the toy model is missing. Retrain it with `rome_nb_toy_train --overwrite_packaged` "
+                                f"(or reinstall the package, which ships it in {TOY_DIR}){hint}")
+    hint = ("retrain the toy model with `rome_nb_toy_train --out_dir <folder>`, "
+            "or reinstall the package")
+    d = read_json(p, hint)
+    try: return world_from_dict(d)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        why = f"{type(e).__name__}: {str(e)[:80]}"
+        raise ValueError(f"{p} is not a toy world ({why}); {hint}") from None
 
 def load_toy(path=None,   # toy model directory (default: the packaged one, `TOY_DIR`)
              device=None): # where to put the model (default: CPU)
@@ -382,7 +392,8 @@ def load_toy(path=None,   # toy model directory (default: the packaged one, `TOY
 
 def toy_train_log(path=None): # toy model directory (default: the packaged one)
     "The training log saved with a toy model."
-    return json.loads((Path(path or TOY_DIR) / 'train_log.json').read_text())
+    hint = "retrain the toy model to write a new one"
+    return read_json(Path(path or TOY_DIR) / 'train_log.json', hint)
 
 # %% ../nbs/02_toyworld.ipynb #945ba470
 def plot_train_log(log:dict, ax=None): # a training log, an optional pair of axes

@@ -765,6 +765,8 @@ def calculate_hidden_flow(mt, prompt:str, subject:str, samples:int=10, noise='s3
                                expect, target, subjects, engine, max_rows)[_norm_kind(kind)]
 
 # %% ../nbs/10_tracing.ipynb #79423bd2
+from .files import atomic_path
+
 _CMAPS = {None: 'Purples', 'mlp': 'Greens', 'attn': 'Reds'}
 _KIND_NAMES = {'mlp': 'MLP', 'attn': 'Attn'}
 _PAPER_RC = {'font.family': 'serif', 'font.serif': ['Times New Roman', 'Times', 'Nimbus Roman', 'DejaVu Serif']}
@@ -778,7 +780,9 @@ def _finish(fig, savepdf):
     import matplotlib.pyplot as plt
     if savepdf:
         if os.path.dirname(savepdf): os.makedirs(os.path.dirname(savepdf), exist_ok=True)
-        fig.savefig(savepdf, bbox_inches='tight'); plt.close(fig)
+        with atomic_path(savepdf) as tmp:  # the suffix (the format) is kept
+            fig.savefig(tmp, bbox_inches='tight')
+        plt.close(fig)
     else: plt.show()
 
 def _layer_ticks(ax, n):
@@ -953,42 +957,65 @@ def known_facts(knowns): # a `KnownsDataset`, a list of records, or the path of 
     return out
 
 # %% ../nbs/10_tracing.ipynb #c2a6ced6
+import zipfile
+from .files import atomic_path, arrays_digest, read_json
+
 def _to_numpy(v):
     if torch.is_tensor(v): return v.detach().cpu().numpy()
     if v is None: return np.array('')
     return np.asarray(v)
 
 def save_trace(path, result:dict):
-    "Save a trace result as .npz at `path`, atomically (temporary file, then rename)."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f'.tmp{os.getpid()}')
-    try:
-        with open(tmp, 'wb') as f: np.savez(f, **{k: _to_numpy(v) for k, v in result.items()})
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists(): tmp.unlink()
+    "Save a trace result as .npz at `path`, with a digest of its arrays, atomically."
+    arrays = {k: _to_numpy(v) for k, v in result.items()}
+    arrays['rome_nb.digest'] = np.array(arrays_digest(arrays))
+    with atomic_path(path) as tmp:
+        with open(tmp, 'wb') as f: np.savez(f, **arrays)
 
 def load_trace(path):
-    "A trace result saved by `save_trace` (or by the reference), with strings and numbers as Python values."
-    with np.load(path, allow_pickle=False) as z: d = {k: z[k] for k in z.files}
+    "A trace result saved by `save_trace` (digest checked) or the reference, as Python values."
+    try:
+        with np.load(path, allow_pickle=False) as z: d = {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+        why = f"{type(e).__name__}: {str(e)[:100]}"
+        raise ValueError(f"{path} is not a readable trace result ({why}); trace again") from None
+    digest = d.pop('rome_nb.digest', None)
+    if digest is not None and str(digest) != arrays_digest(d):
+        raise ValueError(f"{path} fails its digest check (damaged or changed); trace again")
+    if not {'scores', 'correct_prediction'} & set(d):
+        raise ValueError(f"{path} holds neither 'scores' nor 'correct_prediction': not a trace "
+                         f"result; delete it and trace again")
     for k in ('answer', 'kind', 'expect', 'low_score', 'high_score', 'window', 'correct_prediction'):
         if k in d and d[k].ndim == 0: d[k] = d[k].item()
     if 'input_tokens' in d: d['input_tokens'] = [str(t) for t in d['input_tokens']]
     if 'subject_range' in d: d['subject_range'] = tuple(int(x) for x in d['subject_range'])
     return d
 
+def _cached_traces(paths:dict, kinds):
+    "The readable cached results among `paths` (kind -> file); others are left out (a warning)."
+    out = {}
+    for k in kinds:
+        if k not in paths or not paths[k].exists(): continue
+        try: out[k] = load_trace(paths[k])
+        except ValueError as e: warnings.warn(f"{e}; tracing it again")
+    return out
+
 # %% ../nbs/10_tracing.ipynb #780372b4
+from .files import write_text_atomic
+
 def _check_run_params(output_dir, params):
     "Record the settings of a run in `output_dir/params.json`; refuse to mix cases made with other settings."
     f = Path(output_dir) / 'params.json'
     if f.exists():
-        old = json.loads(f.read_text())
+        old = read_json(f, "fix it, or choose another output directory")
+        if not isinstance(old, dict):
+            raise ValueError(f"{f} is not a JSON object; fix it, or choose another output folder")
         diff = {k: (old.get(k), v) for k, v in params.items() if old.get(k) != v}
         if diff: raise ValueError(f"{output_dir} holds traces made with other settings (was, now): {diff}; "
                                   f"choose another output directory or delete it")
     else:
         f.parent.mkdir(parents=True, exist_ok=True)
-        tmp = f.with_name(f'.params.{os.getpid()}.tmp'); tmp.write_text(json.dumps(params, indent=1)); os.replace(tmp, f)
+        write_text_atomic(json.dumps(params, indent=1), f)
 
 # %% ../nbs/10_tracing.ipynb #cef0adbb
 def trace_knowns(mt, knowns, output_dir=None, kinds=(None, 'mlp', 'attn'), noise='s3', replace=False, uniform_noise=False,
@@ -1009,7 +1036,7 @@ def trace_knowns(mt, knowns, output_dir=None, kinds=(None, 'mlp', 'attn'), noise
     for n, fact in enumerate(tqdm(knowns[:limit], disable=not verbose, desc='tracing')):
         kid = fact['known_id']
         path = {k: cases / f'knowledge_{kid}{_kind_suffix(k)}.npz' for k in kinds} if cases else {}
-        res = {k: load_trace(path[k]) for k in kinds if cases and path[k].exists()}
+        res = _cached_traces(path, kinds)  # a damaged cached case is traced again
         todo = [k for k in kinds if k not in res]
         if todo:
             try:
