@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 from .nethook import Trace, TraceDict, get_module, get_parameter, set_requires_grad, untuple, retuple
 from .models import model_arch, make_inputs, pad_token_id, target_logprobs
-from .stats import layer_stats, STATS_DIR, _model_label, as_btd
+from .stats import layer_stats, STATS_DIR, model_label, as_btd
 from .cli import command
 from .editing import (HyperParams, hparams_path, restore_weights, check_requests, add_to_weights,
                              all_or_nothing, tentative_weights)
@@ -308,7 +308,7 @@ def get_cov(model, tok, layer_name:str, hparams:MEMITHyperParams):
     if not hparams.mom2_adjustment:
         return torch.eye(get_parameter(model, f'{layer_name}.weight').shape[0 if model_arch(model).weight_orientation == 'in_out' else 1], device=dev)
     ds = hparams.mom2_dataset
-    key = (*_model_label(model, tok, layer_name), layer_name, ds if isinstance(ds, str) else f"texts{hash(tuple(ds))}",
+    key = (*model_label(model, tok, layer_name), layer_name, ds if isinstance(ds, str) else f"texts{hash(tuple(ds))}",
            hparams.mom2_n_samples, hparams.mom2_dtype, str(hparams.stats_dir))
     if key not in _COV_CACHE:
         stat = layer_stats(model, tok, layer_name, hparams.stats_dir or STATS_DIR, ds, to_collect=['mom2'],

@@ -19,7 +19,7 @@ import rome_nb
 from .nethook import Trace, TraceDict, get_module, get_parameter, set_requires_grad, untuple, retuple
 from .models import (model_arch, make_inputs, find_token_range, target_token_ids, generate_fast, pad_token_id,
                             target_logprobs, ModelAndTokenizer, resolve_model_name, MODEL_ALIASES, token_char_ends)
-from .stats import layer_stats, STATS_DIR, _model_label, as_btd
+from .stats import layer_stats, STATS_DIR, model_label, as_btd
 from .editing import (HyperParams, hparams_path, list_hparams, restore_weights, check_request,
                              check_requests, add_to_weights, all_or_nothing, tentative_weights)
 
@@ -166,7 +166,7 @@ _INV_MOM2_CACHE = {}
 
 def get_inv_cov(model, tok, layer_name:str, mom2_dataset, mom2_n_samples, mom2_dtype, stats_dir=None, max_cond=MAX_COND):
     "C^-1 for the inputs of `layer_name` (float32, on the model's device), from cached statistics, kept in memory."
-    key = (*_model_label(model, tok, layer_name), layer_name, str(mom2_dataset), mom2_n_samples, mom2_dtype, str(stats_dir), max_cond)
+    key = (*model_label(model, tok, layer_name), layer_name, str(mom2_dataset), mom2_n_samples, mom2_dtype, str(stats_dir), max_cond)
     if key not in _INV_MOM2_CACHE:
         stat = layer_stats(model, tok, layer_name, stats_dir or STATS_DIR, mom2_dataset, to_collect=['mom2'],
                            sample_size=mom2_n_samples, precision=mom2_dtype)

@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['STAT_TYPES', 'HF_DATASETS', 'MAX_LEN', 'STATS_DIR', 'REMOTE_ROOT_URL', 'SecondMoment', 'Mean', 'NormMean',
            'CombinedStat', 'make_stat', 'dataset_texts', 'model_max_len', 'pack_batches', 'as_btd', 'collect_batch',
-           'weights_fingerprint', 'tokenizer_fingerprint', 'stats_filename', 'check_stat_arrays', 'save_stats',
-           'read_stats', 'layer_stats', 'main']
+           'weights_fingerprint', 'tokenizer_fingerprint', 'model_label', 'stats_filename', 'check_stat_arrays',
+           'save_stats', 'read_stats', 'layer_stats', 'main']
 
 # %% ../nbs/20_stats.ipynb #82c6d722
 import os, re, json, time, hashlib, warnings, itertools, zipfile, urllib.request
@@ -284,7 +284,7 @@ def tokenizer_fingerprint(tokenizer):
     return _sha(type(tokenizer).__name__, len(tokenizer), ids)[:8]
 
 # %% ../nbs/20_stats.ipynb #f041455f
-def _model_label(model, tokenizer, layer_name, model_name=None, revision=None):
+def model_label(model, tokenizer, layer_name, model_name=None, revision=None):
     "`(directory name, weights fingerprint or None)` for `model`'s statistics: a hub name (and revision) as is; otherwise a name, a tokenizer hash and a weights fingerprint."
     if model_name is not None: return str(model_name).replace('/', '_') + (f"@{revision}" if revision else ''), None
     src = getattr(getattr(model, 'config', None), '_name_or_path', '') or ''
@@ -430,7 +430,7 @@ def _layer_width(model, layer_name):
     return w.shape[0] if type(get_module(model, layer_name)).__name__ == 'Conv1D' else w.shape[1]
 
 def _stats_key(model, tokenizer, layer_name, ds_id, to_collect, sample_size, precision, maxlen, model_name, revision):
-    label, wfp = _model_label(model, tokenizer, layer_name, model_name, revision)
+    label, wfp = model_label(model, tokenizer, layer_name, model_name, revision)
     return dict(format='rome_nb.stats/1', model=label, weights=wfp, layer=layer_name, dataset=ds_id, to_collect=sorted(to_collect), sample_size=sample_size,
                 precision=precision, maxlen=maxlen)
 
