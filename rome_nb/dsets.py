@@ -28,23 +28,31 @@ class DataFileMissing(FileNotFoundError):
     "A data file that is neither on disk nor downloadable; the message says where to put it."
 
 def download_file(url:str,   # address to fetch
-                  dest,      # file to write (its folder is created)
+                  dest,      # file to write (its folder is made once the server answers)
                   timeout:float=60, # seconds to wait for the server
                   progress:bool=True): # show a progress bar for large files
     "Download `url` to `dest` atomically (temporary file, then rename)."
-    from tqdm.auto import tqdm
-    dest = Path(dest); dest.parent.mkdir(parents=True, exist_ok=True)
+    dest = Path(dest)
     tmp = dest.with_name(f'.{dest.name}.{os.getpid()}.part')
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r, open(tmp, 'wb') as f:
-            total = int(r.headers.get('Content-Length') or 0)
-            with tqdm(total=total or None, unit='B', unit_scale=True, desc=dest.name,
-                      disable=not progress or total < 10_000_000) as bar:
-                while chunk := r.read(1 << 20):
-                    f.write(chunk); bar.update(len(chunk))
+        # the folder is made only once the server answers: a failed download leaves nothing behind
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            _copy_response(r, tmp, dest.name, progress)
         os.replace(tmp, dest)
     finally: tmp.unlink(missing_ok=True)
     return dest
+
+def _copy_response(r, tmp, name, progress):
+    "Copy an open HTTP response into the file `tmp`, with a progress bar for large files."
+    from tqdm.auto import tqdm
+    total = int(r.headers.get('Content-Length') or 0)
+    off = not progress or total < 10_000_000
+    with open(tmp, 'wb') as f, tqdm(total=total or None, unit='B', unit_scale=True, desc=name,
+                                   disable=off) as bar:
+        while chunk := r.read(1 << 20):
+            f.write(chunk)
+            bar.update(len(chunk))
 
 # %% ../nbs/40_dsets.ipynb #205d4066
 from .files import read_json, write_text_atomic

@@ -530,7 +530,8 @@ def main(bench:bool=False,        # run `memit_benchmark` on the toy model and p
     lams = [float(x) for x in lambdas.split(',')] if lambdas else None
     tab = memit_benchmark(n, hp, False if no_rome else None, with_memit=not no_memit, lambdas=lams)
     print(tab.round(2).to_string())
-    if out: Path(out).parent.mkdir(parents=True, exist_ok=True); tab.to_csv(out)
+    if out:
+        with atomic_path(out) as tmp: tab.to_csv(tmp)
     return tab
 
 # %% ../nbs/25_memit.ipynb #7dedfbdc

@@ -509,3 +509,11 @@ def test_trace_run_params_checked(tmp_path):
     (tmp_path / 'params.json').write_text('{"window": ')
     with pytest.raises(ValueError, match=r'params\.json is not valid JSON'):
         _check_run_params(tmp_path, {'window': 2})
+
+
+def test_failed_download_leaves_no_folder(tmp_path):
+    "A download whose server never answers makes no folder and no partial file (port 9: nothing listens)."
+    from rome_nb.dsets import download_file
+    dest = tmp_path / 'new' / 'cf.json'
+    with pytest.raises(OSError): download_file('http://127.0.0.1:9/cf.json', dest, timeout=5, progress=False)
+    assert not (tmp_path / 'new').exists()
