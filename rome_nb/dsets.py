@@ -55,7 +55,7 @@ def _copy_response(r, tmp, name, progress):
             bar.update(len(chunk))
 
 # %% ../nbs/40_dsets.ipynb #205d4066
-from .files import read_json, write_text_atomic
+from .files import read_json, write_text_atomic, atomic_path
 
 def _download_record(path): return Path(path).with_name(f'.{Path(path).name}.download.json')
 
@@ -351,10 +351,10 @@ def fit_tfidf_vectorizer(texts:list): # documents (e.g. the attribute snippets' 
 def save_tfidf_stats(vec, data_dir): # a fitted vectorizer, the folder to write `idf.npy` and `tfidf_vocab.json` to
     "Write the vectorizer's statistics in the reference's files (atomically)."
     d = Path(data_dir); d.mkdir(parents=True, exist_ok=True)
-    tmp = d / f'.idf.{os.getpid()}.npy'
-    np.save(tmp, vec.idf_); os.replace(tmp, d / 'idf.npy')
-    tmp = d / f'.tfidf_vocab.{os.getpid()}.json'
-    tmp.write_text(json.dumps({k: int(v) for k, v in vec.vocabulary_.items()}, indent=1)); os.replace(tmp, d / 'tfidf_vocab.json')
+    with atomic_path(d / 'idf.npy') as tmp:
+        np.save(tmp, vec.idf_)
+    vocab = {k: int(v) for k, v in vec.vocabulary_.items()}
+    write_text_atomic(json.dumps(vocab, indent=1), d / 'tfidf_vocab.json')
 
 # %% ../nbs/40_dsets.ipynb #897411a7
 def collect_stats(data_dir): # the data directory

@@ -18,6 +18,7 @@ from .dsets import (CounterFactDataset, MultiCounterFactDataset, MENDQADataset, 
                            get_tfidf_vectorizer, fit_tfidf_vectorizer, check_record, DATA_DIR)
 from .metrics import compute_rewrite_quality_counterfact, compute_rewrite_quality_zsre
 from .editing import HPARAMS_DIR, default_hparams_fname, hparams_path, restore_weights
+from .files import atomic_path, write_text_atomic
 
 # %% ../nbs/42_evaluate.ipynb #88b010b1
 class UnknownNameError(ValueError, KeyError):
@@ -65,12 +66,7 @@ def new_run_dir(alg_dir): # results/<dir_name>
 
 def write_json_atomic(obj, path, **kwargs): # what to write, where, `json.dump` options
     "Write `obj` as JSON to `path` through a temporary file in the same folder and a rename."
-    path = Path(path)
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    try:
-        with open(tmp, 'w') as f: json.dump(obj, f, **kwargs); f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally: tmp.unlink(missing_ok=True)
+    write_text_atomic(json.dumps(obj, **kwargs), path)
 
 def case_file(run_dir, case_id, num_edits=1): # run directory, case id, edits applied at once
     "The result file of a case: `case_<id>.json` (one edit at a time) or MEMIT's `<n>_edits-case_<id>.json`."
@@ -236,7 +232,7 @@ def _save_params(run_dir, hparams, path):
     if path is None:
         write_json_atomic(dataclasses.asdict(hparams) if dataclasses.is_dataclass(hparams) else vars(hparams), run_dir / 'params.json', indent=1)
     else:
-        tmp = run_dir / f'.params.json.{os.getpid()}.tmp'; shutil.copyfile(path, tmp); os.replace(tmp, run_dir / 'params.json')
+        with atomic_path(run_dir / 'params.json') as tmp: shutil.copyfile(path, tmp)
 
 # %% ../nbs/42_evaluate.ipynb #084d2f34
 from .files import read_json
@@ -244,7 +240,7 @@ from .files import read_json
 def _remove_stale_tmp(run_dir, ids, num_edits):
     "Temporary files that a killed run of this process's cases left behind."
     for i in ids:
-        for f in Path(run_dir).glob(f".{case_file(run_dir, i, num_edits).name}.*.tmp"): f.unlink(missing_ok=True)
+        for f in Path(run_dir).glob(f".{case_file(run_dir, i, num_edits).name}.*.tmp*"): f.unlink(missing_ok=True)
 
 def _chunks(arr, n): return [arr[i:i + n] for i in range(0, len(arr), n)]
 

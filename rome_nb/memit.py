@@ -407,7 +407,6 @@ def execute_memit(model, tok,
                 adj_k = solve_keys(covs[l], K, hparams.mom2_update_weight)
                 resid = R / (len(hparams.layers) - j)
                 upd = memit_update(adj_k, resid, weights[l], arch.weight_orientation)
-                if not torch.isfinite(upd).all(): raise FloatingPointError(f"non-finite update for {names[l]}")
                 add_to_weights(model, {names[l]: upd}, saved)
             deltas[names[l]] = (adj_k.detach(), resid.detach())
             li = dict(layer=l, residual_norm=R.norm(dim=0).mean().item(), update_norm=upd.float().norm().item(),

@@ -196,7 +196,6 @@ def apply_kn_to_model(model, tok,                # the model and its tokenizer
             prompts = [text] + [p for p in r.get('paraphrase_prompts', []) if hparams.refine]
             neurons = find_knowledge_neurons(model, tok, prompts, true, hparams)
             d = kn_direction(model, tok, text, new, true, hparams.lr_scale)
-            if not torch.isfinite(d).all(): raise FloatingPointError("non-finite KN edit direction")
             kn_edit_weights(model, neurons, d, written)
             if info is not None: info.append({'neurons': neurons, 'target_true': true})
     if not return_orig_weights: return model, {}
