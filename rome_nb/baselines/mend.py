@@ -21,6 +21,7 @@ from ..nethook import get_module, get_parameter, TraceDict, temp_requires_grad
 from ..models import model_arch, layername, encode_with_targets, make_inputs, linear_dims
 from ..dsets import CounterFactDataset
 from ..editing import HyperParams, check_requests, add_to_weights, all_or_nothing
+from ..files import atomic_path
 
 # %% ../../nbs/32_mend.ipynb #4c66a156
 EDIT_KINDS = ('mlp_in', 'down_proj')  # the MLP's input projections (c_fc, up_proj, gate_proj, ...) and its output projection
@@ -233,14 +234,12 @@ def _atomic_dir_write(dest:Path, write_fn):
 def save_editor(editor:nn.Module, path, extra:dict=None): # trained editor, a .safetensors file, more metadata (JSON-able)
     "Save `editor`'s tensors and its configuration to a safetensors file (through a temporary file and a rename)."
     from safetensors.torch import save_file
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {'method': editor.method, 'config': json.dumps(editor.config), **{k: json.dumps(v) for k, v in (extra or {}).items()}}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in editor.state_dict().items()}, str(tmp), metadata=meta)
-        os.replace(tmp, path)
-    finally: tmp.unlink(missing_ok=True)
-    return path
+    meta = {'method': editor.method, 'config': json.dumps(editor.config),
+            **{k: json.dumps(v) for k, v in (extra or {}).items()}}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in editor.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    return Path(path)
 
 def load_editor_state(path): # .safetensors, or .pt/.bin/.pth (a state dict, read with weights_only=True)
     "The tensors and metadata of an editor file; never executes code from the file."
