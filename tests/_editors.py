@@ -67,3 +67,7 @@ def run_evaluate_cli(tmp_path, alg, spec, hp, n=6, limit=3):
                        capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     return tmp_path / 'results' / alg / 'run_000'
+
+
+def snapshot(m): return {n: p.detach().clone() for n, p in m.named_parameters()}
+def same(m, snap): return all(torch.equal(p, snap[n]) for n, p in m.named_parameters())

@@ -50,3 +50,16 @@ def train_file(tmp_path_factory):
     f = tmp_path_factory.mktemp('train') / 'train.json'
     f.write_text(json.dumps([standin_alg.make_record(i) for i in range(20, 80)]))
     return f
+
+
+@pytest.fixture(scope='module')
+def tok():
+    "The tiny tokenizer (`rome_nb.models.tiny_tokenizer`), once per test file."
+    from rome_nb.models import tiny_tokenizer
+    return tiny_tokenizer()
+
+
+@pytest.fixture(scope='module')
+def sd(tmp_path_factory):
+    "A statistics folder shared by one test file's tests."
+    return tmp_path_factory.mktemp('stats')

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-NBS = sorted((Path(__file__).resolve().parents[1] / 'nbs').glob('*.ipynb'))
+from test_notebooks import NBS, _directives
 
 # draws from a global generator (a `generator=` on the same line draws from that one instead)
 DRAW = re.compile(r"""
@@ -28,7 +28,7 @@ def _cells(nb_path):
     "(index, source, exported) of each code cell that nbdev_test runs (`#| eval: false` cells are not run)."
     for i, c in enumerate(json.loads(Path(nb_path).read_text(encoding='utf-8'))['cells']):
         src = ''.join(c['source'])
-        flags = [l.strip() for l in src.splitlines() if l.strip().startswith('#|')]
+        flags = _directives(src)
         if c['cell_type'] != 'code' or '#| eval: false' in flags: continue
         yield i, src, any(f.startswith(('#| export', '#| exporti', '#| exports')) for f in flags)
 

@@ -14,7 +14,7 @@ PREP = "from nbdev.quarto import refresh_quarto_yml, nbdev_sidebar; refresh_quar
 def _files(d): return {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(Path(d).rglob('*')) if p.is_file()}
 
 
-def docs_prep_changes(root=ROOT, tmp=None):
+def docs_prep_changes(tmp, root=ROOT):
     "Files under nbs/ that the docs build's preparation would add, change or remove, run on a copy of `root`."
     tmp = Path(tmp)
     shutil.copy(root / 'settings.ini', tmp / 'settings.ini')
@@ -26,7 +26,7 @@ def docs_prep_changes(root=ROOT, tmp=None):
 
 
 def test_docs_build_leaves_tracked_files_alone(tmp_path):
-    assert docs_prep_changes(tmp=tmp_path) == [], "the docs build rewrites these files: commit what it writes"
+    assert docs_prep_changes(tmp_path) == [], "the docs build rewrites these files: commit what it writes"
 
 
 def test_sidebar_lists_every_notebook():
@@ -41,12 +41,12 @@ def test_detects_a_stale_docs_config(tmp_path):
     shutil.copy(ROOT / 'settings.ini', src / 'settings.ini')
     (src / 'nbs' / 'nbdev.yml').write_text((src / 'nbs' / 'nbdev.yml').read_text().replace('output-dir: docs', 'output-dir: _docs'))
     (tmp_path / 'a').mkdir()
-    assert docs_prep_changes(src, tmp_path / 'a') == ['nbdev.yml']
+    assert docs_prep_changes(tmp_path / 'a', src) == ['nbdev.yml']
     s = (src / 'settings.ini').read_text().replace('custom_sidebar = True', 'custom_sidebar = False')
     (src / 'settings.ini').write_text(s)
     (src / 'nbs' / 'sidebar.yml').unlink()
     (tmp_path / 'b').mkdir()
-    assert 'sidebar.yml' in docs_prep_changes(src, tmp_path / 'b')
+    assert 'sidebar.yml' in docs_prep_changes(tmp_path / 'b', src)
 
 
 def proc_nbs_status(root, tmp_path):

@@ -1,19 +1,15 @@
 "Files the package reads and writes: tampered, truncated, corrupt and malicious files are detected; a SIGKILL loses nothing."
-import json, os, pickle, signal, subprocess, sys, warnings, zipfile
+import json, os, signal, subprocess, sys, warnings
 from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from rome_nb.models import tiny_model, tiny_tokenizer
+from rome_nb.models import tiny_model
 from rome_nb import rome as R, stats as S, dsets as D, evaluate as E, summarize as SM
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXTS = [f"Text {i}: LeBron James plays basketball in the city of Paris, near the Eiffel Tower and the river." for i in range(150)]
 REQ = {'prompt': '{} plays the sport of', 'subject': 'LeBron James', 'target_new': {'str': 'soccer'}, 'target_true': {'str': 'basketball'}}
-
-
-@pytest.fixture(scope='module')
-def tok(): return tiny_tokenizer()
 
 
 class Boom:
@@ -134,8 +130,8 @@ def test_edit_save_is_atomic(saved_edit, tmp_path):
 LNAME = 'transformer.h.1.mlp.c_proj'
 
 
-def stats_of(model, tok, sd, **kw):
-    return S.layer_stats(model, tok, LNAME, sd, TEXTS, sample_size=kw.pop('sample_size', 100), progress=None, **kw)
+def stats_of(model, tok, sd):
+    return S.layer_stats(model, tok, LNAME, sd, TEXTS, sample_size=100, progress=None)
 
 
 @pytest.fixture(scope='module')
@@ -205,7 +201,7 @@ def test_reference_format_plausible_file_warns_once(model, tok, tmp_path, comput
     ref['constructor'] = np.array('rome.runningstats.CombinedStat()')
     with open(f, 'wb') as fh: np.savez(fh, **ref)
     first, msgs1 = recomputed_warnings(lambda: stats_of(model, tok, tmp_path))
-    second, msgs2 = recomputed_warnings(lambda: stats_of(model, tok, tmp_path))
+    _, msgs2 = recomputed_warnings(lambda: stats_of(model, tok, tmp_path))
     unverified = [m for m in msgs1 + msgs2 if 'read unverified' in m]
     assert len(unverified) == 1 and str(f) in unverified[0], msgs1 + msgs2
     assert not any('recomputing' in m for m in msgs1 + msgs2)
@@ -234,7 +230,7 @@ def test_stats_pickle_never_loaded(model, tok, tmp_path, computed):
     npz_with_pickle(f, mark, **{'mom2.count': np.array(5)})
     f2 = npz_with_pickle(tmp_path / 'p.npz', mark, **{'mom2.mom2': np.eye(3), 'mom2.count': np.array(5)})
     assert S.read_stats(f2, ['mom2'], width=3)[0] is not None  # the object array is never accessed
-    again, msgs = recomputed_warnings(lambda: stats_of(model, tok, tmp_path))
+    again, _ = recomputed_warnings(lambda: stats_of(model, tok, tmp_path))
     assert torch.equal(again.mom2.moment(), st.mom2.moment())
     assert not mark.exists()
 

@@ -3,6 +3,7 @@ import dataclasses, json, os, subprocess, sys
 from pathlib import Path
 import pytest
 import torch
+from _editors import snapshot, same
 from rome_nb.models import tiny_model, tiny_tokenizer, target_logprobs, layername
 from rome_nb.editing import hparams_path, restore_weights
 from rome_nb.baselines.ft import (FTHyperParams, apply_ft_to_model, execute_ft, ft_weights, ft_module_names, ft_loss,
@@ -24,8 +25,6 @@ def model_tok(family):
     return tiny_model(family, vocab_size=tok.vocab_size), tok
 
 
-def snapshot(m): return {n: p.detach().clone() for n, p in m.named_parameters()}
-def same(m, snap): return all(torch.equal(p, snap[n]) for n, p in m.named_parameters())
 
 
 def nll(m, tok, req, objective='prompt_last'):

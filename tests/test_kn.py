@@ -3,6 +3,7 @@ import dataclasses, os, subprocess, sys, json
 from pathlib import Path
 import pytest
 import torch
+from _editors import snapshot, same
 from rome_nb.models import tiny_model, tiny_tokenizer, target_token_ids, layername, model_arch
 from rome_nb.nethook import get_module, get_parameter
 from rome_nb.editing import hparams_path, restore_weights
@@ -23,8 +24,6 @@ def model_tok(family, **kw):
     return tiny_model(family, vocab_size=tok.vocab_size, **kw), tok
 
 
-def snapshot(m): return {n: p.detach().clone() for n, p in m.named_parameters()}
-def same(m, snap): return all(torch.equal(p, snap[n]) for n, p in m.named_parameters())
 
 
 def test_packaged_hparams():

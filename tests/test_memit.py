@@ -3,7 +3,8 @@ import os, subprocess, sys, json
 from pathlib import Path
 import pytest
 import torch
-from rome_nb.models import tiny_model, tiny_tokenizer, model_arch
+from _editors import snapshot, same
+from rome_nb.models import tiny_model, model_arch
 from rome_nb.nethook import get_parameter
 from rome_nb import memit as M
 from rome_nb.editing import restore_weights, list_hparams
@@ -15,12 +16,6 @@ REQS = [{'prompt': '{} plays the sport of', 'subject': 'LeBron James', 'target_n
         {'prompt': '{} is located in', 'subject': 'the Eiffel Tower', 'target_new': {'str': 'Rome'}, 'case_id': 2}]
 
 
-@pytest.fixture(scope='module')
-def tok(): return tiny_tokenizer()
-
-
-@pytest.fixture(scope='module')
-def sd(tmp_path_factory): return tmp_path_factory.mktemp('stats')
 
 
 def hp_for(sd, **kw):
@@ -35,10 +30,6 @@ def small(family='gpt2', seed=0):
     return tiny_model(family, seed=seed, **({'n_layer': 4} if family == 'gpt2' else {'num_hidden_layers': 4}))
 
 
-def snapshot(model): return {n: p.detach().clone() for n, p in model.named_parameters()}
-
-
-def same(model, snap): return all(torch.equal(p, snap[n]) for n, p in model.named_parameters())
 
 
 def test_packaged_hparams():

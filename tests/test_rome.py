@@ -4,7 +4,7 @@ from dataclasses import replace
 from pathlib import Path
 import pytest
 import torch
-from rome_nb.models import tiny_model, tiny_tokenizer, model_arch, TINY_CONFIGS
+from rome_nb.models import tiny_model, model_arch, TINY_CONFIGS
 from rome_nb.nethook import get_module, get_parameter, untuple, retuple
 from rome_nb import rome as R
 
@@ -12,12 +12,6 @@ TEXTS = [f"Text {i}: LeBron James plays basketball in the city of Paris, near th
 REQ = {'prompt': '{} plays the sport of', 'subject': 'LeBron James', 'target_new': {'str': 'soccer'}, 'target_true': {'str': 'basketball'}}
 
 
-@pytest.fixture(scope='module')
-def tok(): return tiny_tokenizer()
-
-
-@pytest.fixture(scope='module')
-def sd(tmp_path_factory): return tmp_path_factory.mktemp('stats')
 
 
 def hp_for(sd, **kw):
