@@ -112,7 +112,7 @@ def test_skipping_lower_layers_is_exact(family, tok, sd):
 @pytest.mark.parametrize('family', ['gpt2', 'opt', 'gemma'])
 def test_selected_logits_are_exact(family, tok, sd, monkeypatch):
     # the steps unembed only the positions the loss reads; forcing the full path gives the same optimisation
-    i1, i2 = two_values(tiny_model(family), tok, sd, 1, {}, {}, between=lambda: monkeypatch.setattr(R, '_same_logits', lambda *a: False))
+    i1, i2 = two_values(tiny_model(family), tok, sd, 1, {}, {}, between=lambda: monkeypatch.setattr(R, 'same_logits', lambda *a: False))
     assert (i1['selected_logits'], i2['selected_logits']) == (True, False)
 
 
