@@ -24,11 +24,11 @@ FACT_TOKENS = ('last', 'subject_last', 'subject_first', 'subject_first_after_las
 
 @dataclass(kw_only=True)
 class MLPEditHyperParams(HyperParams):
-    "Fields shared by the methods that write into an MLP's key-value memory (ROME, MEMIT); subclasses add `layers`"
+    "Fields shared by the methods that write into an MLP's key-value memory; subclasses add `layers`."
     fact_token: str = 'subject_last'  # where keys (and targets) are read: one of `FACT_TOKENS`
     v_num_grad_steps: int = 20        # Adam steps of the value (target) optimisation
     v_lr: float = 5e-1                # their learning rate
-    v_loss_layer: int = -1            # layer whose output gives the predictions in the loss (reference: the last)
+    v_loss_layer: int = -1            # the block whose output the loss reads (reference: the last)
     v_weight_decay: float = 0.5       # penalty on the size of the change of the value
     kl_factor: float = 0.0625         # weight of the KL term that keeps "{subject} is a" predictions
     mom2_adjustment: bool = True      # weigh keys by their statistics C (False: by the identity)
@@ -93,7 +93,8 @@ def fact_lookup_idx(tok,                # tokenizer
     if fact_token == 'last': return ids, len(ids) - 1
     occ = _occurrences_before(tok, ids, prompt, subject)
     s, e = find_token_range(tok, ids, subject, occurrence=occ)
-    return ids, {'subject_last': e - 1, 'subject_first': s, 'subject_first_after_last': min(e, len(ids) - 1)}[fact_token]
+    at = {'subject_last': e - 1, 'subject_first': s, 'subject_first_after_last': min(e, len(ids) - 1)}
+    return ids, at[fact_token]
 
 # %% ../nbs/20a_edit_core.ipynb #ec8cec14
 CONTEXT_PROMPTS = ['The', 'Therefore', 'Because', 'I', 'You']
@@ -109,7 +110,8 @@ def get_context_templates(model, tok,
         out = ['{}']
         for length, n_gen in length_params:
             n_per = max(1, n_gen // len(prompts))
-            texts = generate_fast(model, tok, list(prompts), n_gen_per_prompt=n_per, max_out_len=length, seed=seed)
+            texts = generate_fast(model, tok, list(prompts), n_gen_per_prompt=n_per, max_out_len=length,
+                                  seed=seed)
             out += [t.replace('{', ' ').replace('}', ' ') + '. {}' for t in texts]
         cache[key] = out
     return list(cache[key])
@@ -117,7 +119,7 @@ def get_context_templates(model, tok,
 # %% ../nbs/20a_edit_core.ipynb #c99e0fe6
 @torch.no_grad()
 def compute_keys(model, tok, prompts:list, subject:str, rewrite_module:str, fact_token='subject_last'):
-    "Inputs of `rewrite_module` at the lookup token of each prompt (templates with '{}' for `subject`): [n, width]"
+    "Inputs of `rewrite_module` at the lookup token of each prompt (with '{}' for `subject`): [n, width]."
     found = [fact_lookup_idx(tok, p, subject, fact_token) for p in prompts]
     inp = make_inputs(tok, [fill(p, subject) for p in prompts], device=next(model.parameters()).device)
     n = inp['input_ids'].shape[1]
@@ -134,15 +136,18 @@ def regularized_inverse(C:torch.Tensor, # a symmetric positive semi-definite mat
                         max_cond:float=MAX_COND, # the largest condition number accepted
                         name:str='C'):  # what to call it in the warning
     "Inverse of `C` in float64; `C + lambda I` (with a warning) when its condition number exceeds `max_cond`."
-    C = C.double(); C = (C + C.T) / 2
+    C = C.double()
+    C = (C + C.T) / 2
     evals, evecs = torch.linalg.eigh(C)
     top, low = evals[-1].item(), evals[0].item()
-    if top <= 0 or not math.isfinite(top): raise ValueError(f"{name} is not positive (largest eigenvalue {top})")
+    if top <= 0 or not math.isfinite(top):
+        raise ValueError(f"{name} is not positive (largest eigenvalue {top})")
     lam = 0.0
     if low <= top / max_cond:
         lam = top / max_cond - low
         warnings.warn(f"{name} is ill-conditioned (eigenvalues {low:.3g} .. {top:.3g}); regularised with "
-                      f"lambda = {lam:.3g} (condition number {max_cond:.0e}). More statistics samples would help.")
+                      f"lambda = {lam:.3g} (condition number {max_cond:.0e}). "
+                      f"More statistics samples would help.")
     return (evecs / (evals + lam)) @ evecs.T
 
 # %% ../nbs/20a_edit_core.ipynb #001e47f5
@@ -155,7 +160,7 @@ def get_inv_cov(model, tok,
                 mom2_dtype,           # their precision
                 stats_dir=None,       # where statistics are cached (None: `rome_nb.stats.STATS_DIR`)
                 max_cond=MAX_COND):   # see `regularized_inverse`
-    "C^-1 for the inputs of `layer_name` (float32, on the model's device), from cached statistics, kept in memory."
+    "C^-1 for the inputs of `layer_name` (float32, on the model's device), from cached statistics."
     key = (*model_label(model, tok, layer_name), layer_name, str(mom2_dataset), mom2_n_samples, mom2_dtype,
            str(stats_dir), max_cond)
     if key not in _INV_MOM2_CACHE:
@@ -178,11 +183,12 @@ def get_cov(model, tok,
             hparams:MLPEditHyperParams):   # `mom2_*`, `stats_dir`
     "C = E[k k^T] of the inputs of `layer_name` (float32, on the model's device), from cached statistics"
     dev = next(model.parameters()).device
-    if not hparams.mom2_adjustment: return torch.eye(_key_width(model, layer_name), device=dev)  # the identity
+    if not hparams.mom2_adjustment:
+        return torch.eye(_key_width(model, layer_name), device=dev)  # the identity
     ds = hparams.mom2_dataset
     texts = ds if isinstance(ds, str) else f"texts{hash(tuple(ds))}"
-    key = (*model_label(model, tok, layer_name), layer_name, texts, hparams.mom2_n_samples, hparams.mom2_dtype,
-           str(hparams.stats_dir))
+    key = (*model_label(model, tok, layer_name), layer_name, texts, hparams.mom2_n_samples,
+           hparams.mom2_dtype, str(hparams.stats_dir))
     if key not in _COV_CACHE:
         stat = layer_stats(model, tok, layer_name, hparams.stats_dir or STATS_DIR, ds, to_collect=['mom2'],
                            sample_size=hparams.mom2_n_samples, precision=hparams.mom2_dtype)
@@ -197,7 +203,7 @@ def rewrite_batch(tok,
                   context_templates:list,  # templates with '{}' for the prompt, the bare prompt '{}' first
                   fact_token:str,          # where the fact is read (see `fact_lookup_idx`)
                   device):
-    "Right-padded batch of the rewriting prompts (each context + prompt + target) and the KL prompts, with indices"
+    "Right-padded batch of the rewriting prompts (context + prompt + target) and the KL prompts; indices."
     subj, target = request['subject'], request['target_new']['str']
     rows, lookups, tgt = [], [], []
     for c in context_templates:
@@ -230,14 +236,14 @@ def head_logits(model, templates:dict, h): # `rome_templates`' names, hidden sta
 
 @torch.no_grad()
 def same_logits(head, h_sel, logits_sel):
-    "Whether unembedding the final norm's output `h_sel` gives the model's logits `logits_sel` (no post-processing)."
+    "Whether unembedding the final norm's output `h_sel` gives the model's own logits `logits_sel`."
     mine, theirs = unembed(head, h_sel).float(), logits_sel.float()
     tol = 1e-3 * max(1.0, theirs.abs().max().item())
     return mine.shape == theirs.shape and torch.allclose(mine, theirs, rtol=1e-3, atol=tol)
 
 # %% ../nbs/20a_edit_core.ipynb #29b9303e
 def loss_layer_of(v_loss_layer:int, layer:int, num_layers:int):
-    "The block whose output gives the loss's predictions: `v_loss_layer` (negative: from the end), at least `layer`."
+    "The block whose output the loss reads: `v_loss_layer` (negative: from the end), at least `layer`."
     return v_loss_layer % num_layers if v_loss_layer < 0 else max(v_loss_layer, layer)
 
 @contextlib.contextmanager
@@ -252,7 +258,7 @@ def frozen_params(model):
 # %% ../nbs/20a_edit_core.ipynb #2c4ef1cf
 def add_at_lookups(output,                # a module's output (a tensor or a tuple starting with one)
                    rows, cols,            # [n] row and token of each addition
-                   delta:torch.Tensor,    # [hidden] added at every (row, col), or [k, hidden] picked by `owner`
+                   delta:torch.Tensor,    # [hidden] added everywhere, or [k, hidden] picked by `owner`
                    B:int, T:int,          # the batch's shape
                    owner=None):           # [n] which row of `delta` each addition takes
     "`output` with `delta` added at the positions (rows, cols) of the batch."
@@ -274,7 +280,7 @@ class _CachedBlock(nn.Module):
         except AttributeError: return getattr(self.__dict__['_orig'], k)
 
 class skip_lower_layers:
-    "Context manager: blocks 0..layer-1 of `model` return `output` (recorded from block layer-1) without computing."
+    "Context manager: blocks 0..layer-1 of `model` return `output` (recorded from block layer-1) at once."
     def __init__(self, model, layer_module_tmp:str, layer:int, output):
         self.blocks = get_module(model, layer_module_tmp.format(0).rsplit('.', 1)[0])
         if not isinstance(self.blocks, nn.ModuleList):
@@ -307,15 +313,18 @@ class Timer:
 # %% ../nbs/20a_edit_core.ipynb #7e1e09be
 def upd_matrix_match_shape(matrix:torch.Tensor, # u v^T, shaped [key width, hidden]
                            shape,               # the weight's shape
-                           orientation:str=None): # 'in_out' (Conv1D) or 'out_in' (nn.Linear); None: from the shape
+                           orientation:str=None): # 'in_out' (Conv1D), 'out_in' (nn.Linear); None: the shape
     "The update matrix laid out like the weight."
     if orientation == 'in_out': out = matrix
     elif orientation == 'out_in': out = matrix.T
     elif orientation is None:
-        if matrix.shape[0] == matrix.shape[1]: raise ValueError("a square weight: give its orientation ('in_out' or 'out_in'); the shape cannot tell")
+        if matrix.shape[0] == matrix.shape[1]:
+            raise ValueError("a square weight: give its orientation ('in_out' or 'out_in'); "
+                             "the shape cannot tell")
         out = matrix if tuple(matrix.shape) == tuple(shape) else matrix.T
     else: raise ValueError(f"orientation must be 'in_out' or 'out_in', not {orientation!r}")
-    if tuple(out.shape) != tuple(shape): raise ValueError(f"update of shape {tuple(out.shape)} does not fit the weight {tuple(shape)}")
+    if tuple(out.shape) != tuple(shape):
+        raise ValueError(f"update of shape {tuple(out.shape)} does not fit the weight {tuple(shape)}")
     return out
 
 def rank_one_update(u:torch.Tensor, v:torch.Tensor, weight:torch.Tensor, orientation:str=None):
@@ -334,7 +343,8 @@ def solve_keys(C:torch.Tensor,  # [d, d] second moment of the layer's keys (or t
     L, info = torch.linalg.cholesky_ex(A)
     if int(info) != 0:
         ridge = 1e-10 * A.diagonal().abs().max().clamp(min=1e-30)
-        warnings.warn(f"lambda C + K K^T is singular; adding {ridge.item():.3g} I (more statistics samples would help)")
+        warnings.warn(f"lambda C + K K^T is singular; adding {ridge.item():.3g} I "
+                      f"(more statistics samples would help)")
         L = torch.linalg.cholesky(A + ridge * torch.eye(len(A), dtype=A.dtype, device=A.device))
     return torch.cholesky_solve(K, L)
 

@@ -20,30 +20,36 @@ from .stats import layer_stats, STATS_DIR, model_label, as_btd
 from .cli import command
 from .editing import (HyperParams, hparams_path, restore_weights, check_request, check_requests,
                              add_to_weights, all_or_nothing, tentative_weights)
-from .edit_core import (MLPEditHyperParams, rome_templates, fill, fact_lookup_idx, get_context_templates,
-                               rewrite_batch, head_logits, same_logits, loss_layer_of, frozen_params, add_at_lookups,
-                               skip_lower_layers, Timer, get_cov, solve_keys, memit_update)
+from .edit_core import (MLPEditHyperParams, rome_templates, fill, fact_lookup_idx,
+                               get_context_templates, rewrite_batch, head_logits, same_logits, loss_layer_of,
+                               frozen_params, add_at_lookups, skip_lower_layers, Timer, get_cov, solve_keys,
+                               memit_update)
 
 # %% ../nbs/25_memit.ipynb #d98bc667
 @dataclass
 class MEMITHyperParams(MLPEditHyperParams):
     "Hyperparameters of MEMIT: the reference's fields (the ones shared with ROME in `MLPEditHyperParams`)."
-    layers: list                      # the critical layers, ascending, e.g. [13, 14, 15, 16, 17]; targets at the last
+    layers: list                      # the critical layers, ascending, e.g. [13, 14, 15, 16, 17]
     layer_selection: str = 'all'      # the reference's field: every layer of `layers` is edited
     clamp_norm_factor: float = 0.75   # the change is kept within this multiple of the hidden state's norm
-    mom2_update_weight: float = 15000 # lambda: how much the old keys' outputs are protected against the new ones
-    context_template_length_params: list = field(default_factory=lambda: [[10, 5]]) # [length, count] of generated prefixes
+    mom2_update_weight: float = 15000 # lambda: how much the old keys' outputs are protected
+    # [length, count] of the generated prefixes of the context templates
+    context_template_length_params: list = field(default_factory=lambda: [[10, 5]])
     z_batch_size: int = 32            # requests whose target vectors are optimised together
 
     def __post_init__(self):
         super().__post_init__()
-        if list(self.layers) != sorted(set(self.layers)): raise ValueError(f"layers must be distinct and ascending (the targets are set at the last), got {self.layers}")
-        if self.layer_selection != 'all': raise ValueError(f"layer_selection {self.layer_selection!r}: only 'all' is implemented (as used by the reference)")
+        if list(self.layers) != sorted(set(self.layers)):
+            raise ValueError(f"layers must be distinct and ascending (the targets are set at the last), "
+                             f"got {self.layers}")
+        if self.layer_selection != 'all':
+            raise ValueError(f"layer_selection {self.layer_selection!r}: only 'all' is implemented "
+                             f"(as used by the reference)")
         if self.z_batch_size < 1: raise ValueError(f"z_batch_size must be >= 1, got {self.z_batch_size}")
 
 # %% ../nbs/25_memit.ipynb #b24f3e1c
 def memit_context_templates(model, tok,
-                            length_params=((10, 5),)): # [length in tokens, how many] per group of generated prefixes
+                            length_params=((10, 5),)): # [length, how many] per group of generated prefixes
     "Groups of context templates: `[['{}'], [generated prefixes + '. {}'], ...]`."
     return [['{}']] + [get_context_templates(model, tok, [list(lp)])[1:] for lp in length_params]
 
@@ -56,18 +62,22 @@ def reprs_at_words(model, tok,
                    fact_token:str='subject_last', # which token (see `MEMITHyperParams.fact_token`)
                    kind:str='input',  # read the module's 'input' or its 'output'
                    batch_size:int=256): # prompts per forward pass
-    "The input (or output) of `module_name` at the lookup token of each template filled with its subject: [n, width]."
+    "The input (or output) of `module_name` at the lookup token of each filled-in template: [n, width]."
     if kind not in ('input', 'output'): raise ValueError(f"kind must be 'input' or 'output', not {kind!r}")
-    if len(templates) != len(subjects): raise ValueError(f"{len(templates)} templates but {len(subjects)} subjects")
+    if len(templates) != len(subjects):
+        raise ValueError(f"{len(templates)} templates but {len(subjects)} subjects")
     found = [fact_lookup_idx(tok, t, s, fact_token) for t, s in zip(templates, subjects)]
     dev, out = next(model.parameters()).device, []
     for a in range(0, len(templates), batch_size):
-        inp = make_inputs(tok, [fill(t, s) for t, s in zip(templates[a:a + batch_size], subjects[a:a + batch_size])], device=dev)
+        part = zip(templates[a:a + batch_size], subjects[a:a + batch_size])
+        inp = make_inputs(tok, [fill(t, s) for t, s in part], device=dev)
         B, n = inp['input_ids'].shape
-        with Trace(model, module_name, retain_input=kind == 'input', retain_output=kind == 'output', stop=True) as tr:
+        with Trace(model, module_name, retain_input=kind == 'input', retain_output=kind == 'output',
+                   stop=True) as tr:
             model(**inp, use_cache=False)
         x = as_btd(tr.input if kind == 'input' else untuple(tr.output), B, n)
-        cols = torch.tensor([n - len(ids) + i for ids, i in found[a:a + batch_size]], device=x.device)  # left padding
+        cols = torch.tensor([n - len(ids) + i for ids, i in found[a:a + batch_size]],
+                            device=x.device)  # left padding
         out.append(x[torch.arange(B, device=x.device), cols].float())
     return torch.cat(out)
 
@@ -79,42 +89,49 @@ def compute_ks(model, tok,
                hparams:MEMITHyperParams, # hyperparameters
                layer:int,                # the layer whose keys are read
                context_groups:list):     # from `memit_context_templates`
-    "Keys of the requests' subjects at `layer`: averaged within each group of context templates, then over groups: [n, key width]."
+    "Keys of the requests' subjects at `layer`, averaged within each group of templates, then over groups."
     tm, flat = rome_templates(model, hparams), [c for g in context_groups for c in g]
     temps = [fill(c, r['prompt']) for r in requests for c in flat]
     subs = [r['subject'] for r in requests for _ in flat]
-    k = reprs_at_words(model, tok, tm['rewrite_module_tmp'].format(layer), temps, subs, hparams.fact_token, 'input')
+    k = reprs_at_words(model, tok, tm['rewrite_module_tmp'].format(layer), temps, subs, hparams.fact_token,
+                       'input')
     k = k.view(len(requests), len(flat), -1)
     b = _group_bounds(context_groups)
     return torch.stack([k[:, b[j]:b[j + 1]].mean(1) for j in range(len(context_groups))], 1).mean(1)
 
 # %% ../nbs/25_memit.ipynb #b7a150e9
 def _memit_batch(tok, requests, context_templates, fact_token, device, owners=None):
-    "All requests' rewriting rows and their groups' KL rows in one right-padded batch: inputs, lookups, target positions, row owners, kinds."
+    "All requests' rewriting rows and their groups' KL rows in one batch; lookups, targets, owners, kinds."
     owners = list(range(len(requests))) if owners is None else list(owners)
     rows, lookups, tpos, owner, is_rw, seen = [], [], [], [], [], set()
     for i, r in enumerate(requests):
         b, lk, tp, n_rw = rewrite_batch(tok, r, context_templates, fact_token, 'cpu')
-        keep = [j for j in range(len(lk)) if j < n_rw or owners[i] not in seen]  # one set of KL rows per group
+        # one set of KL rows per group
+        keep = [j for j in range(len(lk)) if j < n_rw or owners[i] not in seen]
         seen.add(owners[i])
         off, pos = len(rows), {j: len(rows) + k for k, j in enumerate(keep)}
         for j in keep:
             rows.append(b['input_ids'][j][b['attention_mask'][j].bool()].tolist())
-            owner.append(owners[i]); is_rw.append(j < n_rw); lookups.append(int(lk[j]))
+            owner.append(owners[i])
+            is_rw.append(j < n_rw)
+            lookups.append(int(lk[j]))
         tpos += [(pos[rr], p, t) for rr, p, t in tp]
     n, pad = max(map(len, rows)), pad_token_id(tok)
     batch = dict(input_ids=torch.tensor([r + [pad] * (n - len(r)) for r in rows], device=device),
-                 attention_mask=torch.tensor([[1] * len(r) + [0] * (n - len(r)) for r in rows], device=device))
+                 attention_mask=torch.tensor([[1] * len(r) + [0] * (n - len(r)) for r in rows],
+                                             device=device))
     t = lambda x, **kw: torch.tensor(x, device=device, **kw)
-    return batch, t(lookups), t([a for a, _, _ in tpos]), t([b for _, b, _ in tpos]), t([c for _, _, c in tpos]), t(owner), t(is_rw, dtype=torch.bool)
+    t_r, t_p, t_t = (t([x[i] for x in tpos]) for i in range(3))
+    return batch, t(lookups), t_r, t_p, t_t, t(owner), t(is_rw, dtype=torch.bool)
 
 # %% ../nbs/25_memit.ipynb #956fb5e1
 def key_groups(tok, requests:list, fact_token:str='subject_last'): # checked requests, lookup rule
-    "Group index of each request: requests whose prompts have the same tokens up to the lookup token share a key."
+    "Group index of each request: prompts with the same tokens up to the lookup token share a key."
     ids, out = {}, []
     for r in requests:
         toks, i = fact_lookup_idx(tok, r['prompt'], r['subject'], fact_token)
-        k = (tuple(toks[:i + 1]), fact_token == 'last' and r['prompt'])  # 'last' reads the prompt's end: the whole prompt
+        # 'last' reads the prompt's end: the whole prompt decides
+        k = (tuple(toks[:i + 1]), fact_token == 'last' and r['prompt'])
         out.append(ids.setdefault(k, len(ids)))
     return out
 
@@ -160,7 +177,8 @@ def _z_problem(model, tok, requests, owners, hparams, layer, context_templates):
     "The problem of one batch of requests (`owners`: the key group 0..n-1 of each) at `layer`."
     tm, arch = rome_templates(model, hparams), model_arch(model)
     dev = next(model.parameters()).device
-    if context_templates[0] != '{}': raise ValueError("the first context template must be the bare prompt '{}'")
+    if context_templates[0] != '{}':
+        raise ValueError("the first context template must be the bare prompt '{}'")
     parts = _memit_batch(tok, requests, context_templates, hparams.fact_token, dev, owners)
     loss_layer = loss_layer_of(hparams.v_loss_layer, layer, arch.num_layers)
     return ZProblem(*parts, max(owners) + 1, tm, layer, loss_layer, loss_layer == arch.num_layers - 1)
@@ -190,14 +208,16 @@ def _z_predictions(model, zp:ZProblem, tr, out, fast:bool):
 def _z_clean_pass(model, zp:ZProblem):
     "Run the batch once through the unedited model and keep what the optimisation needs."
     (B, T), tm, fast = zp.shape, zp.templates, False
-    with torch.no_grad(), TraceDict(model, [x for x in (zp.below, zp.edit, zp.loss_name, tm['ln_f_module']) if x]) as tr:
+    names = [x for x in (zp.below, zp.edit, zp.loss_name, tm['ln_f_module']) if x]
+    with torch.no_grad(), TraceDict(model, names) as tr:
         out0 = model(**zp.inputs, use_cache=False)
         if zp.at_last and FAST_UNEMBED:
             h_sel = as_btd(untuple(tr[tm['ln_f_module']].output), B, T)[zp.read]
             fast = same_logits(get_module(model, tm['lm_head_module']), h_sel, out0.logits[zp.read])
     first = torch.tensor([int((zp.owner == i).nonzero()[0]) for i in range(zp.n)], device=zp.lookups.device)
     z_init = as_btd(untuple(tr[zp.edit].output), B, T)[first, zp.lookups[first]].detach().float()
-    with torch.no_grad(): kl_init = torch.log_softmax(_z_predictions(model, zp, tr, out0, fast)[1].float(), dim=-1)
+    with torch.no_grad():
+        kl_init = torch.log_softmax(_z_predictions(model, zp, tr, out0, fast)[1].float(), dim=-1)
     return ZClean(z_init, z_init.norm(dim=1), kl_init, fast, tr[zp.below].output if zp.below else None)
 
 # %% ../nbs/25_memit.ipynb #39789b2e
@@ -207,7 +227,8 @@ def _z_step(model, zp:ZProblem, clean:ZClean, delta:torch.Tensor, skip_lower=Tru
     def edit(output, layer):  # (the names nethook passes by)
         return add_at_lookups(output, rows, zp.lookups, delta, B, T, zp.owner) if layer == zp.edit else output
     skip = contextlib.nullcontext()
-    if skip_lower and zp.below: skip = skip_lower_layers(model, zp.templates['layer_module_tmp'], zp.layer, clean.lower_out)
+    if skip_lower and zp.below:
+        skip = skip_lower_layers(model, zp.templates['layer_module_tmp'], zp.layer, clean.lower_out)
     out = None  # (stays None when the pass stops after the last block)
     with skip, TraceDict(model, [zp.edit, zp.loss_name], edit_output=edit, stop=clean.fast) as tr:
         out = model(**zp.inputs, use_cache=False)
@@ -227,7 +248,7 @@ def _request_losses(logits, kl_logits,   # from `_z_step`
     nll = torch.zeros(n_req, device=dev).index_add(0, owner[is_rw], nll_row[is_rw]) / n_rw
     p_tgt = torch.zeros(n_req, device=dev).index_add(0, owner[is_rw], torch.exp(-nll_row[is_rw])) / n_rw
     cur = torch.log_softmax(kl_logits.float(), dim=-1)
-    kl_row = (cur.exp() * (cur - kl_init)).sum(-1)           # KL(now || before), as torch's kl_div(before, now)
+    kl_row = (cur.exp() * (cur - kl_init)).sum(-1)  # KL(now || before), as torch's kl_div(before, now)
     kl_own = owner[~is_rw]
     n_kl = torch.zeros(n_req, device=dev).index_add(0, kl_own, torch.ones_like(kl_row))
     kl = hparams.kl_factor * torch.zeros(n_req, device=dev).index_add(0, kl_own, kl_row) / n_kl
@@ -247,8 +268,9 @@ def _clamp_rows_(delta, held, active, cap):
 def _z_record(it, active, losses):
     "One step's means over the running groups."
     loss, nll, kl, wd, p = losses
-    return dict(step=it, active=int(active.sum()), loss=loss[active].mean().item(), nll=nll[active].mean().item(),
-                kl=kl[active].mean().item(), wd=wd[active].mean().item(), p_target=p[active].mean().item())
+    mean = lambda x: x[active].mean().item()
+    return dict(step=it, active=int(active.sum()), loss=mean(loss), nll=mean(nll), kl=mean(kl), wd=mean(wd),
+                p_target=mean(p))
 
 def _z_descent(model, zp:ZProblem, clean:ZClean, hparams:MEMITHyperParams, skip_lower=True, verbose=False):
     "The groups' deltas, the history, each group's steps, and the last losses."
@@ -296,10 +318,10 @@ def compute_zs(model, tok,
                layer:int,                # the last critical layer
                context_templates:list,   # a flat list of templates, the bare prompt '{}' first
                skip_lower=True,          # compute the layers below `layer` once per batch
-               info:dict=None,           # filled with per-group diagnostics (steps, norms, final loss, p(target)) and `group_of`
+               info:dict=None,           # filled with per-group diagnostics and `group_of`
                verbose=False,
                groups:list=None):        # key group of each request (default: `key_groups`)
-    "Target hidden state z at `layer` of each request (of its key group): [n, hidden], optimised `hparams.z_batch_size` groups at a time."
+    "Target hidden state z at `layer` of each request (of its key group), `z_batch_size` groups at a time."
     requests = [check_request(r) for r in requests]
     groups = key_groups(tok, requests, hparams.fact_token) if groups is None else list(groups)
     members = {}
@@ -310,8 +332,8 @@ def compute_zs(model, tok,
         gs = order[a:a + bs]
         idx = [i for g in gs for i in members[g]]
         local = {g: j for j, g in enumerate(gs)}
-        zp = _z_problem(model, tok, [requests[i] for i in idx], [local[groups[i]] for i in idx], hparams, layer,
-                        context_templates)
+        owners = [local[groups[i]] for i in idx]
+        zp = _z_problem(model, tok, [requests[i] for i in idx], owners, hparams, layer, context_templates)
         zg = _optimize_zs(model, zp, hparams, skip_lower, info, verbose)
         for i in idx: z[i] = zg[local[groups[i]]]
     if info is not None: info['group_of'] = groups
@@ -334,15 +356,18 @@ def target_margins(model, tok,
                    zs:torch.Tensor,          # [n, hidden] their targets at the last critical layer
                    hparams:MEMITHyperParams, # for the layer, the lookup token and the module names
                    batch_size:int=256):
-    "Per request, mean log p(target_new) - mean log p(target_true) after its prompt with its target z written in: [n]."
+    "Per request, mean log p(target_new) - mean log p(target_true) after its prompt, its z written in: [n]."
     requests = [check_request(r) for r in requests]
-    if any('target_true' not in r for r in requests): raise ValueError("every request needs 'target_true' to compare with")
+    if any('target_true' not in r for r in requests):
+        raise ValueError("every request needs 'target_true' to compare with")
     name, out = rome_templates(model, hparams)['layer_module_tmp'].format(hparams.layers[-1]), []
     for a in range(0, len(requests), batch_size):
         rs, z = requests[a:a + batch_size], zs[a:a + batch_size]
-        cols = torch.tensor([fact_lookup_idx(tok, r['prompt'], r['subject'], hparams.fact_token)[1] for r in rs])
+        cols = torch.tensor([fact_lookup_idx(tok, r['prompt'], r['subject'],
+                                             hparams.fact_token)[1] for r in rs])
         def put(output, layer):
-            h = untuple(output).clone(); h[torch.arange(len(rs)), cols.to(h.device)] = z.to(h.device, h.dtype)
+            h = untuple(output).clone()
+            h[torch.arange(len(rs)), cols.to(h.device)] = z.to(h.device, h.dtype)
             return retuple(output, h)
         with Trace(model, name, edit_output=put):
             out.append(_margins(model, tok, [fill(r['prompt'], r['subject']) for r in rs],
@@ -357,7 +382,8 @@ def _z_cache_file(cache_template, layer, hparams, request, members=None):
     members = members or [request]
     if cache_template is None or any(r.get('case_id') is None for r in members): return None
     cid = request['case_id'] if len(members) == 1 else '+'.join(str(r['case_id']) for r in members)
-    if len(str(cid)) > 80:  # a large group: the first id, the count, and a digest of all ids (file names are limited)
+    # a large group: the first id, the count, and a digest of all ids (file names are limited)
+    if len(str(cid)) > 80:
         cid = f"{members[0]['case_id']}+{len(members) - 1}more-{hashlib.sha1(cid.encode()).hexdigest()[:12]}"
     return Path(str(cache_template).format(layer, hparams.clamp_norm_factor, cid))
 
@@ -373,7 +399,8 @@ def _load_z(path, width):
         if not torch.isfinite(z).all(): raise ValueError("non-finite values")
         return z
     except Exception as e:
-        warnings.warn(f"cannot read the cached target {path} ({e}); computing it again"); return None
+        warnings.warn(f"cannot read the cached target {path} ({e}); computing it again")
+        return None
 
 def _save_z(path, z):
     "Write a target to the cache, with a digest, atomically (the reference's key `v_star`)."
@@ -382,11 +409,12 @@ def _save_z(path, z):
     with atomic_path(path) as tmp: np.savez(tmp, **arrays)
 
 # %% ../nbs/25_memit.ipynb #c75e79da
-MEMIT_TIMING_PARTS = ('context_templates', 'covariance', 'z_optimisation', 'keys', 'update')  # `execute_memit`'s parts
+MEMIT_TIMING_PARTS = ('context_templates', 'covariance', 'z_optimisation', 'keys',
+                      'update')  # `execute_memit`'s parts
 
 def _targets(model, tok, requests, groups, hparams, z_layer, flat, cache_template,
              **opts): # `skip_lower`, `info`, `verbose` of `compute_zs`
-    "Target vector of each request: from the cache (one file per key group) where present, optimised otherwise."
+    "Target vector of each request: from the cache (a file per key group) where present, optimised otherwise."
     width, members = model_arch(model).hidden_size, {}
     for r, g in zip(requests, groups): members.setdefault(g, []).append(r)
     files = [_z_cache_file(cache_template, z_layer, hparams, r, members[g]) for r, g in zip(requests, groups)]
@@ -405,15 +433,41 @@ def _targets(model, tok, requests, groups, hparams, z_layer, flat, cache_templat
     return torch.stack([z.to(dev).float() for z in zs])
 
 # %% ../nbs/25_memit.ipynb #ea7c6af2
+def _group_targets(model, tok, requests, hparams, ctx, cache_template, info,
+                   **opts): # `skip_lower`, `verbose` of `compute_zs`
+    "The first request of each key group, and its target at the last critical layer (`info`: all targets)."
+    z_layer, flat = hparams.layers[-1], [c for g in ctx for c in g]
+    groups = key_groups(tok, requests, hparams.fact_token)
+    zs = _targets(model, tok, requests, groups, hparams, z_layer, flat, cache_template, info=info, **opts)
+    info['targets'] = zs.detach()
+    first = {g: i for i, g in reversed(list(enumerate(groups)))}  # the first request of each group
+    rep = sorted(first.values())
+    info['n_groups'] = len(rep)
+    return [requests[i] for i in rep], zs[rep]
+
+def _layer_factors(model, tok, reqs, zs, hparams, j:int, ctx, cov, timings=None):
+    "At the j-th critical layer: (adj_k, resid, R), R the part of the targets `zs` still missing."
+    l, tm = hparams.layers[j], rome_templates(model, hparams)
+    with Timer(timings, 'keys', model):
+        K = compute_ks(model, tok, reqs, hparams, l, ctx).T
+        z_name = tm['layer_module_tmp'].format(hparams.layers[-1])
+        H = reprs_at_words(model, tok, z_name, [r['prompt'] for r in reqs], [r['subject'] for r in reqs],
+                           hparams.fact_token, 'output')
+    with Timer(timings, 'update', model), torch.no_grad():
+        R = (zs - H).T.double()
+        adj_k = solve_keys(cov, K, hparams.mom2_update_weight)
+        resid = R / (len(hparams.layers) - j)
+    return adj_k, resid, R
+
 def execute_memit(model, tok,
                   requests:list,            # the edit requests
                   hparams:MEMITHyperParams, # hyperparameters
-                  cache_template:str=None,  # file template for the target vectors ('{}' x3: layer, clamp factor, case id)
+                  cache_template:str=None,  # file template of the targets ('{}': layer, clamp factor, case)
                   timings:dict=None,        # add the seconds spent in each part (`MEMIT_TIMING_PARTS`)
                   info:dict=None,           # diagnostics: target optimisation, per-layer residual norms
                   skip_lower=True,          # compute the layers below the last critical layer once per batch
                   verbose=False):
-    "MEMIT's updates for all `requests`: `{weight_name: (adj_k [key width, g], resid [hidden, g])}` for the g key groups; the model is left unchanged."
+    "MEMIT's updates for the g key groups: `{weight_name: (adj_k [key width, g], resid [hidden, g])}`."
     requests = check_requests(requests, tok)
     tm, arch = rome_templates(model, hparams), model_arch(model)
     names = {l: f"{tm['rewrite_module_tmp'].format(l)}.weight" for l in hparams.layers}
@@ -423,32 +477,20 @@ def execute_memit(model, tok,
         ctx = memit_context_templates(model, tok, hparams.context_template_length_params)
     with Timer(timings, 'covariance', model):
         covs = {l: get_cov(model, tok, tm['rewrite_module_tmp'].format(l), hparams) for l in hparams.layers}
-    z_layer, flat = hparams.layers[-1], [c for g in ctx for c in g]
-    groups = key_groups(tok, requests, hparams.fact_token)
     with Timer(timings, 'z_optimisation', model):
-        zs = _targets(model, tok, requests, groups, hparams, z_layer, flat, cache_template, skip_lower=skip_lower,
-                      info=info, verbose=verbose)
-    info['targets'] = zs.detach()
-    rep = sorted({g: i for i, g in reversed(list(enumerate(groups)))}.values())  # the first request of each key group
-    reqs, zs = [requests[i] for i in rep], zs[rep]
-    info['n_groups'] = len(rep)
+        reqs, zs = _group_targets(model, tok, requests, hparams, ctx, cache_template, info,
+                                  skip_lower=skip_lower, verbose=verbose)
     deltas = {}
     with tentative_weights(model) as saved:  # each layer's keys are read with the lower ones edited
         for j, l in enumerate(hparams.layers):
-            with Timer(timings, 'keys', model):
-                K = compute_ks(model, tok, reqs, hparams, l, ctx).T
-                H = reprs_at_words(model, tok, tm['layer_module_tmp'].format(z_layer), [r['prompt'] for r in reqs],
-                                   [r['subject'] for r in reqs], hparams.fact_token, 'output')
+            adj_k, resid, R = _layer_factors(model, tok, reqs, zs, hparams, j, ctx, covs[l], timings)
             with Timer(timings, 'update', model), torch.no_grad():
-                R = (zs - H).T.double()
-                adj_k = solve_keys(covs[l], K, hparams.mom2_update_weight)
-                resid = R / (len(hparams.layers) - j)
                 upd = memit_update(adj_k, resid, weights[l], arch.weight_orientation)
                 add_to_weights(model, {names[l]: upd}, saved)
             deltas[names[l]] = (adj_k.detach(), resid.detach())
-            li = dict(layer=l, residual_norm=R.norm(dim=0).mean().item(), update_norm=upd.float().norm().item(),
-                      weight_norm=saved[names[l]].float().norm().item())
-            info.setdefault('layers', []).append(li)
+            info.setdefault('layers', []).append(dict(layer=l, residual_norm=R.norm(dim=0).mean().item(),
+                                                      update_norm=upd.float().norm().item(),
+                                                      weight_norm=saved[names[l]].float().norm().item()))
             if verbose: print(info['layers'][-1])
     return deltas
 
@@ -458,14 +500,14 @@ def apply_memit_to_model(model, tok,
                          hparams:MEMITHyperParams, # hyperparameters
                          copy=False,               # edit a deep copy and leave `model` alone
                          return_orig_weights=False, # return the original values of the changed weights
-                         cache_template:str=None,  # file template for the target vectors (see `execute_memit`)
+                         cache_template:str=None,  # file template of the targets (see `execute_memit`)
                          return_orig_weights_device=None, # where to keep the originals (e.g. 'cpu')
                          timings:dict=None,        # add the seconds spent in each part
                          info:dict=None,           # diagnostics (see `execute_memit`)
                          skip_lower=True,
                          verbose=False,
-                         **kwargs):                # accepted for compatibility with other editors' options (ignored)
-    "Edit `model` with MEMIT: `(model, {weight_name: original weight})`; on any error the weights are left as they were."
+                         **kwargs):                # other editors' options (accepted and ignored)
+    "Edit `model` with MEMIT: `(model, {weight_name: original})`; on any error the weights stay as they were."
     requests = check_requests(requests, tok)
     if copy: model = _copy.deepcopy(model)
     deltas = execute_memit(model, tok, requests, hparams, cache_template, timings, info, skip_lower, verbose)
@@ -481,11 +523,15 @@ def _subject_in(prompt, subjects):
     "The longest subject that occurs in `prompt` (None if none)."
     return next((s for s in subjects if s in prompt), None)
 
-def toy_edit_scores(model, tok, records:list, subjects:list, batch_size:int=256): # edited model, CounterFact records, all subjects of the world
+def toy_edit_scores(model, tok,
+                    records:list,         # CounterFact records, edited together into `model`
+                    subjects:list,        # all subjects of the world
+                    batch_size:int=256):
     "ES, PS, NS (unedited neighbours), NS_all for `records` edited together into `model`."
     def prefer(prompts, a, b):
         return [bool(m > 0) for i in range(0, len(prompts), batch_size)
-                for m in _margins(model, tok, prompts[i:i + batch_size], a[i:i + batch_size], b[i:i + batch_size])]
+                for m in _margins(model, tok, prompts[i:i + batch_size], a[i:i + batch_size],
+                                  b[i:i + batch_size])]
     rw = [r['requested_rewrite'] for r in records]
     new, true = [x['target_new']['str'] for x in rw], [x['target_true']['str'] for x in rw]
     es = prefer([x['prompt'].format(x['subject']) for x in rw], new, true)
@@ -500,54 +546,73 @@ def toy_edit_scores(model, tok, records:list, subjects:list, batch_size:int=256)
                 n_neighbours=sum(c[3] for c in nb))
 
 # %% ../nbs/25_memit.ipynb #d2a602f4
+def _bench_memit(model, tok, world, recs, reqs, hp, lambdas=None, say=print):
+    "The MEMIT rows of `memit_benchmark`: the packaged lambda (timed), then the others (targets reused)."
+    tm, rows = rome_templates(model, hp), []
+    for l in hp.layers:  # statistics first: not timed
+        get_cov(model, tok, tm['rewrite_module_tmp'].format(l), hp)
+    lams = [hp.mom2_update_weight] + [x for x in (lambdas or []) if x != hp.mom2_update_weight]
+    with tempfile.TemporaryDirectory() as zdir:  # the targets: optimised once, reused for the other lambdas
+        tmpl = str(Path(zdir) / 'z_{}_{}_{}.npz')
+        for j, lam in enumerate(lams):
+            h = replace(hp, mom2_update_weight=lam)
+            t0, c0, tim, inf = time.perf_counter(), time.process_time(), {}, {}
+            _, orig = apply_memit_to_model(model, tok, reqs, h, return_orig_weights=True, timings=tim,
+                                           info=inf, cache_template=tmpl)
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            row = dict(method=f'MEMIT, {len(reqs)} at once' + (f', lambda {lam:g}' if lambdas else ''),
+                       **toy_edit_scores(model, tok, recs, world.subjects))
+            restore_weights(model, orig)
+            if j == 0:  # later rows reuse the targets
+                es_targets = (target_margins(model, tok, reqs, inf['targets'], h) > 0).float().mean().item()
+                row.update(wall_s_per_edit=wall / len(reqs), cpu_s_per_edit=cpu / len(reqs),
+                           ES_targets=100 * es_targets)
+            rows.append(row)
+            parts = {k: round(v, 1) for k, v in tim.items()}
+            say(f"MEMIT (lambda {lam:g}): {wall:.0f} s wall, {cpu:.0f} s CPU; parts (s): {parts}; "
+                f"{inf.get('n_groups')} key groups")
+    return rows
+
+def _bench_rome(model, tok, world, recs, reqs, hp, rome_hparams=None):
+    "The ROME row of `memit_benchmark`: the same edits applied one after another."
+    from rome_nb.rome import ROMEHyperParams, apply_rome_to_model
+    try: rhp = rome_hparams or ROMEHyperParams.from_json(hparams_path('ROME', 'toy'))
+    except FileNotFoundError:
+        warnings.warn("no packaged ROME/toy.json: ROME runs at MEMIT's last critical layer with the toy "
+                      "statistics")
+        rhp = ROMEHyperParams(layers=hp.layers[-1:], mom2_dataset='toy', mom2_n_samples=hp.mom2_n_samples)
+    apply_rome_to_model(model, tok, [reqs[0]], rhp, copy=True)  # statistics and templates first: not timed
+    t0, c0 = time.perf_counter(), time.process_time()
+    _, orig = apply_rome_to_model(model, tok, reqs, rhp, return_orig_weights=True)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    row = dict(method=f'ROME, {len(reqs)} one after another',
+               **toy_edit_scores(model, tok, recs, world.subjects),
+               wall_s_per_edit=wall / len(reqs), cpu_s_per_edit=cpu / len(reqs))
+    restore_weights(model, orig)
+    return row
+
 def memit_benchmark(n:int=1000,            # edits (the first n toy CounterFact records)
                     hparams:MEMITHyperParams=None, # default: the packaged MEMIT/toy.json
                     rome_hparams=None,      # ROME's (default: ROME/toy.json); False: skip ROME
                     with_pre:bool=True,     # also score the unedited model
                     with_memit:bool=True,   # run MEMIT (False: only the ROME contrast)
-                    lambdas:list=None,      # also apply MEMIT with these `mom2_update_weight` values (targets reused)
+                    lambdas:list=None,      # also these `mom2_update_weight` values (targets reused)
                     verbose:bool=True):
-    "MEMIT (one batch) and ROME (one edit after another) on the same toy edits: a table of ES, PS, NS and time per edit."
+    "MEMIT (one batch) and ROME (one edit after another) on the same toy edits: ES, PS, NS and time per edit."
     from rome_nb.toyworld import load_toy, toy_counterfact
-    from rome_nb.rome import ROMEHyperParams, apply_rome_to_model
-    mt, world = load_toy(); model, tok = mt.model, mt.tokenizer
+    mt, world = load_toy()
+    model, tok = mt.model, mt.tokenizer
     recs = toy_counterfact(world, n)
     reqs = [{'case_id': r['case_id'], **r['requested_rewrite']} for r in recs]
     hp = hparams or MEMITHyperParams.from_json(hparams_path('MEMIT', 'toy'))
     say = print if verbose else (lambda *a: None)
-    say(f"{len(recs)} edits ({len({(q['subject'], q['relation_id']) for q in reqs})} distinct (subject, relation) cases of "
-        f"{len(world.subjects) * len(world.relations)}; {len({q['subject'] for q in reqs})} people)")
+    cases, people = len({(q['subject'], q['relation_id']) for q in reqs}), len({q['subject'] for q in reqs})
+    say(f"{len(recs)} edits ({cases} distinct (subject, relation) cases of "
+        f"{len(world.subjects) * len(world.relations)}; {people} people)")
     rows = []
     if with_pre: rows.append(dict(method='unedited', **toy_edit_scores(model, tok, recs, world.subjects)))
-    if with_memit:
-        tm = rome_templates(model, hp)
-        for l in hp.layers: get_cov(model, tok, tm['rewrite_module_tmp'].format(l), hp)  # statistics first: not timed
-        with tempfile.TemporaryDirectory() as zdir:  # the targets, optimised once and reused for the other lambdas
-            tmpl = str(Path(zdir) / 'z_{}_{}_{}.npz')
-            for j, lam in enumerate([hp.mom2_update_weight] + [x for x in (lambdas or []) if x != hp.mom2_update_weight]):
-                h = replace(hp, mom2_update_weight=lam)
-                t0, c0, tim, inf = time.perf_counter(), time.process_time(), {}, {}
-                _, orig = apply_memit_to_model(model, tok, reqs, h, return_orig_weights=True, timings=tim, info=inf, cache_template=tmpl)
-                wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-                row = dict(method=f'MEMIT, {len(reqs)} at once' + (f', lambda {lam:g}' if lambdas else ''), **toy_edit_scores(model, tok, recs, world.subjects))
-                restore_weights(model, orig)
-                if j == 0:  # later rows reuse the targets
-                    row.update(wall_s_per_edit=wall / len(reqs), cpu_s_per_edit=cpu / len(reqs),
-                               ES_targets=100 * (target_margins(model, tok, reqs, inf['targets'], h) > 0).float().mean().item())
-                rows.append(row)
-                say(f"MEMIT (lambda {lam:g}): {wall:.0f} s wall, {cpu:.0f} s CPU; parts (s): {({k: round(v, 1) for k, v in tim.items()})}; {inf.get('n_groups')} key groups")
-    if rome_hparams is not False:
-        try: rhp = rome_hparams or ROMEHyperParams.from_json(hparams_path('ROME', 'toy'))
-        except FileNotFoundError:
-            warnings.warn("no packaged ROME/toy.json: ROME runs at MEMIT's last critical layer with the toy statistics")
-            rhp = ROMEHyperParams(layers=hp.layers[-1:], mom2_dataset='toy', mom2_n_samples=hp.mom2_n_samples)
-        apply_rome_to_model(model, tok, [reqs[0]], rhp, copy=True)  # statistics and context templates first: not timed
-        t0, c0 = time.perf_counter(), time.process_time()
-        _, orig = apply_rome_to_model(model, tok, reqs, rhp, return_orig_weights=True)
-        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-        rows.append(dict(method=f'ROME, {len(reqs)} one after another', **toy_edit_scores(model, tok, recs, world.subjects),
-                         wall_s_per_edit=wall / len(reqs), cpu_s_per_edit=cpu / len(reqs)))
-        restore_weights(model, orig)
+    if with_memit: rows += _bench_memit(model, tok, world, recs, reqs, hp, lambdas, say)
+    if rome_hparams is not False: rows.append(_bench_rome(model, tok, world, recs, reqs, hp, rome_hparams))
     import pandas as pd
     return pd.DataFrame(rows).set_index('method')
 
@@ -557,11 +622,13 @@ def main(bench:bool=False,        # run `memit_benchmark` on the toy model and p
          n:int=1000,              # edits
          no_rome:bool=False,      # skip the sequential-ROME contrast
          no_memit:bool=False,     # skip MEMIT (only the ROME contrast)
-         hparams_fname:str=None,  # MEMIT hyperparameters: a file in hparams/MEMIT/ or a path (default: toy.json)
-         lambdas:str=None,        # comma-separated `mom2_update_weight` values to compare, e.g. '300,1000,3000'
+         hparams_fname:str=None,  # MEMIT hyperparameters: in hparams/MEMIT/ or a path (default: toy.json)
+         lambdas:str=None,        # `mom2_update_weight` values to compare, e.g. '300,1000,3000'
          out:str=None):           # also write the table to this CSV file
-    "MEMIT on the toy model: `--bench` prints ES, PS, NS and time per edit for n edits at once, and for ROME one after another."
-    if not bench: print("nothing to do: pass --bench (see --help)"); return
+    "MEMIT on the toy model: `--bench` prints ES, PS, NS and time per edit (MEMIT at once, ROME one by one)."
+    if not bench:
+        print("nothing to do: pass --bench (see --help)")
+        return
     hp = MEMITHyperParams.from_json(hparams_path('MEMIT', hparams_fname or 'toy'))
     lams = [float(x) for x in lambdas.split(',')] if lambdas else None
     tab = memit_benchmark(n, hp, False if no_rome else None, with_memit=not no_memit, lambdas=lams)
@@ -580,9 +647,13 @@ def plot_tradeoff(tables:dict,       # label -> a `memit_benchmark` table (rows 
     for (label, t), m in zip(tables.items(), 'os^Dv'):
         t = t[~t.index.str.startswith('unedited')]
         ax.plot(t['ES'], t['NS'], marker=m, label=label)
-        for name, r in t.iterrows(): ax.annotate(name.split(', ')[-1], (r['ES'], r['NS']), fontsize=7, xytext=(3, 3), textcoords='offset points')
+        for name, r in t.iterrows():
+            ax.annotate(name.split(', ')[-1], (r['ES'], r['NS']), fontsize=7, xytext=(3, 3),
+                        textcoords='offset points')
     if target:
-        ax.axvline(target[0], ls=':', c='grey'); ax.axhline(target[1], ls=':', c='grey')
+        ax.axvline(target[0], ls=':', c='grey')
+        ax.axhline(target[1], ls=':', c='grey')
         ax.fill_between([target[0], 100], target[1], 100, color='green', alpha=0.08, label='target')
-    ax.set(xlabel='efficacy ES (%)', ylabel='neighbourhood NS (%)', xlim=(0, 100), ylim=(0, 100)); ax.legend(fontsize=8)
+    ax.set(xlabel='efficacy ES (%)', ylabel='neighbourhood NS (%)', xlim=(0, 100), ylim=(0, 100))
+    ax.legend(fontsize=8)
     return ax

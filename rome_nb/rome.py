@@ -21,10 +21,10 @@ from .stats import as_btd
 from .editing import (HyperParams, hparams_path, list_hparams, restore_weights, check_request,
                              check_requests, add_to_weights, all_or_nothing, tentative_weights)
 from .edit_core import (FACT_TOKENS, MLPEditHyperParams, rome_templates, fill, fact_lookup_idx,
-                               CONTEXT_PROMPTS, get_context_templates, compute_keys, MAX_COND, regularized_inverse,
-                               get_inv_cov, KL_PROMPTS, rewrite_batch, unembed, head_logits, same_logits,
-                               loss_layer_of, frozen_params, add_at_lookups, skip_lower_layers, Timer,
-                               upd_matrix_match_shape, rank_one_update)
+                               CONTEXT_PROMPTS, get_context_templates, compute_keys, MAX_COND,
+                               regularized_inverse, get_inv_cov, KL_PROMPTS, rewrite_batch, unembed,
+                               head_logits, same_logits, loss_layer_of, frozen_params, add_at_lookups,
+                               skip_lower_layers, Timer, upd_matrix_match_shape, rank_one_update)
 
 # %% ../nbs/21_rome.ipynb #d2459ace
 KEY_MODES = ('averaged', 'prompt')
@@ -36,7 +36,7 @@ class ROMEHyperParams(MLPEditHyperParams):
     clamp_norm_factor: float = 4      # the change is kept within this multiple of the original value's norm
     # [length, count] of the generated prefixes of the context templates
     context_template_length_params: list = field(default_factory=lambda: [[5, 10], [10, 10]])
-    key_mode: str = 'averaged'        # key on the right side of the update: 'averaged' (fix) or 'prompt' (reference)
+    key_mode: str = 'averaged'        # the key of the right vector: 'averaged' (fix) or 'prompt' (reference)
 
     def __post_init__(self):
         super().__post_init__()
@@ -87,8 +87,10 @@ def value_sites(model, hparams:ROMEHyperParams, layer:int):
     tm, arch = rome_templates(model, hparams), model_arch(model)
     loss_layer = loss_layer_of(hparams.v_loss_layer, layer, arch.num_layers)
     below = tm['layer_module_tmp'].format(layer - 1) if layer > 0 else None
-    return ValueSites(layer, loss_layer, loss_layer == arch.num_layers - 1, tm['mlp_module_tmp'].format(layer),
-                      tm['rewrite_module_tmp'].format(layer), below, tm, arch.ln_f_module, arch.lm_head_module)
+    at_last = loss_layer == arch.num_layers - 1
+    mlp, rewrite = tm['mlp_module_tmp'].format(layer), tm['rewrite_module_tmp'].format(layer)
+    return ValueSites(layer, loss_layer, at_last, mlp, rewrite, below, tm, arch.ln_f_module,
+                      arch.lm_head_module)
 
 # %% ../nbs/21_rome.ipynb #3740c918
 @dataclass
@@ -127,7 +129,7 @@ class CleanPass:
     keys: torch.Tensor         # [B, key width] the down-projection's input at each row's lookup token
     target_init: torch.Tensor  # [hidden] the MLP's output at the bare prompt's lookup token (the old value)
     kl_init: torch.Tensor      # log-probabilities at the KL lookups
-    selected: bool             # whether a step may stop at the final norm and unembed only what the loss reads
+    selected: bool             # whether a step may unembed only what the loss reads (`same_logits`)
     lower_out: object          # the output of the block under the edited layer (None at layer 0)
 
 def value_clean_pass(model, vb:ValueBatch, sites:ValueSites):
@@ -152,8 +154,9 @@ def _logits_at_loss_layer(model, sites, out, tr):
     h = untuple(tr[sites.templates['layer_module_tmp'].format(sites.loss_layer)].output)
     return head_logits(model, sites.templates, h)
 
-def value_logits(model, vb:ValueBatch, sites:ValueSites, clean:CleanPass, delta:torch.Tensor, skip_lower=True):
-    "Logits at the target tokens and at the KL lookups with `delta` added to the MLP's output: one forward pass."
+def value_logits(model, vb:ValueBatch, sites:ValueSites, clean:CleanPass, delta:torch.Tensor,
+                 skip_lower=True):
+    "Logits at the target tokens and the KL lookups, `delta` added to the MLP's output: one forward pass."
     (B, T), rows, tmp = vb.shape, vb.rows, sites.templates['layer_module_tmp']
     def edit(output, layer):
         return add_at_lookups(output, rows, vb.lookups, delta, B, T) if layer == sites.mlp else output
@@ -177,7 +180,8 @@ def value_loss(logits_t, logits_kl,        # from `value_logits`
     nll_each = -torch.zeros(vb.n_rw, device=logp.device).index_add(0, vb.t_r, logp) / n_tok
     nll = nll_each.mean()
     kl_logp = torch.log_softmax(logits_kl, dim=-1)
-    kl = hparams.kl_factor * nn.functional.kl_div(clean.kl_init, kl_logp, log_target=True, reduction='batchmean')
+    kl = hparams.kl_factor * nn.functional.kl_div(clean.kl_init, kl_logp, log_target=True,
+                                                  reduction='batchmean')
     wd = hparams.v_weight_decay * (delta.norm() / clean.target_init.norm() ** 2)
     return nll + kl + wd, (nll, kl, wd, torch.exp(-nll_each).mean())
 
@@ -196,7 +200,8 @@ def _step_line(it, parts):
 def optimize_value(model, vb:ValueBatch, sites:ValueSites, clean:CleanPass, hparams:ROMEHyperParams,
                    skip_lower=True, verbose=False):
     "delta, optimised by Adam and clamped, and each step's (loss, nll, kl, weight decay, p(target))."
-    delta = torch.zeros(model_arch(model).hidden_size, device=next(model.parameters()).device, requires_grad=True)
+    delta = torch.zeros(model_arch(model).hidden_size, device=next(model.parameters()).device,
+                        requires_grad=True)
     opt = torch.optim.Adam([delta], lr=hparams.v_lr)
     losses, max_norm = [], hparams.clamp_norm_factor * clean.target_init.norm()
     with frozen_params(model):
@@ -205,7 +210,8 @@ def optimize_value(model, vb:ValueBatch, sites:ValueSites, clean:CleanPass, hpar
             logits_t, logits_kl = value_logits(model, vb, sites, clean, delta, skip_lower)
             loss, parts = value_loss(logits_t, logits_kl, vb, clean, delta, hparams)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss {loss.item()} at step {it} of the value optimisation")
+                raise FloatingPointError(f"non-finite loss {loss.item()} at step {it} "
+                                         f"of the value optimisation")
             losses.append((loss.item(), *(x.item() for x in parts)))
             if verbose: print(_step_line(it, losses[-1]))
             if loss.item() < 5e-2 or it == hparams.v_num_grad_steps - 1: break
@@ -234,7 +240,7 @@ def compute_v(model, tok,
               left_vector:torch.Tensor, # u, from `compute_u`
               context_templates:list,   # from `get_context_templates`
               key:torch.Tensor=None,    # the averaged key k* (computed here if needed and not given)
-              skip_lower=True,          # reuse the layers below `layer` instead of recomputing them every step
+              skip_lower=True,          # compute the layers below `layer` once, not at every step
               info:dict=None,           # filled with diagnostics (losses, steps, norms, denominator)
               verbose=False):           # print the loss at each step
     "The right vector: optimise the value v* and solve for the vector that maps the key to it."
@@ -253,7 +259,8 @@ def compute_v(model, tok,
     return right
 
 # %% ../nbs/21_rome.ipynb #9033025d
-ROME_TIMING_PARTS = ('context_templates', 'key', 'cinv_k', 'v_optimisation', 'update')  # the parts `execute_rome` times
+# the parts `execute_rome` times
+ROME_TIMING_PARTS = ('context_templates', 'key', 'cinv_k', 'v_optimisation', 'update')
 TIMING_PARTS = ROME_TIMING_PARTS  # the older name
 
 # %% ../nbs/21_rome.ipynb #8b3f7d61
@@ -274,11 +281,12 @@ def execute_rome(model, tok,
         for layer in sorted(hparams.layers):
             wname = f"{tm['rewrite_module_tmp'].format(layer)}.weight"
             with Timer(timings, 'key', model): k = compute_key(model, tok, request, hparams, layer, ctx)
-            with Timer(timings, 'cinv_k', model): u = compute_u(model, tok, request, hparams, layer, ctx, key=k)
+            with Timer(timings, 'cinv_k', model):
+                u = compute_u(model, tok, request, hparams, layer, ctx, key=k)
             li = {}
             with Timer(timings, 'v_optimisation', model):
-                v = compute_v(model, tok, request, hparams, layer, u, ctx, key=k, info=li, skip_lower=skip_lower,
-                              verbose=verbose)
+                v = compute_v(model, tok, request, hparams, layer, u, ctx, key=k, info=li,
+                              skip_lower=skip_lower, verbose=verbose)
             with Timer(timings, 'update', model), torch.no_grad():
                 upd = rank_one_update(u, v, get_parameter(model, wname), arch.weight_orientation)
                 add_to_weights(model, {wname: upd}, scratch)
@@ -302,16 +310,16 @@ def apply_deltas(model, deltas:dict, weights_copy:dict=None, orig_device=None):
 
 # %% ../nbs/21_rome.ipynb #7dd96b42
 def apply_rome_to_model(model, tok,
-                        requests,                 # a request dict or a list of them, applied one after another
+                        requests,                 # a request dict or a list, applied one after another
                         hparams:ROMEHyperParams,  # hyperparameters
                         copy=False,               # edit a deep copy and leave `model` alone
                         return_orig_weights=False, # return the original values of the changed weights
                         timings:dict=None,        # add the seconds spent in each part
                         info:list=None,           # a list to append each request's diagnostics to
-                        return_orig_weights_device=None, # where to keep the originals (e.g. 'cpu' to save GPU memory)
+                        return_orig_weights_device=None, # where to keep the originals (e.g. 'cpu')
                         skip_lower=True,          # compute the layers below the edited one once per request
                         verbose=False,
-                        **kwargs):                # accepted for compatibility with other editors' options (ignored)
+                        **kwargs):                # other editors' options (accepted and ignored)
     "Edit `model` with ROME: `(model, {weight_name: original})`; on any error the weights stay as they were."
     requests = check_requests(requests, tok)
     if copy: model = _copy.deepcopy(model)
@@ -319,8 +327,8 @@ def apply_rome_to_model(model, tok,
     with all_or_nothing(model, originals) as written:
         for request in requests:
             ri = {}
-            deltas = execute_rome(model, tok, request, hparams, timings=timings, info=ri, skip_lower=skip_lower,
-                                  verbose=verbose)
+            deltas = execute_rome(model, tok, request, hparams, timings=timings, info=ri,
+                                  skip_lower=skip_lower, verbose=verbose)
             apply_deltas(model, deltas, written, return_orig_weights_device)
             if info is not None: info.append(ri)
     return model, (originals if return_orig_weights else {})
@@ -394,7 +402,7 @@ def _same_model_name(a, b):
 # %% ../nbs/21_rome.ipynb #a1c3eb5c
 @dataclass
 class RomeEdit:
-    "One ROME edit: the request, and per rewritten weight the vectors u and v, with what is needed to re-apply it."
+    "One ROME edit: the request, per rewritten weight the vectors u and v, and what is needed to re-apply it."
     request: dict          # the edit request
     deltas: dict           # {weight_name: (u, v)}
     hparams: dict          # the hyperparameters used
@@ -405,7 +413,8 @@ class RomeEdit:
     def compute(cls, model, tok, request, hparams:ROMEHyperParams, model_name:str=None, **kw):
         "Compute the edit for `request` (the model is left unchanged)."
         deltas = execute_rome(model, tok, request, hparams, **kw)
-        name = model_name or getattr(getattr(model, 'config', None), '_name_or_path', None) or type(model).__name__
+        name = model_name or getattr(getattr(model, 'config', None), '_name_or_path',
+                                     None) or type(model).__name__
         return cls(check_request(request), deltas, hparams.to_dict(), name, sorted(hparams.layers))
 
     def save(self, path):
@@ -415,7 +424,8 @@ class RomeEdit:
         for n, (u, v) in self.deltas.items():
             tensors[f'u.{n}'] = u.detach().float().cpu().contiguous()
             tensors[f'v.{n}'] = v.detach().float().cpu().contiguous()
-        meta = {'format': EDIT_FORMAT, 'request': json.dumps(self.request), 'hparams': json.dumps(self.hparams),
+        meta = {'format': EDIT_FORMAT, 'request': json.dumps(self.request),
+                'hparams': json.dumps(self.hparams),
                 'model_name': json.dumps(self.model_name), 'layers': json.dumps(self.layers),
                 'weights': json.dumps(list(self.deltas)), 'rome_nb_version': rome_nb.__version__,
                 'created': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}
@@ -434,7 +444,8 @@ class RomeEdit:
         for n, (u, v) in self.deltas.items():
             w = get_parameter(model, n)
             if sorted(w.shape) != sorted((len(u), len(v))):
-                raise ValueError(f"this edit of {n} has vectors of sizes {len(u)} and {len(v)}; the model's weight is {tuple(w.shape)}")
+                raise ValueError(f"this edit of {n} has vectors of sizes {len(u)} and {len(v)}; "
+                                 f"the model's weight is {tuple(w.shape)}")
         name = getattr(getattr(model, 'config', None), '_name_or_path', None)
         if self.model_name and name and not _same_model_name(name, self.model_name):
             warnings.warn(f"this edit was computed on {self.model_name!r}; applying it to {name!r}")
