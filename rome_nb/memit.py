@@ -173,6 +173,7 @@ class ZProblem:
         kl_r, kl_p = self.kl
         return torch.cat([self.t_r, kl_r]), torch.cat([self.t_p, kl_p])
 
+# %% ../nbs/25_memit.ipynb #21b85539
 def _z_problem(model, tok, requests, owners, hparams, layer, context_templates):
     "The problem of one batch of requests (`owners`: the key group 0..n-1 of each) at `layer`."
     tm, arch = rome_templates(model, hparams), model_arch(model)
@@ -195,6 +196,7 @@ class ZClean:
     fast: bool             # whether a step may stop after the loss block and unembed only what the loss reads
     lower_out: object      # the output of the block under the edited one (None at layer 0)
 
+# %% ../nbs/25_memit.ipynb #d57f6d40
 def _z_predictions(model, zp:ZProblem, tr, out, fast:bool):
     "Logits at the target positions (from the loss layer) and at the KL lookups (from the last layer)."
     (B, T), tm = zp.shape, zp.templates
@@ -205,6 +207,7 @@ def _z_predictions(model, zp:ZProblem, tr, out, fast:bool):
     logits = out.logits[zp.t_r, zp.t_p] if zp.at_last else head_logits(model, tm, h[zp.t_r, zp.t_p])
     return logits, out.logits[zp.kl]
 
+# %% ../nbs/25_memit.ipynb #5f09513b
 def _z_clean_pass(model, zp:ZProblem):
     "Run the batch once through the unedited model and keep what the optimisation needs."
     (B, T), tm, fast = zp.shape, zp.templates, False
@@ -272,6 +275,7 @@ def _z_record(it, active, losses):
     return dict(step=it, active=int(active.sum()), loss=mean(loss), nll=mean(nll), kl=mean(kl), wd=mean(wd),
                 p_target=mean(p))
 
+# %% ../nbs/25_memit.ipynb #5fe50359
 def _z_descent(model, zp:ZProblem, clean:ZClean, hparams:MEMITHyperParams, skip_lower=True, verbose=False):
     "The groups' deltas, the history, each group's steps, and the last losses."
     dev = next(model.parameters()).device
@@ -298,6 +302,7 @@ def _z_descent(model, zp:ZProblem, clean:ZClean, hparams:MEMITHyperParams, skip_
             _clamp_rows_(delta, held, active, cap)
     return delta.detach(), hist, steps, last
 
+# %% ../nbs/25_memit.ipynb #d50f176e
 def _optimize_zs(model, zp:ZProblem, hparams:MEMITHyperParams, skip_lower=True, info=None, verbose=False):
     "Target vectors of the key groups of one batch of requests, optimised together: [n, hidden]."
     clean = _z_clean_pass(model, zp)
@@ -339,6 +344,7 @@ def compute_zs(model, tok,
     if info is not None: info['group_of'] = groups
     return torch.stack(z)
 
+# %% ../nbs/25_memit.ipynb #b90b5bac
 def compute_z(model, tok, request:dict, hparams:MEMITHyperParams, layer:int, context_templates:list, **kw):
     "The target hidden state z of one request at `layer`: [hidden]."
     return compute_zs(model, tok, [request], hparams, layer, context_templates, **kw)[0]
@@ -350,6 +356,7 @@ def _margins(model, tok, prompts, a, b):
     la, lb = target_logprobs(model, tok, prompts, a), target_logprobs(model, tok, prompts, b)
     return torch.stack([x.mean() - y.mean() for x, y in zip(la, lb)])
 
+# %% ../nbs/25_memit.ipynb #82a8b000
 @torch.no_grad()
 def target_margins(model, tok,
                    requests:list,            # the requests (with `target_true` for the comparison)
@@ -387,6 +394,14 @@ def _z_cache_file(cache_template, layer, hparams, request, members=None):
         cid = f"{members[0]['case_id']}+{len(members) - 1}more-{hashlib.sha1(cid.encode()).hexdigest()[:12]}"
     return Path(str(cache_template).format(layer, hparams.clamp_norm_factor, cid))
 
+# %% ../nbs/25_memit.ipynb #ff033ad2
+def _save_z(path, z):
+    "Write a target to the cache, with a digest, atomically (the reference's key `v_star`)."
+    arrays = {'v_star': z.detach().float().cpu().numpy()}
+    arrays['rome_nb.digest'] = np.array(arrays_digest(arrays))
+    with atomic_path(path) as tmp: np.savez(tmp, **arrays)
+
+# %% ../nbs/25_memit.ipynb #522b9b81
 def _load_z(path, width):
     "A cached target: digest (if any), shape and values checked; None (with a warning) if unusable."
     try:
@@ -401,12 +416,6 @@ def _load_z(path, width):
     except Exception as e:
         warnings.warn(f"cannot read the cached target {path} ({e}); computing it again")
         return None
-
-def _save_z(path, z):
-    "Write a target to the cache, with a digest, atomically (the reference's key `v_star`)."
-    arrays = {'v_star': z.detach().float().cpu().numpy()}
-    arrays['rome_nb.digest'] = np.array(arrays_digest(arrays))
-    with atomic_path(path) as tmp: np.savez(tmp, **arrays)
 
 # %% ../nbs/25_memit.ipynb #c75e79da
 MEMIT_TIMING_PARTS = ('context_templates', 'covariance', 'z_optimisation', 'keys',
@@ -445,6 +454,7 @@ def _group_targets(model, tok, requests, hparams, ctx, cache_template, info,
     info['n_groups'] = len(rep)
     return [requests[i] for i in rep], zs[rep]
 
+# %% ../nbs/25_memit.ipynb #bdf472f9
 def _layer_factors(model, tok, reqs, zs, hparams, j:int, ctx, cov, timings=None):
     "At the j-th critical layer: (adj_k, resid, R), R the part of the targets `zs` still missing."
     l, tm = hparams.layers[j], rome_templates(model, hparams)
@@ -459,6 +469,7 @@ def _layer_factors(model, tok, reqs, zs, hparams, j:int, ctx, cov, timings=None)
         resid = R / (len(hparams.layers) - j)
     return adj_k, resid, R
 
+# %% ../nbs/25_memit.ipynb #1cd01e8a
 def execute_memit(model, tok,
                   requests:list,            # the edit requests
                   hparams:MEMITHyperParams, # hyperparameters
@@ -573,6 +584,7 @@ def _bench_memit(model, tok, world, recs, reqs, hp, lambdas=None, say=print):
                 f"{inf.get('n_groups')} key groups")
     return rows
 
+# %% ../nbs/25_memit.ipynb #0f1218af
 def _bench_rome(model, tok, world, recs, reqs, hp, rome_hparams=None):
     "The ROME row of `memit_benchmark`: the same edits applied one after another."
     from rome_nb.rome import ROMEHyperParams, apply_rome_to_model
@@ -591,6 +603,7 @@ def _bench_rome(model, tok, world, recs, reqs, hp, rome_hparams=None):
     restore_weights(model, orig)
     return row
 
+# %% ../nbs/25_memit.ipynb #3e36718b
 def memit_benchmark(n:int=1000,            # edits (the first n toy CounterFact records)
                     hparams:MEMITHyperParams=None, # default: the packaged MEMIT/toy.json
                     rome_hparams=None,      # ROME's (default: ROME/toy.json); False: skip ROME

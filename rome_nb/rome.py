@@ -116,6 +116,7 @@ class ValueBatch:
         kl_rows, kl_cols = self.kl
         return torch.cat([self.t_r, kl_rows]), torch.cat([self.t_p, kl_cols])
 
+# %% ../nbs/21_rome.ipynb #3fe2c7c3
 def value_batch(tok, request:dict, context_templates:list, fact_token:str, device):
     "The batch of the value optimisation for `request` (see `rewrite_batch`)."
     batch, lookups, tpos, n_rw = rewrite_batch(tok, request, context_templates, fact_token, device)
@@ -343,6 +344,7 @@ def edit_digest(meta:dict, tensors:dict): # metadata (without 'digest'), tensors
     "SHA-256 of an edit file's metadata and tensors (names, dtypes, shapes, bytes)."
     return 'sha256:' + json_digest({'meta': meta, 'tensors': arrays_digest(tensors)})
 
+# %% ../nbs/21_rome.ipynb #2b4fbe22
 def _read_edit_file(path):
     "`(metadata, tensors)` of an edit file: format known, digest checked (older formats: a warning)"
     from safetensors import safe_open
