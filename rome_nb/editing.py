@@ -122,7 +122,8 @@ def hparams_path(alg_name:str,        # method, e.g. 'ROME' (the folder's name)
         for n in names:
             if (d / n).is_file(): return d / n
     avail = sorted({f.name for d in dirs if d.is_dir() for f in d.glob('*.json')})
-    raise FileNotFoundError(f"no hyperparameters file {str(hparams_fname)!r} for {alg_name} in {', '.join(str(d) for d in dirs)}; "
+    raise FileNotFoundError(f"no hyperparameters file {str(hparams_fname)!r} for {alg_name} in "
+                            f"{', '.join(str(d) for d in dirs)}; "
                             f"available: {avail or 'none'}. Pass one of these names or the path of a JSON file.")
 
 # %% ../nbs/03_editing.ipynb #572d93fe

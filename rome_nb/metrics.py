@@ -28,7 +28,8 @@ def score_rows(model,         # a causal LM
     ids = torch.tensor([r + [pad] * (n - len(r)) for r in rows], device=dev)
     mask = torch.tensor([[1] * len(r) + [0] * (n - len(r)) for r in rows], device=dev)
     lens = [len(r) - s for r, s in zip(rows, starts)]
-    if min(lens) < 1 or min(starts) < 1: raise ValueError("every row needs at least one prompt token and one target token")
+    if min(lens) < 1 or min(starts) < 1:
+        raise ValueError("every row needs at least one prompt token and one target token")
     ri = torch.tensor([i for i, l in enumerate(lens) for _ in range(l)], device=dev)
     pi = torch.tensor([s - 1 + j for s, l in zip(starts, lens) for j in range(l)], device=dev)
     ti = ids[ri, pi + 1]
@@ -121,7 +122,8 @@ def test_generation(model, tok,
            "reference_score": tfidf_similarity(" ".join(gen_texts), " ".join(consistency_texts), vec),
            "text": gen_texts}
     if len(essence_texts) > 0:
-        ret.update({"essence_score": perplexity(model, tok, " ".join(essence_texts), max_input_length=100), "essence_text": essence_texts})
+        ret.update({"essence_score": perplexity(model, tok, " ".join(essence_texts), max_input_length=100),
+                    "essence_text": essence_texts})
     return ret
 
 test_generation.__test__ = False
@@ -135,7 +137,8 @@ def _generation_texts(record, snips):
     rel, tid = rw.get("relation_id"), rw["target_new"].get("id")
     consistency = [x["text"] for x in snips[rel][tid]]
     if not consistency:
-        raise ValueError(f"case_id {record.get('case_id')}: no attribute snippets for relation {rel!r} and object {tid!r}; "
+        raise ValueError(f"case_id {record.get('case_id')}: no attribute snippets for relation {rel!r} and "
+                         f"object {tid!r}; "
                          "the reference score needs them (or skip the generation tests)")
     return consistency, [x["text"] for x in snips[rel][tid] if x["name"] == rw["subject"]]
 
@@ -148,7 +151,8 @@ def compute_rewrite_quality_counterfact(model, tok,
                                         max_out_len:int=100): # generation length, prompt included
     "The reference's CounterFact metrics of `model` on `record`: NLLs per prompt (`*_probs`), correctness, generation tests."
     rw = record["requested_rewrite"]
-    groups = [[rw["prompt"].format(rw["subject"])], record["paraphrase_prompts"], record["neighborhood_prompts"],
+    groups = [[rw["prompt"].format(rw["subject"])], record["paraphrase_prompts"],
+              record["neighborhood_prompts"],
               record.get("attribute_prompts", [])]
     nlls, ok_new, ok_true = test_batch_prediction(model, tok, list(chain(*groups)), rw["target_new"]["str"],
                                                   rw["target_true"]["str"], return_correct=True)
@@ -172,10 +176,12 @@ def compute_rewrite_quality_zsre(model, tok,
     rows, starts = [], []
     for p in prompts:
         pi, ti = target_token_ids(tok, p, rw["target_new"]["str"])
-        rows.append(pi + ti); starts.append(len(pi))
+        rows.append(pi + ti)
+        starts.append(len(pi))
     for el in record["neighborhood_prompts"]:
         pi, ti = tok.encode(el["prompt"]), tok.encode(el["target"], add_special_tokens=False)[:1]
-        rows.append(pi + ti); starts.append(len(pi))
+        rows.append(pi + ti)
+        starts.append(len(pi))
     ok = [c.tolist() for _, c in score_rows(model, tok, rows, starts)]
     return {"rewrite_prompts_correct": ok[0], "paraphrase_prompts_correct": list(chain(*ok[1:len(prompts)])),
             "neighborhood_prompts_correct": [c[0] for c in ok[len(prompts):]]}

@@ -99,8 +99,10 @@ def recursive_copy(x, clone=None, detach=None, retain_grad=None):
         elif detach: x = x.detach()
         if clone: x = x.clone()
         return x
-    if isinstance(x, dict): return type(x)({k: recursive_copy(v, clone, detach, retain_grad) for k, v in x.items()})
-    if isinstance(x, (list, tuple)): return type(x)([recursive_copy(v, clone, detach, retain_grad) for v in x])
+    if isinstance(x, dict):
+        return type(x)({k: recursive_copy(v, clone, detach, retain_grad) for k, v in x.items()})
+    if isinstance(x, (list, tuple)):
+        return type(x)([recursive_copy(v, clone, detach, retain_grad) for v in x])
     return x  # None, caches and other non-tensors pass through unchanged
 
 # %% ../nbs/00_nethook.ipynb #0c3d02b5
@@ -172,11 +174,13 @@ class TraceDict(OrderedDict, contextlib.AbstractContextManager):
         last = self._last_to_run(module, layers) if stop else None
         try:
             for l in layers:
-                self[l] = Trace(module, l, retain_output=retain_output, retain_input=retain_input, clone=clone,
+                self[l] = Trace(module, l, retain_output=retain_output, retain_input=retain_input,
+                                clone=clone,
                                 detach=detach, retain_grad=retain_grad, edit_output=edit_output,
                                 stop=stop and l == last)
         except BaseException:
-            self.close(); raise
+            self.close()
+            raise
 
     @staticmethod
     def _last_to_run(module, layers):

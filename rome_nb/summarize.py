@@ -64,7 +64,9 @@ def read_run(run_dir, first_n_cases:int=None): # a run directory; keep cases wit
     rows, skipped = [], []
     for f in case_files(run_dir):
         row, why = _case_row(f, first_n_cases)
-        if why: warnings.warn(f"{why}; skipping it"); skipped.append(str(f))
+        if why:
+            warnings.warn(f"{why}; skipping it")
+            skipped.append(str(f))
         if row is not None: rows.append(row)
     df = pd.DataFrame(rows).set_index("case_id") if rows else pd.DataFrame()
     df.attrs['skipped'] = skipped
@@ -83,7 +85,8 @@ def hmean(xs): # positive numbers
 
 def _ci(x): # per-case values (NaN where missing)
     "Mean and 95% confidence half-width (1.96 standard errors) of the non-missing values."
-    x = np.asarray(x, dtype=np.float64); x = x[~np.isnan(x)]
+    x = np.asarray(x, dtype=np.float64)
+    x = x[~np.isnan(x)]
     if len(x) == 0: return np.nan, np.nan
     return float(x.mean()), float(1.96 * x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else np.nan
 
@@ -106,9 +109,12 @@ def stage_row(df, prefix:str): # a run's `read_run` table, 'pre' or 'post'
     row = {"n": int(df[cols].notna().any(axis=1).sum())}
     for name, (key, scale) in COLUMNS.items():
         k = f"{prefix}_{key}"
-        if k in df: m, h = _ci(df[k]); row[name], row[f"{name} ±"] = m * scale, h * scale
+        if k in df:
+            m, h = _ci(df[k])
+            row[name], row[f"{name} ±"] = m * scale, h * scale
     if all(f"{prefix}_{k}_success" in df for k in ("rewrite", "paraphrase", "neighborhood")):
-        parts = df[[f"{prefix}_{k}_success" for k in ("rewrite", "paraphrase", "neighborhood")]].to_numpy(np.float64)
+        parts = df[[f"{prefix}_{k}_success" for k in ("rewrite",
+                                                      "paraphrase", "neighborhood")]].to_numpy(np.float64)
         row["S"], row["S ±"] = hmean([row["ES"], row["PS"], row["NS"]]), _score_ci(parts) * 100
     if "time" in df and prefix == "post": row["time"] = float(df["time"].mean())
     return row
@@ -121,7 +127,9 @@ def summary_table(runs:dict): # {run name: `read_run` table}
     for name, df in runs.items():
         for prefix in ("pre", "post"):
             r = stage_row(df, prefix) if len(df) else None
-            if r: rows.append(r); index.append((name, prefix))
+            if r:
+                rows.append(r)
+                index.append((name, prefix))
     if not rows: return pd.DataFrame()
     t = pd.DataFrame(rows, index=pd.MultiIndex.from_tuples(index, names=["run", "stage"]))
     cols = [c for k in _ORDER for c in (k, f"{k} ±") if c in t] + (["time"] if "time" in t else [])
@@ -133,8 +141,12 @@ def format_table(t, digits:int=1): # a `summary_table`
     out = pd.DataFrame(index=t.index)
     for c in t.columns:
         if c.endswith(" ±"): continue
-        if c in ("n",): out[c] = t[c].astype(int).astype(str); continue
-        if c == "time": out["time (s)"] = t[c].map(lambda v: "" if pd.isna(v) else f"{v:.2f}"); continue
+        if c in ("n",):
+            out[c] = t[c].astype(int).astype(str)
+            continue
+        if c == "time":
+            out["time (s)"] = t[c].map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
+            continue
         h = t.get(f"{c} ±")
         out[c] = [("" if pd.isna(m) else f"{m:.{digits}f}" + ("" if h is None or pd.isna(h.iloc[i]) else f" ± {h.iloc[i]:.{digits}f}"))
                   for i, m in enumerate(t[c])]
@@ -164,11 +176,14 @@ def find_runs(dir_name, runs=None, results_dir="results"): # folder name or path
     "The run directories under `dir_name` (or `dir_name` itself if it holds case files), filtered by `runs`."
     d = Path(dir_name)
     if not d.is_dir(): d = Path(results_dir) / dir_name
-    if not d.is_dir(): raise FileNotFoundError(f"no results folder {dir_name!r} (looked in {Path(dir_name)} and {d})")
+    if not d.is_dir():
+        raise FileNotFoundError(f"no results folder {dir_name!r} (looked in {Path(dir_name)} and {d})")
     if case_files(d): return [d]
     if isinstance(runs, str): runs = runs.split(",")
     found = [p for p in sorted(d.iterdir()) if p.is_dir() and (runs is None or any(r in p.name for r in runs))]
-    if not found: raise FileNotFoundError(f"no runs{f' matching {runs}' if runs else ''} in {d}; it holds {sorted(p.name for p in d.iterdir())}")
+    if not found:
+        raise FileNotFoundError(f"no runs{f' matching {runs}' if runs else ''} in {d}; it holds "
+                                f"{sorted(p.name for p in d.iterdir())}")
     return found
 
 def summarize(dir_name, runs=None, first_n_cases:int=None, results_dir="results"):
@@ -184,9 +199,12 @@ def reference_summaries(dir_name, runs=None, first_n_cases:int=None, get_uncompr
         if not len(df): continue
         lists = {k: df[k].dropna().tolist() for k in df.columns}
         meta = {"run_dir": str(p), "num_cases": len(df)}
-        if get_uncompressed: out.append(dict(lists, **meta)); continue
+        if get_uncompressed:
+            out.append(dict(lists, **meta))
+            continue
         s = {k: (float(np.mean(v)), float(np.std(v))) for k, v in lists.items() if v}
-        s = {k: v if any(x in k for x in ("essence_score", "time")) else tuple(round(z * 100, 2) for z in v) for k, v in s.items()}
+        s = {k: v if any(x in k
+                         for x in ("essence_score", "time")) else tuple(round(z * 100, 2) for z in v) for k, v in s.items()}
         for prefix in ("pre", "post"):
             ks = [f"{prefix}_{k}_success" for k in ("rewrite", "paraphrase", "neighborhood")]
             if all(k in s for k in ks): s[f"{prefix}_score"] = (hmean([s[k][0] for k in ks]), np.nan)
@@ -198,11 +216,13 @@ def run_benchmark(alg_name:str="ROME", model_name="toy", ds_name:str="cf", datas
                   results_dir="results", quiet:bool=False, **kwargs): # `rome_nb.evaluate.evaluate` arguments
     "Evaluate `alg_name` on `ds_name` and print the summary table; returns `(run_dir, table)`."
     from rome_nb.evaluate import evaluate
-    run = evaluate(alg_name=alg_name, model_name=model_name, ds_name=ds_name, dataset_size_limit=dataset_size_limit,
+    run = evaluate(alg_name=alg_name, model_name=model_name, ds_name=ds_name,
+                   dataset_size_limit=dataset_size_limit,
                    results_dir=results_dir, quiet=quiet, **kwargs)
     t = summarize(run)
     with pd.option_context("display.width", 250, "display.max_columns", 40):
-        print(f"{alg_name} on {ds_name} ({model_name if isinstance(model_name, str) else 'given model'}): {run}\n" + format_table(t).to_string())
+        print(f"{alg_name} on {ds_name} ({model_name if isinstance(model_name, str) else 'given model'}): "
+              f"{run}\n" + format_table(t).to_string())
         if len(t): print(legend_line(t))
     return run, t
 

@@ -43,12 +43,17 @@ class FTHyperParams(HyperParams):
         if isinstance(self.layers, int): self.layers = [self.layers]
         if not self.layers or not all(isinstance(l, int) and not isinstance(l, bool) for l in self.layers):
             raise ValueError(f"layers must be a non-empty list of ints, got {self.layers!r}")
-        if self.objective not in OBJECTIVES: raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         nc = self.norm_constraint
         if nc is True or (nc not in (None, False) and not (isinstance(nc, (int, float)) and nc >= 0)):
             raise ValueError(f"norm_constraint must be a non-negative number (FT-L) or false (FT), got {nc!r}")
-        if self.kl_factor: raise ValueError(f"kl_factor={self.kl_factor}: FT has no KL term (the reference's code ignores it); set it to 0")
-        if self.num_steps < 0 or self.batch_size < 1: raise ValueError(f"num_steps must be >= 0 and batch_size >= 1, got {self.num_steps}, {self.batch_size}")
+        if self.kl_factor:
+            raise ValueError(f"kl_factor={self.kl_factor}: FT has no KL term (the reference's code ignores "
+                             f"it); set it to 0")
+        if self.num_steps < 0 or self.batch_size < 1:
+            raise ValueError(f"num_steps must be >= 0 and batch_size >= 1, got {self.num_steps}, "
+                             f"{self.batch_size}")
 
     @property
     def constrained(self):
@@ -65,14 +70,16 @@ def ft_module_names(model, hparams:FTHyperParams): # the model, hyperparameters
             name = tmp.format(l)
             try: get_module(model, name)
             except NameNotFoundError as e:
-                raise ValueError(f"rewrite_module_tmp={tmp!r} does not fit this {type(model).__name__} ({e}). Leave it null for the "
+                raise ValueError(f"rewrite_module_tmp={tmp!r} does not fit this {type(model).__name__} "
+                                 f"({e}). Leave it null for the "
                                  f"MLP down-projection {model_arch(model).rewrite_module_tmp!r}, or give a kind: 'attn', 'mlp'") from None
         out.append(name)
     return list(dict.fromkeys(out))
 
 def ft_weights(model, hparams:FTHyperParams): # the model, hyperparameters
     "`{parameter name: parameter}` of every parameter of the modules FT trains."
-    return {f"{m}.{n}": p for m in ft_module_names(model, hparams) for n, p in get_module(model, m).named_parameters()}
+    return {f"{m}.{n}": p for m in ft_module_names(model, hparams)
+            for n, p in get_module(model, m).named_parameters()}
 
 # %% ../../nbs/30_ft.ipynb #82ae63d7
 def request_text(request:dict): # a request: prompt with '{}', subject, target_new
@@ -120,15 +127,19 @@ def ft_train(model, tok,            # the model (trained in place) and its token
     try:
         for p in model.parameters(): p.requires_grad_(id(p) in ids)
         for _ in range(hparams.num_steps):
-            passes += 1; tot = 0.
+            passes += 1
+            tot = 0.
             for batch in _chunks(pairs, hparams.batch_size):
                 opt.zero_grad()
                 loss = ft_loss(model, tok, [t for t, _ in batch], [g for _, g in batch], hparams.objective)
-                if not torch.isfinite(loss): raise FloatingPointError(f"FT loss is {loss.item()}; lower lr ({hparams.lr})")
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"FT loss is {loss.item()}; lower lr ({hparams.lr})")
                 if loss.item() >= hparams.early_stop_loss:
-                    loss.backward(); opt.step()
+                    loss.backward()
+                    opt.step()
                 if hparams.constrained: clamp_to_originals(weights, originals, hparams.norm_constraint)
-                losses.append(loss.item()); tot += loss.item() * len(batch)
+                losses.append(loss.item())
+                tot += loss.item() * len(batch)
             if tot / len(pairs) < hparams.early_stop_loss: break
     finally:
         for n, p in model.named_parameters(): p.requires_grad_(flags[n])
@@ -162,7 +173,8 @@ def apply_ft_to_model(model, tok,                # the model and its tokenizer
         _check_trained(weights, hparams)
     if info is not None: info.append(log)
     if not return_orig_weights: return model, {}
-    return model, {k: v.to(return_orig_weights_device) if return_orig_weights_device is not None else v for k, v in originals.items()}
+    return model, {k: v.to(return_orig_weights_device) if return_orig_weights_device is not None else v
+                   for k, v in originals.items()}
 
 def execute_ft(model, tok, requests, hparams:FTHyperParams, **kwargs): # as `apply_ft_to_model`
     "The weight changes `{name: delta}` FT makes for `requests`; the model is left unchanged."

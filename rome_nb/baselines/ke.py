@@ -49,7 +49,8 @@ class RequestEncoder(nn.Module):
 
     def forward(self, input_ids, attention_mask):
         lens = attention_mask.sum(1).cpu()
-        packed = nn.utils.rnn.pack_padded_sequence(self.embedding(input_ids), lens, batch_first=True, enforce_sorted=False)
+        packed = nn.utils.rnn.pack_padded_sequence(self.embedding(input_ids), lens,
+                                                   batch_first=True, enforce_sorted=False)
         _, (h, _) = self.lstm(packed)           # h: [2, batch, lstm_dim], the last state of each direction
         return torch.tanh(self.out(torch.cat([h[0], h[1]], -1)))
 
@@ -60,7 +61,8 @@ class ConditionedWeight(nn.Module):
         super().__init__()
         self.shape, self.max_scale = tuple(shape), max_scale
         m, n = self.shape
-        self.net = nn.Sequential(nn.Linear(cond_dim, hidden_dim), nn.Tanh(), nn.Linear(hidden_dim, 2 * (m + n) + 1))
+        self.net = nn.Sequential(nn.Linear(cond_dim, hidden_dim), nn.Tanh(),
+                                 nn.Linear(hidden_dim, 2 * (m + n) + 1))
 
     def forward(self, cond, grad): # [cond_dim] for one edit, [m, n]
         m, n = self.shape
@@ -76,9 +78,11 @@ class KEEditor(nn.Module):
     def __init__(self, model:nn.Module, names:list, lstm_dim:int=512, cond_dim:int=768, hidden_dim:int=512, max_scale:float=1.0):
         super().__init__()
         self.names = list(names)
-        self.config = dict(names=self.names, lstm_dim=lstm_dim, cond_dim=cond_dim, hidden_dim=hidden_dim, max_scale=max_scale)
+        self.config = dict(names=self.names, lstm_dim=lstm_dim, cond_dim=cond_dim,
+                           hidden_dim=hidden_dim, max_scale=max_scale)
         emb = get_parameter(model, model_arch(model).embed_module + '.weight')
-        self.encoder = RequestEncoder(emb.shape[0], emb.shape[1], lstm_dim, cond_dim, embedding_init=emb.detach())
+        self.encoder = RequestEncoder(emb.shape[0], emb.shape[1], lstm_dim, cond_dim,
+                                      embedding_init=emb.detach())
         self.conditioners = nn.ModuleDict({n.replace('.', '_'): ConditionedWeight(get_parameter(model, n + '.weight').shape,
                                                                                  cond_dim, hidden_dim, max_scale) for n in self.names})
 
@@ -100,5 +104,6 @@ def make_ke_editor(model, names, cfg): # model, module names, hparams or a file'
 def apply_ke_to_model(model, tok, requests:list, hparams:EFKHyperParams, copy:bool=False,
                       return_orig_weights:bool=False, return_orig_weights_device=None, progress:bool=True, **kwargs):
     "Edit `model` with KE (one request after another); returns `(model, {weight name: original tensor})`."
-    return apply_editor(model, tok, requests, hparams, 'KE', make_ke_editor, copy=copy, return_orig_weights=return_orig_weights,
+    return apply_editor(model, tok, requests, hparams, 'KE', make_ke_editor, copy=copy,
+                        return_orig_weights=return_orig_weights,
                         return_orig_weights_device=return_orig_weights_device, progress=progress)

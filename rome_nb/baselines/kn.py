@@ -32,8 +32,10 @@ class KNHyperParams(HyperParams):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.steps < 1 or self.batch_size < 1: raise ValueError(f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}")
-        if not 0 <= self.adaptive_threshold <= 1: raise ValueError(f"adaptive_threshold must be in [0, 1], got {self.adaptive_threshold}")
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError(f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}")
+        if not 0 <= self.adaptive_threshold <= 1:
+            raise ValueError(f"adaptive_threshold must be in [0, 1], got {self.adaptive_threshold}")
         if not 0 <= self.p < 1: raise ValueError(f"p must be in [0, 1), got {self.p}")
         if isinstance(self.layers, int): self.layers = [self.layers]
 
@@ -73,7 +75,8 @@ def replace_last_activations(model,          # the model
     handles = []
     try:
         for l, (rows, vals) in reps.items():
-            handles.append(get_module(model, layername(model, l, 'down_proj')).register_forward_pre_hook(make_hook(rows, vals)))
+            handles.append(get_module(model,
+                                      layername(model, l, 'down_proj')).register_forward_pre_hook(make_hook(rows, vals)))
         yield
     finally:
         for h in handles: h.remove()
@@ -88,8 +91,10 @@ def _ig_rows(model, ids, tid, acts, layers, steps, batch_size):
         chunk = rows[c:c + batch_size]
         by_layer = collections.defaultdict(list)
         for r, (j, k) in enumerate(chunk): by_layer[j].append((r, k))
-        leaves = {j: (alphas[[k for _, k in rk]][:, None] * acts[j]).requires_grad_() for j, rk in by_layer.items()}
-        reps = {layers[j]: (torch.tensor([r for r, _ in rk], device=dev), leaves[j]) for j, rk in by_layer.items()}
+        leaves = {j: (alphas[[k for _, k in rk]][:, None] * acts[j]).requires_grad_()
+                  for j, rk in by_layer.items()}
+        reps = {layers[j]: (torch.tensor([r for r, _ in rk], device=dev), leaves[j])
+                for j, rk in by_layer.items()}
         x = torch.tensor([ids] * len(chunk), device=dev)
         with replace_last_activations(model, reps, len(ids)):
             probs = torch.softmax(model(input_ids=x).logits[:, -1].float(), dim=-1)[:, tid]
@@ -112,7 +117,8 @@ def integrated_gradients(model, tok,            # the model and its tokenizer
             for j, tid in enumerate(t_ids):  # teacher forcing over the target's tokens
                 ids = p_ids + t_ids[:j]
                 acts = neuron_activations(model, ids, layers)
-                scores.append(acts * _ig_rows(model, ids, tid, acts, layers, hparams.steps, hparams.batch_size) / hparams.steps)
+                scores.append(acts * _ig_rows(model, ids, tid, acts, layers,
+                                              hparams.steps, hparams.batch_size) / hparams.steps)
     finally:
         for n, p in model.named_parameters(): p.requires_grad_(flags[n])
     return torch.stack(scores).mean(0)
@@ -139,7 +145,8 @@ def find_knowledge_neurons(model, tok,            # the model and its tokenizer
                            hparams:KNHyperParams): # hyperparameters
     "The knowledge neurons of a fact: coarse neurons per prompt, refined across prompts."
     layers = kn_layers(model, hparams)
-    lists = [coarse_neurons(integrated_gradients(model, tok, p, target, hparams), hparams.adaptive_threshold, layers) for p in prompts]
+    lists = [coarse_neurons(integrated_gradients(model, tok, p, target, hparams),
+                            hparams.adaptive_threshold, layers) for p in prompts]
     return refine_neurons(lists, hparams.p, hparams.refine)
 
 # %% ../../nbs/31_kn.ipynb #3e7eb2e8
@@ -187,7 +194,8 @@ def apply_kn_to_model(model, tok,                # the model and its tokenizer
     with all_or_nothing(model, originals) as written:
         for r in requests:
             text, new = request_text(r)
-            tt = r.get('target_true'); true = (tt['str'] if isinstance(tt, dict) else tt) if tt else None
+            tt = r.get('target_true')
+            true = (tt['str'] if isinstance(tt, dict) else tt) if tt else None
             if true is None:  # attribute the model's own top prediction
                 with torch.no_grad():
                     ids = target_token_ids(tok, text, new)[0]
@@ -199,4 +207,5 @@ def apply_kn_to_model(model, tok,                # the model and its tokenizer
             kn_edit_weights(model, neurons, d, written)
             if info is not None: info.append({'neurons': neurons, 'target_true': true})
     if not return_orig_weights: return model, {}
-    return model, {k: v.to(return_orig_weights_device) if return_orig_weights_device is not None else v for k, v in originals.items()}
+    return model, {k: v.to(return_orig_weights_device) if return_orig_weights_device is not None else v
+                   for k, v in originals.items()}

@@ -53,11 +53,13 @@ class EditorHyperParams(HyperParams):
         super().__post_init__()
         if isinstance(self.layers, int): self.layers = [self.layers]
         if self.layers is not None and not all(isinstance(l, int) for l in self.layers):
-            raise ValueError(f"layers must be a list of ints or null (the last three blocks), got {self.layers!r}")
+            raise ValueError(f"layers must be a list of ints or null (the last three blocks), got "
+                             f"{self.layers!r}")
         bad = [k for k in self.kinds if k not in EDIT_KINDS]
         if bad: raise ValueError(f"unknown kinds {bad}; use some of {EDIT_KINDS}")
         if not isinstance(self.train_ds, str) or not self.train_ds:
-            raise ValueError(f"train_ds must be 'toy', 'cf' or the path of CounterFact data, got {self.train_ds!r}")
+            raise ValueError(f"train_ds must be 'toy', 'cf' or the path of CounterFact data, got "
+                             f"{self.train_ds!r}")
 
 # %% ../../nbs/32_mend.ipynb #3caff5d1
 @dataclass
@@ -81,7 +83,9 @@ def mlp_in_names(model:nn.Module, # the model
         if full == attn or full.startswith(attn + '.'): continue
         d = linear_dims(m)
         if d is not None and d[0] == arch.hidden_size and d[1] == arch.mlp_width: out.append(full)
-    if not out: raise ValueError(f"no MLP input projection ({arch.hidden_size} -> {arch.mlp_width}) found in {block}; "
+    if not out:
+        raise ValueError(f"no MLP input projection ({arch.hidden_size} -> {arch.mlp_width}) found in "
+                         f"{block}; "
                                  f"edit only 'down_proj' (kinds=['down_proj'])")
     return out
 
@@ -159,8 +163,10 @@ class GradientEditor(nn.Module):
     def __init__(self, d_in:int, d_out:int, n_modes:int, rank:int=1920, n_hidden:int=1):
         super().__init__()
         self.d_in, self.d_out = d_in, d_out
-        self.layers = nn.ModuleList([LowRankLayer(d_in + d_out, rank, n_modes, act=i < n_hidden) for i in range(n_hidden + 1)])
-        for k, d in (('u_mean', d_in), ('u_m2', d_in), ('d_mean', d_out), ('d_m2', d_out)): self.register_buffer(k, torch.zeros(d))
+        self.layers = nn.ModuleList([LowRankLayer(d_in + d_out, rank, n_modes, act=i < n_hidden)
+                                     for i in range(n_hidden + 1)])
+        for k, d in (('u_mean', d_in), ('u_m2', d_in), ('d_mean', d_out), ('d_m2', d_out)):
+            self.register_buffer(k, torch.zeros(d))
         self.register_buffer('count', torch.zeros(()))
 
     @torch.no_grad()
@@ -169,13 +175,16 @@ class GradientEditor(nn.Module):
         n0, n1 = self.count.item(), u.shape[0]
         if n1 == 0: return
         for x, mean, m2 in ((u, self.u_mean, self.u_m2), (d, self.d_mean, self.d_m2)):
-            xm = x.mean(0); delta = xm - mean
+            xm = x.mean(0)
+            delta = xm - mean
             mean += delta * n1 / (n0 + n1)
             m2 += ((x - xm) ** 2).sum(0) + delta ** 2 * n0 * n1 / (n0 + n1)
         self.count += n1
 
     def normalise(self, u, d):
-        if self.count < 2: raise RuntimeError("the editor's input normalisation is not set: call update_stats on training edits first")
+        if self.count < 2:
+            raise RuntimeError("the editor's input normalisation is not set: call update_stats on training "
+                               "edits first")
         sd = lambda m2: (m2 / (self.count - 1)).sqrt() + 1e-7
         return (u - self.u_mean) / sd(self.u_m2), (d - self.d_mean) / sd(self.d_m2)
 
@@ -197,7 +206,8 @@ class MENDEditor(nn.Module):
         groups = {}
         for n in self.names: groups.setdefault(self.shape_key[n], []).append(n)
         self.mode = {n: g.index(n) for g in groups.values() for n in g}
-        self.editors = nn.ModuleDict({k: GradientEditor(*dims[g[0]][:2], len(g), rank, n_hidden) for k, g in groups.items()})
+        self.editors = nn.ModuleDict({k: GradientEditor(*dims[g[0]][:2], len(g), rank, n_hidden)
+                                      for k, g in groups.items()})
         self.edit_lrs = nn.Parameter(torch.full((len(self.names),), float(edit_lr)))
 
     def update_stats(self, factors:dict):
@@ -222,9 +232,11 @@ class MENDEditor(nn.Module):
 # %% ../../nbs/32_mend.ipynb #198d7cae
 def _atomic_dir_write(dest:Path, write_fn):
     "Write files into a temporary sibling directory with `write_fn(dir)`, then rename it to `dest`."
-    dest = Path(dest); dest.parent.mkdir(parents=True, exist_ok=True)
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir()
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
     try:
         write_fn(tmp)
         if dest.exists(): shutil.rmtree(dest)
@@ -248,10 +260,12 @@ def load_editor_state(path): # .safetensors, or .pt/.bin/.pth (a state dict, rea
     if path.suffix == '.safetensors':
         from safetensors import safe_open
         with safe_open(str(path), framework='pt') as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, {k: (json.loads(v) if k != 'method' else v) for k, v in (f.metadata() or {}).items()}
+            return {k: f.get_tensor(k) for k in f.keys()}, {k: (json.loads(v) if k != 'method' else v)
+                                                            for k, v in (f.metadata() or {}).items()}
     try: d = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
-        raise ValueError(f"{path} is not a plain tensor file: loading it would need to run code or build objects from the "
+        raise ValueError(f"{path} is not a plain tensor file: loading it would need to run code or build "
+                         f"objects from the "
                          f"pickle, which is refused ({type(e).__name__}: {str(e).splitlines()[0][:200]}). Save its state dict "
                          f"as safetensors (or torch.save of a dict of tensors) on a machine you trust.") from None
     if isinstance(d, dict) and isinstance(d.get('model'), dict): d = d['model']
@@ -266,11 +280,14 @@ def training_records(hparams): # hyperparameters with train_ds, train_skip, trai
         from rome_nb.toyworld import load_world, toy_counterfact
         recs = toy_counterfact(load_world())
     elif hparams.train_ds == 'cf': recs = list(CounterFactDataset())
-    elif Path(hparams.train_ds).suffix == '.json' and Path(hparams.train_ds).is_file(): recs = json.loads(Path(hparams.train_ds).read_text())
+    elif Path(hparams.train_ds).suffix == '.json' and Path(hparams.train_ds).is_file():
+        recs = json.loads(Path(hparams.train_ds).read_text())
     else: recs = list(CounterFactDataset(hparams.train_ds))
     end = None if hparams.train_size is None else hparams.train_skip + hparams.train_size
     recs = recs[hparams.train_skip:end]
-    if len(recs) < 2: raise ValueError(f"only {len(recs)} training records in {hparams.train_ds!r} after skipping {hparams.train_skip}")
+    if len(recs) < 2:
+        raise ValueError(f"only {len(recs)} training records in {hparams.train_ds!r} after skipping "
+                         f"{hparams.train_skip}")
     return recs
 
 def training_step_data(rec:dict, others:list, n_loc:int): # a record, other records, prompts for the KL
@@ -295,7 +312,8 @@ def edit_step_losses(editor, model, tok, rec, others, hparams): # editor, model,
     dl = editor.edit_deltas(model, tok, rq)
     ws = {k: get_parameter(model, k) for k in dl}
     params = {k: ws[k] + v.to(device=dev, dtype=ws[k].dtype) for k, v in dl.items()}
-    einp, elab = edit_batch(tok, [{'prompt': p, 'subject': '', 'target_new': rq['target_new']} for p in edit_prompts], dev)
+    einp, elab = edit_batch(tok, [{'prompt': p, 'subject': '',
+                                   'target_new': rq['target_new']} for p in edit_prompts], dev)
     with torch.no_grad():
         pre = target_nll(model(**einp).logits, elab)
         linp = make_inputs(tok, loc, device=dev, padding_side='right', position_ids=False)
@@ -321,20 +339,28 @@ def train_editor(editor:nn.Module, model, tok, records:list, hparams, steps:int=
     rng = random.Random(hparams.seed)
     params = [p for n, p in editor.named_parameters() if n != 'edit_lrs']
     groups = [{'params': params, 'lr': hparams.lr}]
-    if hasattr(editor, 'edit_lrs'): groups.append({'params': [editor.edit_lrs], 'lr': getattr(hparams, 'lr_lr', hparams.lr)})
+    if hasattr(editor, 'edit_lrs'):
+        groups.append({'params': [editor.edit_lrs], 'lr': getattr(hparams, 'lr_lr', hparams.lr)})
     opt = torch.optim.Adam(groups)
     hist = {k: [] for k in ('pre', 'edit', 'loc', 'wall', 'cpu')}
     t0, c0 = time.time(), time.process_time()
     with _frozen_model(model):
         editor.train()
-        for step in tqdm(range(steps), disable=not progress, desc=f"training {editor.method}", mininterval=10):
+        for step in tqdm(range(steps), disable=not progress,
+                         desc=f"training {editor.method}", mininterval=10):
             rec = records[rng.randrange(len(records))]
             others = [records[rng.randrange(len(records))] for _ in range(hparams.n_loc)]
             l_edit, l_loc, pre = edit_step_losses(editor, model, tok, rec, others, hparams)
             loss = hparams.cedit * l_edit + hparams.cloc * l_loc
-            if not torch.isfinite(loss): raise FloatingPointError(f"non-finite training loss at step {step}: edit {l_edit.item()}, KL {l_loc.item()}")
-            opt.zero_grad(); loss.backward(); opt.step()
-            for k, v in zip(hist, (pre.item(), l_edit.item(), l_loc.item(), time.time() - t0, time.process_time() - c0)): hist[k].append(v)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite training loss at step {step}: edit {l_edit.item()}, "
+                                         f"KL {l_loc.item()}")
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            for k, v in zip(hist, (pre.item(), l_edit.item(), l_loc.item(), time.time() - t0,
+                                   time.process_time() - c0)):
+                hist[k].append(v)
         editor.eval()
     return hist
 
@@ -347,18 +373,22 @@ def model_fingerprint(model:nn.Module, names:list): # the model, the edited modu
     h = hashlib.sha256()
     cfg = getattr(model, 'config', None)
     if cfg is not None:
-        d = {k: v for k, v in cfg.to_dict().items() if k not in ('_name_or_path', 'transformers_version', 'dtype', 'torch_dtype')}
+        d = {k: v for k, v in cfg.to_dict().items() if k not in ('_name_or_path',
+                                                                 'transformers_version', 'dtype',
+                                                                 'torch_dtype')}
         h.update(json.dumps(d, sort_keys=True, default=str).encode())
     arch = model_arch(model)
     for n in [arch.embed_module] + list(names):
         w = get_parameter(model, n + '.weight').detach()
-        h.update(n.encode()); h.update(w.float().cpu().contiguous().numpy().tobytes())
+        h.update(n.encode())
+        h.update(w.float().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
 
 def editor_key(method:str, model, names:list, hparams): # 'MEND' or 'KE', model, edited modules, hyperparameters
     "The cache key of a trained editor: a hash of the method, the model, the edited weights and the hyperparameters."
     hp = {k: v for k, v in hparams.to_dict().items() if k not in _NOT_IN_KEY}
-    blob = json.dumps(dict(method=method, model=model_fingerprint(model, names), names=list(names), hparams=hp), sort_keys=True, default=str)
+    blob = json.dumps(dict(method=method, model=model_fingerprint(model, names),
+                           names=list(names), hparams=hp), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 def editor_cache_dir(method:str, key:str, hparams=None): # method, key, hyperparameters (for cache_dir)
@@ -377,9 +407,11 @@ def _build_from_file(make_editor, model, names, path, hparams):
     ed = make_editor(model, fnames, {k: v for k, v in cfg.items() if k != 'names'} if cfg else hparams)
     try: res = ed.load_state_dict(sd, strict=False)
     except RuntimeError as e:
-        raise ValueError(f"editor file {path} does not fit an editor of the sizes in the hyperparameters: {str(e)[:500]}") from None
+        raise ValueError(f"editor file {path} does not fit an editor of the sizes in the hyperparameters: "
+                         f"{str(e)[:500]}") from None
     if res.missing_keys or res.unexpected_keys:
-        raise ValueError(f"editor file {path} does not fit this editor: missing {res.missing_keys[:6]}, unexpected {res.unexpected_keys[:6]}")
+        raise ValueError(f"editor file {path} does not fit this editor: missing {res.missing_keys[:6]}, "
+                         f"unexpected {res.unexpected_keys[:6]}")
     return ed.eval()
 
 _EDITORS = weakref.WeakKeyDictionary()  # model -> {(method, hparams): editor}: kept beside the model, not in it (deep copies stay small)
@@ -400,7 +432,8 @@ def get_editor(model, tok, hparams, method:str, make_editor, init_stats=None, pr
         ed = _build_from_file(make_editor, model, names, d / 'editor.safetensors', hparams).to(dev)
     else:
         if hparams.train_ds == 'toy' and hparams.model_name not in (None, 'toy'):
-            warnings.warn(f"no editor_path for {hparams.model_name}: training a {method} editor on the toy world's edits; for the "
+            warnings.warn(f"no editor_path for {hparams.model_name}: training a {method} editor on the toy "
+                          f"world's edits; for the "
                           f"reference's setting pass editor_path (a trained editor), or train on CounterFact with train_ds='cf'")
         torch.manual_seed(hparams.seed)
         ed = make_editor(model, names, hparams).to(dev)
@@ -430,7 +463,8 @@ def make_mend_editor(model, names, cfg): # model, module names, hparams or a fil
 def mend_init_stats(editor, model, tok, records, hparams):
     "Set the editor's input normalisation from the gradients of the first `n_stats` training edits."
     for r in records[:hparams.n_stats]:
-        editor.update_stats(token_factors(model, *edit_batch(tok, [r['requested_rewrite']], next(model.parameters()).device), editor.names)[0])
+        editor.update_stats(token_factors(model, *edit_batch(tok, [r['requested_rewrite']],
+                                                             next(model.parameters()).device), editor.names)[0])
 
 # %% ../../nbs/32_mend.ipynb #40f4866a
 def apply_deltas(model, deltas:dict, weights_copy:dict, orig_device=None): # model, {param: change}, originals so far
