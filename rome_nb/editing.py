@@ -17,6 +17,7 @@ import torch
 import rome_nb
 from .nethook import get_parameter
 from .models import find_token_range, token_char_ends
+from .files import read_json, write_text_atomic
 
 # %% ../nbs/03_editing.ipynb #39f40201
 Rule = namedtuple('Rule', 'kind lo hi lo_open', defaults=(False,))
@@ -37,6 +38,7 @@ HPARAM_RULES = {  # field name -> Rule(kind, lowest, highest, lowest excluded)
     'cond_dim': Rule('int', 1, _INF), 'hidden_dim': Rule('int', 1, _INF),
 }
 
+# %% ../nbs/03_editing.ipynb #f91bf4a0
 def _rule_error(owner, name, value, r):
     "The one-line message for a value that breaks rule `r`."
     what = 'an integer' if r.kind == 'int' else 'a finite number'
@@ -44,6 +46,7 @@ def _rule_error(owner, name, value, r):
     hi = f"{r.hi:g}]" if math.isfinite(r.hi) else 'inf)'
     return f"{owner}: {name}={value!r} is out of range; use {what} in {lo}, {hi}"
 
+# %% ../nbs/03_editing.ipynb #2259afec
 def check_hparam(owner:str, name:str, value, rule:Rule): # class name, field, its value, its rule
     "Raise ValueError with the allowed range when `value` breaks `rule`."
     ok_type = int if rule.kind == 'int' else (int, float)
@@ -53,6 +56,7 @@ def check_hparam(owner:str, name:str, value, rule:Rule): # class name, field, it
     if not (math.isfinite(value) and low_ok and value <= rule.hi):
         raise ValueError(_rule_error(owner, name, value, rule))
 
+# %% ../nbs/03_editing.ipynb #81921942
 def check_hparams(hp,              # a hyperparameter dataclass
                   rules:dict=None): # {field: Rule} (default `HPARAM_RULES`)
     "Check every field of `hp` that has a rule; ValueError naming the field and its range."
@@ -62,8 +66,6 @@ def check_hparams(hp,              # a hyperparameter dataclass
             check_hparam(type(hp).__name__, f.name, getattr(hp, f.name), rules[f.name])
 
 # %% ../nbs/03_editing.ipynb #3bcd72d8
-from .files import read_json, write_text_atomic
-
 class HyperParams:
     "Base of the hyperparameter dataclasses: load from and save to JSON."
     @classmethod
@@ -102,6 +104,7 @@ def list_hparams(alg_name:str=None): # an algorithm folder such as 'ROME'; None:
     root = HPARAMS_DIR / alg_name if alg_name else HPARAMS_DIR
     return sorted(str(p.relative_to(HPARAMS_DIR).with_suffix('')) for p in root.rglob('*.json'))
 
+# %% ../nbs/03_editing.ipynb #328c31c1
 def default_hparams_fname(model_name): # hub name, local directory or 'toy'
     "The reference's hyperparameter file name for a model: its name with '/' replaced by '_', plus '.json'."
     name = str(model_name).rstrip('/')
@@ -162,6 +165,7 @@ def save_originals(model,             # the model
         p = get_parameter(model, n).detach()
         originals[n] = p.to(orig_device, copy=True) if orig_device is not None else p.clone()
 
+# %% ../nbs/03_editing.ipynb #623544e6
 def _cast_checked(model, name, value):
     "`value` on the device and in the dtype of parameter `name`, checked (name, shape, values)."
     p = get_parameter(model, name)
@@ -172,6 +176,7 @@ def _cast_checked(model, name, value):
     check_weight_values(name, v)
     return v
 
+# %% ../nbs/03_editing.ipynb #c477a75c
 @torch.no_grad()
 def write_weights(model,               # the model
                   new:dict,            # {parameter name: new value}

@@ -73,6 +73,7 @@ def compute_freq(sentence:str, n:int=2): # text, n-gram order
     toks = word_tokenize(sentence)
     return collections.Counter(tuple(toks[i:i + n]) for i in range(len(toks) - n + 1))
 
+# %% ../nbs/41_metrics.ipynb #704c7930
 def compute_n_gram_entropy(sentence:str, ns=None, weights=None, agg:str='arith'): # text; orders (2, 3); weights (2/3, 4/3); 'arith' or 'geom'
     "Weighted entropies (bits) of the word n-gram distributions of `sentence`, averaged: `(2/3*H2 + 4/3*H3)/2`."
     ns, weights = ns or [2, 3], weights or [2 / 3, 4 / 3]

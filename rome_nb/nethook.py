@@ -57,6 +57,7 @@ def _parameters_of(models, caller='set_requires_grad'):
         else: raise TypeError(f"{caller} expects modules or parameters, got {type(m).__name__}")
     return list(ps.values())
 
+# %% ../nbs/00_nethook.ipynb #82d706b6
 def set_requires_grad(requires_grad:bool, # the value to set
                       *models):           # modules or parameters
     "Set `requires_grad` on every parameter of each of `models` (modules or single parameters)."
@@ -80,6 +81,7 @@ def untuple(x):
     "The first element of `x` if it is a tuple or list, else `x`: the hidden state of a module's output."
     return x[0] if isinstance(x, (tuple, list)) else x
 
+# %% ../nbs/00_nethook.ipynb #f0e008bb
 def retuple(like, h):
     "`h` in the structure of `like`: replaces the first element of a tuple output, or is `h` itself."
     return (h, *like[1:]) if isinstance(like, tuple) else h
@@ -174,8 +176,7 @@ class TraceDict(OrderedDict, contextlib.AbstractContextManager):
         last = self._last_to_run(module, layers) if stop else None
         try:
             for l in layers:
-                self[l] = Trace(module, l, retain_output=retain_output, retain_input=retain_input,
-                                clone=clone,
+                self[l] = Trace(module, l, retain_output=retain_output, retain_input=retain_input, clone=clone,
                                 detach=detach, retain_grad=retain_grad, edit_output=edit_output,
                                 stop=stop and l == last)
         except BaseException:

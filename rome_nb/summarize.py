@@ -16,6 +16,7 @@ from .cli import command
 # %% ../nbs/43_summarize.ipynb #a2b78d3f
 def _mean(xs): return float(np.mean(xs)) if len(xs) else None
 
+# %% ../nbs/43_summarize.ipynb #f80eb94e
 def case_metrics(data:dict): # the content of a case file
     "The reference's per-case metrics of one result file: success rates, probability differences, accuracies, generation scores."
     out = {"case_id": data["case_id"]}
@@ -45,6 +46,7 @@ def case_files(run_dir): # a run directory
     fs = [f for f in Path(run_dir).glob("*case_*.json") if f.name.split("_")[-1][:-5].isdigit()]
     return sorted(fs, key=lambda f: int(f.name.split("_")[-1][:-5]))
 
+# %% ../nbs/43_summarize.ipynb #f3e994b7
 def _case_row(f, first_n_cases):
     "`(row or None, problem or None)` for one case file (None, None: outside `first_n_cases`)."
     try: data = json.loads(f.read_text(encoding='utf-8'))
@@ -59,6 +61,7 @@ def _case_row(f, first_n_cases):
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
         return None, f"{f} has malformed scores ({type(e).__name__}: {e})"
 
+# %% ../nbs/43_summarize.ipynb #31b97b4d
 def read_run(run_dir, first_n_cases:int=None): # a run directory; keep cases with id < first_n_cases
     "A row of `case_metrics` per case file of `run_dir`, by case id (skipped: `attrs['skipped']`)."
     rows, skipped = [], []
@@ -83,6 +86,7 @@ def hmean(xs): # positive numbers
     xs = np.asarray(xs, dtype=np.float64)
     return 0.0 if (xs <= 0).any() else float(len(xs) / np.sum(1 / xs))
 
+# %% ../nbs/43_summarize.ipynb #8f769dc7
 def _ci(x): # per-case values (NaN where missing)
     "Mean and 95% confidence half-width (1.96 standard errors) of the non-missing values."
     x = np.asarray(x, dtype=np.float64)
@@ -90,6 +94,7 @@ def _ci(x): # per-case values (NaN where missing)
     if len(x) == 0: return np.nan, np.nan
     return float(x.mean()), float(1.96 * x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else np.nan
 
+# %% ../nbs/43_summarize.ipynb #0c06b87d
 def _score_ci(parts, n_boot=1000, seed=0): # [cases, 3] ES, PS, NS per case
     "95% bootstrap half-width of the harmonic mean of the column means, resampling cases."
     parts = parts[~np.isnan(parts).any(1)]
@@ -119,6 +124,7 @@ def stage_row(df, prefix:str): # a run's `read_run` table, 'pre' or 'post'
     if "time" in df and prefix == "post": row["time"] = float(df["time"].mean())
     return row
 
+# %% ../nbs/43_summarize.ipynb #3f9993a3
 _ORDER = ["n", "S", "ES", "EM", "PS", "PM", "NS", "NM", "GE", "RS", "E-acc", "P-acc", "N-acc", "essence"]
 
 def summary_table(runs:dict): # {run name: `read_run` table}
@@ -165,6 +171,7 @@ METRIC_LEGEND = {
     "N-acc": "neighbour token accuracy", "essence": "perplexity of texts about the subject",
     "time": "seconds per edit"}  # what each column of `summary_table` / `format_table` means
 
+# %% ../nbs/43_summarize.ipynb #deb50a28
 def legend_line(t): # a `summary_table` or `format_table` (or its column names)
     "One line that explains the columns of `t`, the stages and the intervals."
     cols = [c.replace(" (s)", "") for c in (t.columns if hasattr(t, "columns") else t)]
@@ -186,6 +193,7 @@ def find_runs(dir_name, runs=None, results_dir="results"): # folder name or path
                                 f"{sorted(p.name for p in d.iterdir())}")
     return found
 
+# %% ../nbs/43_summarize.ipynb #002f6715
 def summarize(dir_name, runs=None, first_n_cases:int=None, results_dir="results"):
     "The paper's table (a DataFrame with 95% half-widths) for the runs of `dir_name`."
     return summary_table({p.name: read_run(p, first_n_cases) for p in find_runs(dir_name, runs, results_dir)})

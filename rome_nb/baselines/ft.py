@@ -76,6 +76,7 @@ def ft_module_names(model, hparams:FTHyperParams): # the model, hyperparameters
         out.append(name)
     return list(dict.fromkeys(out))
 
+# %% ../../nbs/30_ft.ipynb #797abff4
 def ft_weights(model, hparams:FTHyperParams): # the model, hyperparameters
     "`{parameter name: parameter}` of every parameter of the modules FT trains."
     return {f"{m}.{n}": p for m in ft_module_names(model, hparams)
@@ -87,6 +88,7 @@ def request_text(request:dict): # a request: prompt with '{}', subject, target_n
     r = check_request(request)
     return fill(r['prompt'], r['subject']), r['target_new']['str']
 
+# %% ../../nbs/30_ft.ipynb #8656618a
 def ft_loss(model, tok,             # the model and its tokenizer
             texts:list,             # prompts with their subjects
             targets:list,           # target texts (no leading space)
@@ -113,6 +115,7 @@ def clamp_to_originals(weights:dict,   # {name: parameter} being trained
 # %% ../../nbs/30_ft.ipynb #899e789e
 def _chunks(xs, n): return [xs[i:i + n] for i in range(0, len(xs), n)]
 
+# %% ../../nbs/30_ft.ipynb #b43e4881
 def ft_train(model, tok,            # the model (trained in place) and its tokenizer
              requests:list,         # requests (dicts with prompt, subject, target_new)
              hparams:FTHyperParams, # hyperparameters
@@ -154,6 +157,7 @@ def _check_trained(weights:dict, hparams):
         except FloatingPointError as e:
             raise FloatingPointError(f"FT: {e}; lower lr ({hparams.lr})") from None
 
+# %% ../../nbs/30_ft.ipynb #36de34d7
 def apply_ft_to_model(model, tok,                # the model and its tokenizer
                       requests,                  # a request dict or a list of them (trained together)
                       hparams:FTHyperParams,     # hyperparameters
@@ -176,6 +180,7 @@ def apply_ft_to_model(model, tok,                # the model and its tokenizer
     return model, {k: v.to(return_orig_weights_device) if return_orig_weights_device is not None else v
                    for k, v in originals.items()}
 
+# %% ../../nbs/30_ft.ipynb #d8457801
 def execute_ft(model, tok, requests, hparams:FTHyperParams, **kwargs): # as `apply_ft_to_model`
     "The weight changes `{name: delta}` FT makes for `requests`; the model is left unchanged."
     _, orig = apply_ft_to_model(model, tok, requests, hparams, return_orig_weights=True)

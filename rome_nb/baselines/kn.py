@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['KNHyperParams', 'kn_layers', 'neuron_activations', 'replace_last_activations', 'integrated_gradients',
            'coarse_neurons', 'refine_neurons', 'find_knowledge_neurons', 'kn_direction', 'kn_edit_weights',
-           'apply_kn_to_model']
+           'kn_true_object', 'apply_kn_to_model']
 
 # %% ../../nbs/31_kn.ipynb #ae23ea60
 import copy as _copy, collections, contextlib
@@ -49,6 +49,7 @@ def kn_layers(model, hparams:KNHyperParams): # the model, hyperparameters
     n = model_arch(model).num_layers
     return list(range(n)) if hparams.layers is None else [l % n for l in hparams.layers]
 
+# %% ../../nbs/31_kn.ipynb #deb609e3
 @torch.no_grad()
 def neuron_activations(model,       # the model
                        ids:list,    # token ids of one input
@@ -81,6 +82,7 @@ def replace_last_activations(model,          # the model
     finally:
         for h in handles: h.remove()
 
+# %% ../../nbs/31_kn.ipynb #8bfdf2a6
 def _ig_rows(model, ids, tid, acts, layers, steps, batch_size):
     "Sum over the integration points of d p(tid) / d activation, per layer: [len(layers), width]."
     alphas = torch.linspace(0, 1, steps, device=acts.device)
@@ -102,6 +104,7 @@ def _ig_rows(model, ids, tid, acts, layers, steps, batch_size):
         for j, g in zip(by_layer, gs): grads[j] += g.sum(0)
     return grads
 
+# %% ../../nbs/31_kn.ipynb #9dc09350
 def integrated_gradients(model, tok,            # the model and its tokenizer
                          prompt:str,            # the prompt (subject filled in)
                          target:str,            # the object whose probability is attributed (no leading space)
@@ -132,6 +135,7 @@ def coarse_neurons(scores:torch.Tensor,      # [layers, width] attributions
     idx = torch.nonzero(scores > scores.max() * adaptive_threshold).tolist()
     return [(layers[j], i) for j, i in idx]
 
+# %% ../../nbs/31_kn.ipynb #dcae8f92
 def refine_neurons(neuron_lists:list, # one list of neurons per prompt
                    p:float,           # sharing fraction
                    refine:bool=True): # False: keep every neuron found for any prompt
@@ -139,6 +143,7 @@ def refine_neurons(neuron_lists:list, # one list of neurons per prompt
     c = collections.Counter(n for ns in neuron_lists for n in set(ns))
     return [n for n, k in c.most_common() if not refine or k > p * len(neuron_lists)]
 
+# %% ../../nbs/31_kn.ipynb #e3cf154c
 def find_knowledge_neurons(model, tok,            # the model and its tokenizer
                            prompts:list,          # prompts (subject filled in) expressing one fact
                            target:str,            # its object
@@ -163,6 +168,7 @@ def kn_direction(model, tok,            # the model and its tokenizer
     else: old = int(model(input_ids=torch.tensor([p_ids], device=E.device)).logits[0, -1].argmax())
     return 2 * lr_scale * (E[new_ids].float().mean(0) - E[old].float())
 
+# %% ../../nbs/31_kn.ipynb #4e5cabf0
 @torch.no_grad()
 def kn_edit_weights(model, neurons:list,   # the model; `(layer, neuron)` pairs
                     direction:torch.Tensor, # [hidden] vector added to each neuron's output row
@@ -177,6 +183,22 @@ def kn_edit_weights(model, neurons:list,   # the model; `(layer, neuron)` pairs
         if orient == 'in_out': w[i, :] += direction.to(w.dtype)
         else: w[:, i] += direction.to(w.dtype)
     write_weights(model, new, originals)
+
+# %% ../../nbs/31_kn.ipynb #f8a59b2d
+@torch.no_grad()
+def kn_true_object(model, tok,    # the model and its tokenizer
+                   request:dict): # a checked request
+    "The object whose neurons KN looks for: `target_true`, else the model's top prediction after the prompt."
+    tt = request.get('target_true')
+    if tt: return tt['str'] if isinstance(tt, dict) else tt
+    text, new = request_text(request)
+    ids = target_token_ids(tok, text, new)[0]
+    top = int(model(input_ids=torch.tensor([ids], device=next(model.parameters()).device)).logits[0, -1].argmax())
+    true = tok.decode([top])
+    if not true.strip():
+        raise ValueError(f"KN: no target_true in the request for {text!r}, and the model's top prediction there "
+                         f"(token {top}) has no text to attribute; give the request a 'target_true'")
+    return true
 
 # %% ../../nbs/31_kn.ipynb #c56a4d1b
 def apply_kn_to_model(model, tok,                # the model and its tokenizer
@@ -194,12 +216,7 @@ def apply_kn_to_model(model, tok,                # the model and its tokenizer
     with all_or_nothing(model, originals) as written:
         for r in requests:
             text, new = request_text(r)
-            tt = r.get('target_true')
-            true = (tt['str'] if isinstance(tt, dict) else tt) if tt else None
-            if true is None:  # attribute the model's own top prediction
-                with torch.no_grad():
-                    ids = target_token_ids(tok, text, new)[0]
-                    true = tok.decode([int(model(input_ids=torch.tensor([ids], device=next(model.parameters()).device)).logits[0, -1].argmax())])
+            true = kn_true_object(model, tok, r)
             true = true.strip() or true
             prompts = [text] + [p for p in r.get('paraphrase_prompts', []) if hparams.refine]
             neurons = find_knowledge_neurons(model, tok, prompts, true, hparams)
