@@ -74,7 +74,8 @@ class HyperParams:
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown: warnings.warn(f"{cls.__name__}: ignoring unknown fields {unknown}")
-        missing = [f.name for f in fields(cls) if f.name not in d and f.default is MISSING and f.default_factory is MISSING]
+        missing = [f.name for f in fields(cls)
+                   if f.name not in d and f.default is MISSING and f.default_factory is MISSING]
         if missing: raise ValueError(f"{cls.__name__}: missing required fields {missing}")
         return cls(**{k: v for k, v in d.items() if k in names})
 
@@ -119,7 +120,8 @@ def hparams_path(alg_name:str,        # method, e.g. 'ROME' (the folder's name)
     p = Path(hparams_fname)
     if p.is_file(): return p
     stem = str(hparams_fname)[:-len('.json')] if str(hparams_fname).endswith('.json') else str(hparams_fname)
-    names = list(dict.fromkeys([default_hparams_fname(stem), Path(stem).name + '.json']))  # model name; a directory's last part
+    # by the model's name, or by a directory's last part
+    names = list(dict.fromkeys([default_hparams_fname(stem), Path(stem).name + '.json']))
     dirs = [Path(d) / alg_name for d in (hparams_dirs or [Path('hparams'), HPARAMS_DIR])]
     for d in dirs:
         for n in names:

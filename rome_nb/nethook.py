@@ -30,7 +30,8 @@ def get_module(model:nn.Module, # the network to search
                name:str):      # dotted module name, as in `model.named_modules()`
     "The submodule of `model` called `name`; an error naming close matches if there is none."
     m = model
-    for part in name.split('.') if name else []:  # fast path: follow the registered children, as `named_modules` does
+    # fast path: follow the registered children, as `named_modules` does
+    for part in name.split('.') if name else []:
         m = m._modules.get(part) if isinstance(m, nn.Module) else None
     if m is not None: return m
     names = [n for n, _ in model.named_modules()]

@@ -28,11 +28,13 @@ def case_metrics(data:dict): # the content of a case file
             xs = d.get(f"{key}_prompts_probs")
             if xs:
                 out[f"{prefix}_{key}_success"] = _mean([x["target_true"] > x["target_new"] for x in xs])
-                out[f"{prefix}_{key}_diff"] = _mean([math.exp(-x["target_new"]) - math.exp(-x["target_true"]) for x in xs])
+                out[f"{prefix}_{key}_diff"] = _mean([math.exp(-x["target_new"]) - math.exp(-x["target_true"])
+                                                     for x in xs])
         xs = d.get("neighborhood_prompts_probs")  # the old object should keep winning
         if xs:
             out[f"{prefix}_neighborhood_success"] = _mean([x["target_true"] < x["target_new"] for x in xs])
-            out[f"{prefix}_neighborhood_diff"] = _mean([math.exp(-x["target_true"]) - math.exp(-x["target_new"]) for x in xs])
+            out[f"{prefix}_neighborhood_diff"] = _mean([math.exp(-x["target_true"]) - math.exp(-x["target_new"])
+                                                        for x in xs])
         for key in ("rewrite", "paraphrase", "neighborhood"):
             xs = d.get(f"{key}_prompts_correct")
             if xs: out[f"{prefix}_{key}_acc"] = _mean(xs)
@@ -154,8 +156,8 @@ def format_table(t, digits:int=1): # a `summary_table`
             out["time (s)"] = t[c].map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
             continue
         h = t.get(f"{c} ±")
-        out[c] = [("" if pd.isna(m) else f"{m:.{digits}f}" + ("" if h is None or pd.isna(h.iloc[i]) else f" ± {h.iloc[i]:.{digits}f}"))
-                  for i, m in enumerate(t[c])]
+        half = lambda i: "" if h is None or pd.isna(h.iloc[i]) else f" ± {h.iloc[i]:.{digits}f}"
+        out[c] = [("" if pd.isna(m) else f"{m:.{digits}f}" + half(i)) for i, m in enumerate(t[c])]
     return out
 
 # %% ../nbs/43_summarize.ipynb #fe79ea0e
@@ -211,8 +213,8 @@ def reference_summaries(dir_name, runs=None, first_n_cases:int=None, get_uncompr
             out.append(dict(lists, **meta))
             continue
         s = {k: (float(np.mean(v)), float(np.std(v))) for k, v in lists.items() if v}
-        s = {k: v if any(x in k
-                         for x in ("essence_score", "time")) else tuple(round(z * 100, 2) for z in v) for k, v in s.items()}
+        raw = lambda k: any(x in k for x in ("essence_score", "time"))  # kept as they are; the rest x 100
+        s = {k: v if raw(k) else tuple(round(z * 100, 2) for z in v) for k, v in s.items()}
         for prefix in ("pre", "post"):
             ks = [f"{prefix}_{k}_success" for k in ("rewrite", "paraphrase", "neighborhood")]
             if all(k in s for k in ks): s[f"{prefix}_score"] = (hmean([s[k][0] for k in ks]), np.nan)

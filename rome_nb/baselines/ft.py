@@ -70,9 +70,9 @@ def ft_module_names(model, hparams:FTHyperParams): # the model, hyperparameters
             name = tmp.format(l)
             try: get_module(model, name)
             except NameNotFoundError as e:
-                raise ValueError(f"rewrite_module_tmp={tmp!r} does not fit this {type(model).__name__} "
-                                 f"({e}). Leave it null for the "
-                                 f"MLP down-projection {model_arch(model).rewrite_module_tmp!r}, or give a kind: 'attn', 'mlp'") from None
+                raise ValueError(f"rewrite_module_tmp={tmp!r} does not fit this {type(model).__name__} ({e}). "
+                                 f"Leave it null for the MLP down-projection "
+                                 f"{model_arch(model).rewrite_module_tmp!r}, or give a kind: 'attn', 'mlp'") from None
         out.append(name)
     return list(dict.fromkeys(out))
 
@@ -98,7 +98,8 @@ def ft_loss(model, tok,             # the model and its tokenizer
     logp = torch.log_softmax(model(**inp).logits.float(), dim=-1)
     losses = []
     for i, (pl, t) in enumerate(zip(plens, tids)):
-        pos = torch.full((len(t),), pl - 1) if objective == 'prompt_last' else torch.arange(pl - 1, pl - 1 + len(t))
+        last = objective == 'prompt_last'  # every target token scored at the prompt's last position
+        pos = torch.full((len(t),), pl - 1) if last else torch.arange(pl - 1, pl - 1 + len(t))
         losses.append(-logp[i, pos.to(logp.device), torch.tensor(t, device=logp.device)].mean())
     return torch.stack(losses).mean()
 

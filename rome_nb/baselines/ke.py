@@ -83,8 +83,9 @@ class KEEditor(nn.Module):
         emb = get_parameter(model, model_arch(model).embed_module + '.weight')
         self.encoder = RequestEncoder(emb.shape[0], emb.shape[1], lstm_dim, cond_dim,
                                       embedding_init=emb.detach())
-        self.conditioners = nn.ModuleDict({n.replace('.', '_'): ConditionedWeight(get_parameter(model, n + '.weight').shape,
-                                                                                 cond_dim, hidden_dim, max_scale) for n in self.names})
+        shape = lambda n: get_parameter(model, n + '.weight').shape
+        self.conditioners = nn.ModuleDict({n.replace('.', '_'): ConditionedWeight(shape(n), cond_dim, hidden_dim, max_scale)
+                                           for n in self.names})
 
     def edit_deltas(self, model, tok, request:dict, lr_scale:float=1.0):
         "Weight changes `{parameter name: tensor}` for one request."
@@ -92,7 +93,8 @@ class KEEditor(nn.Module):
         inp, labels = edit_batch(tok, [request], next(model.parameters()).device)
         grads, _ = weight_grads(model, inp, labels, self.names)
         c = self.encoder(inp['input_ids'].to(dev), inp['attention_mask'].to(dev))[0]
-        return {n + '.weight': lr_scale * self.conditioners[n.replace('.', '_')](c, grads[n + '.weight'].to(dev)) for n in self.names}
+        cond = {n: self.conditioners[n.replace('.', '_')] for n in self.names}
+        return {n + '.weight': lr_scale * cond[n](c, grads[n + '.weight'].to(dev)) for n in self.names}
 
 # %% ../../nbs/33_ke.ipynb #5930c2f6
 def make_ke_editor(model, names, cfg): # model, module names, hparams or a file's config dict

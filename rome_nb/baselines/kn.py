@@ -76,8 +76,8 @@ def replace_last_activations(model,          # the model
     handles = []
     try:
         for l, (rows, vals) in reps.items():
-            handles.append(get_module(model,
-                                      layername(model, l, 'down_proj')).register_forward_pre_hook(make_hook(rows, vals)))
+            down = get_module(model, layername(model, l, 'down_proj'))
+            handles.append(down.register_forward_pre_hook(make_hook(rows, vals)))
         yield
     finally:
         for h in handles: h.remove()
@@ -193,7 +193,8 @@ def kn_true_object(model, tok,    # the model and its tokenizer
     if tt: return tt['str'] if isinstance(tt, dict) else tt
     text, new = request_text(request)
     ids = target_token_ids(tok, text, new)[0]
-    top = int(model(input_ids=torch.tensor([ids], device=next(model.parameters()).device)).logits[0, -1].argmax())
+    dev = next(model.parameters()).device
+    top = int(model(input_ids=torch.tensor([ids], device=dev)).logits[0, -1].argmax())
     true = tok.decode([top])
     if not true.strip():
         raise ValueError(f"KN: no target_true in the request for {text!r}, and the model's top prediction there "

@@ -25,7 +25,8 @@ from ..editing import HyperParams, check_requests, add_to_weights, all_or_nothin
 from ..files import atomic_path
 
 # %% ../../nbs/32_mend.ipynb #4c66a156
-EDIT_KINDS = ('mlp_in', 'down_proj')  # the MLP's input projections (c_fc, up_proj, gate_proj, ...) and its output projection
+# the MLP's input projections (c_fc, up_proj, gate_proj, ...) and its output projection
+EDIT_KINDS = ('mlp_in', 'down_proj')
 
 @dataclass
 class EditorHyperParams(HyperParams):
@@ -37,7 +38,7 @@ class EditorHyperParams(HyperParams):
     mini: bool = False            # reference: the "mini" checkpoint
     zsre: bool = False            # reference: checkpoint trained on zsRE
     layers: list = None           # edited blocks (None: the last three)
-    kinds: list = field(default_factory=lambda: ['mlp_in', 'down_proj']) # which weights of those blocks, in `EDIT_KINDS`
+    kinds: list = field(default_factory=lambda: list(EDIT_KINDS)) # which weights of those blocks
     editor_path: str = None       # trained editor (safetensors, or a torch state dict loaded with weights_only)
     train_ds: str = 'toy'         # training edits: 'toy' (the toy world's), 'cf' (CounterFact in the data directory) or a path
     train_skip: int = 200         # skip the first records (they are the evaluation cases)
@@ -127,7 +128,8 @@ def target_nll(logits:torch.Tensor, labels:torch.Tensor): # [batch, seq, vocab],
 def token_factors(model:nn.Module, inp:dict, labels:torch.Tensor, names:list): # model, `edit_batch` output, module names
     "Per module: inputs `u` [tokens, d_in] and output gradients `delta` [tokens, d_out] of the edit loss; and the loss."
     ws = [get_parameter(model, n + '.weight') for n in names]
-    with temp_requires_grad(True, *ws), torch.enable_grad(), TraceDict(model, names, retain_input=True, retain_output=True) as td:
+    trace = TraceDict(model, names, retain_input=True, retain_output=True)
+    with temp_requires_grad(True, *ws), torch.enable_grad(), trace as td:
         loss = target_nll(model(**inp).logits, labels)
         grads = torch.autograd.grad(loss, [td[n].output for n in names])
     mask = inp['attention_mask'].bool().reshape(-1)
@@ -271,9 +273,9 @@ def load_editor_state(path): # .safetensors, or .pt/.bin/.pth (a state dict, rea
     try: d = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
         raise ValueError(f"{path} is not a plain tensor file: loading it would need to run code or build "
-                         f"objects from the "
-                         f"pickle, which is refused ({type(e).__name__}: {str(e).splitlines()[0][:200]}). Save its state dict "
-                         f"as safetensors (or torch.save of a dict of tensors) on a machine you trust.") from None
+                         f"objects from the pickle, which is refused ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:200]}). Save its state dict as safetensors (or torch.save "
+                         f"of a dict of tensors) on a machine you trust.") from None
     if isinstance(d, dict) and isinstance(d.get('model'), dict): d = d['model']
     if not isinstance(d, dict) or not all(isinstance(v, torch.Tensor) for v in d.values()):
         raise ValueError(f"{path} does not hold a dict of tensors")
@@ -302,7 +304,8 @@ def training_step_data(rec:dict, others:list, n_loc:int): # a record, other reco
     rq = rec['requested_rewrite']
     edit_prompts = [rq['prompt'].format(rq['subject'])] + list(rec.get('paraphrase_prompts', []))
     loc = list(rec.get('neighborhood_prompts', []))[:max(n_loc // 2, 1)]
-    loc += [o['requested_rewrite']['prompt'].format(o['requested_rewrite']['subject']) for o in others][:n_loc - len(loc)]
+    other = [o['requested_rewrite'] for o in others]
+    loc += [o['prompt'].format(o['subject']) for o in other][:n_loc - len(loc)]
     return rq, edit_prompts, loc
 
 # %% ../../nbs/32_mend.ipynb #dd8c2999
@@ -425,7 +428,8 @@ def _build_from_file(make_editor, model, names, path, hparams):
     return ed.eval()
 
 # %% ../../nbs/32_mend.ipynb #02af2f16
-_EDITORS = weakref.WeakKeyDictionary()  # model -> {(method, hparams): editor}: kept beside the model, not in it (deep copies stay small)
+# model -> {(method, hparams): editor}: kept beside the model, not in it (so deep copies stay small)
+_EDITORS = weakref.WeakKeyDictionary()
 
 def get_editor(model, tok, hparams, method:str, make_editor, init_stats=None, progress:bool=True, force_train:bool=False):
     "The trained `method` editor for `model`: from `editor_path`, memory, the cache, or trained now (and cached)."
@@ -444,8 +448,8 @@ def get_editor(model, tok, hparams, method:str, make_editor, init_stats=None, pr
     else:
         if hparams.train_ds == 'toy' and hparams.model_name not in (None, 'toy'):
             warnings.warn(f"no editor_path for {hparams.model_name}: training a {method} editor on the toy "
-                          f"world's edits; for the "
-                          f"reference's setting pass editor_path (a trained editor), or train on CounterFact with train_ds='cf'")
+                          f"world's edits; for the reference's setting pass editor_path (a trained editor), "
+                          f"or train on CounterFact with train_ds='cf'")
         torch.manual_seed(hparams.seed)
         ed = make_editor(model, names, hparams).to(dev)
         recs = training_records(hparams)
@@ -475,9 +479,10 @@ def make_mend_editor(model, names, cfg): # model, module names, hparams or a fil
 # %% ../../nbs/32_mend.ipynb #b7788ee4
 def mend_init_stats(editor, model, tok, records, hparams):
     "Set the editor's input normalisation from the gradients of the first `n_stats` training edits."
+    dev = next(model.parameters()).device
     for r in records[:hparams.n_stats]:
-        editor.update_stats(token_factors(model, *edit_batch(tok, [r['requested_rewrite']],
-                                                             next(model.parameters()).device), editor.names)[0])
+        inp, labels = edit_batch(tok, [r['requested_rewrite']], dev)
+        editor.update_stats(token_factors(model, inp, labels, editor.names)[0])
 
 # %% ../../nbs/32_mend.ipynb #40f4866a
 @dataclass
@@ -496,7 +501,8 @@ def apply_editor(model, tok, requests:list, hparams, # model, tokenizer, request
                  progress:bool=True):
     "Edit `model` with the `method` editor, one request after another: `(model, {name: original})`."
     requests = check_requests(requests, tok)
-    editor = get_editor(model, tok, hparams, method.name, method.make_editor, method.init_stats, progress=progress)
+    editor = get_editor(model, tok, hparams, method.name, method.make_editor, method.init_stats,
+                        progress=progress)
     if copy: model = _copy.deepcopy(model)
     originals = {}
     with all_or_nothing(model, originals) as written:
