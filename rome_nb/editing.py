@@ -116,7 +116,7 @@ def default_hparams_fname(model_name): # hub name, local directory or 'toy'
 def hparams_path(alg_name:str,        # method, e.g. 'ROME' (the folder's name)
                  hparams_fname,       # a JSON file's path, a file name, or a model name / directory
                  hparams_dirs=None):  # folders holding `<alg_name>/` (default: `./hparams`, then the package's)
-    "Path of a hyperparameter file: `hparams_fname` itself, or found in `hparams/<alg_name>/` here or in the package."
+    "A hyperparameter file: `hparams_fname` itself, or found in `hparams/<alg_name>/` here, then in the package."
     p = Path(hparams_fname)
     if p.is_file(): return p
     stem = str(hparams_fname)[:-len('.json')] if str(hparams_fname).endswith('.json') else str(hparams_fname)
@@ -216,6 +216,7 @@ def all_or_nothing(model, originals:dict=None): # the model; where to add the or
     if originals is not None:
         for k, v in journal.items(): originals.setdefault(k, v)
 
+# %% ../nbs/03_editing.ipynb #bb3f62e4
 @contextlib.contextmanager
 def tentative_weights(model): # the model
     "Context manager yielding the dict to write with; the weights written are restored at the end."
@@ -227,6 +228,7 @@ def tentative_weights(model): # the model
 class RequestError(ValueError, TypeError):
     "A malformed edit request (a ValueError, and a TypeError for values of the wrong type)."
 
+# %% ../nbs/03_editing.ipynb #f2d94852
 def _stripped(text:str, what:str):
     "`text` without leading/trailing whitespace; a warning when there was some."
     if text == text.strip(): return text
@@ -261,6 +263,7 @@ def _check_prompt(p, s):
     if p != p.rstrip(): warnings.warn(f"prompt {p!r} ends with whitespace; using {p.rstrip()!r}")
     return p.rstrip()
 
+# %% ../nbs/03_editing.ipynb #d669a184
 def _check_subject(s, request):
     "The subject, stripped; RequestError unless it is a non-empty string."
     if not isinstance(s, str):

@@ -60,7 +60,7 @@ _WORD_RE = re.compile(r"\.\.\.|\d+(?:[.,:]\d+)+|\w+(?:[-'.]\w+)*|[^\w\s]")
 _CONTRACTION_RE = re.compile(r"^(.+?)(n't|'s|'m|'d|'re|'ve|'ll)$", re.I)
 
 def word_tokenize(text:str): # text to split into words
-    "Words and punctuation of `text`, split as NLTK's Treebank tokenizer does for ordinary English (no data needed)."
+    "Words and punctuation of `text`, as NLTK's Treebank tokenizer splits ordinary English (no data needed)."
     out = []
     for w in _WORD_RE.findall(text):
         m = _CONTRACTION_RE.match(w)
@@ -74,7 +74,10 @@ def compute_freq(sentence:str, n:int=2): # text, n-gram order
     return collections.Counter(tuple(toks[i:i + n]) for i in range(len(toks) - n + 1))
 
 # %% ../nbs/41_metrics.ipynb #704c7930
-def compute_n_gram_entropy(sentence:str, ns=None, weights=None, agg:str='arith'): # text; orders (2, 3); weights (2/3, 4/3); 'arith' or 'geom'
+def compute_n_gram_entropy(sentence:str,      # text
+                           ns=None,           # orders (2, 3)
+                           weights=None,      # weights (2/3, 4/3)
+                           agg:str='arith'):  # 'arith' or 'geom'
     "Weighted entropies (bits) of the word n-gram distributions of `sentence`, averaged: `(2/3*H2 + 4/3*H3)/2`."
     ns, weights = ns or [2, 3], weights or [2 / 3, 4 / 3]
     if agg not in ('arith', 'geom'): raise ValueError(f"agg must be 'arith' or 'geom', not {agg!r}")
@@ -86,6 +89,7 @@ def compute_n_gram_entropy(sentence:str, ns=None, weights=None, agg:str='arith')
     ents = np.array(ents) * np.array(weights)
     return float(np.exp(np.mean(np.log(ents))) if agg == 'geom' else np.mean(ents))
 
+# %% ../nbs/41_metrics.ipynb #1239d30e
 def n_gram_entropy(gen_texts:list, agg:str='arith'): # generated texts; 'arith' or 'geom' mean over them
     "Mean n-gram entropy of `gen_texts` (GE, fluency)."
     if agg not in ('arith', 'geom'): raise ValueError(f"agg must be 'arith' or 'geom', not {agg!r}")
@@ -100,7 +104,10 @@ def tfidf_similarity(text_a:str, text_b:str, vec): # two texts; a fitted `TfidfV
     return float(np.dot(a, b) / na / nb) if na > 0 and nb > 0 else 0.0
 
 # %% ../nbs/41_metrics.ipynb #3ddc1e2c
-def perplexity(model, tok, text:str, max_input_length:int=None): # the model, its tokenizer, a text, keep this many tokens
+def perplexity(model,                       # the model
+               tok,                         # its tokenizer
+               text:str,                    # a text
+               max_input_length:int=None):  # keep this many tokens
     "The reference's perplexity of `text`: `exp(-sum(log p(x_t | x_<t), t >= 2) / N)` over its first N tokens."
     ids = tok.encode(text)
     if max_input_length is not None: ids = ids[:max_input_length]
@@ -150,7 +157,7 @@ def compute_rewrite_quality_counterfact(model, tok,
                                         vec=None,      # TF-IDF vectorizer for the reference score
                                         seed:int=None, # generation sampling seed
                                         max_out_len:int=100): # generation length, prompt included
-    "The reference's CounterFact metrics of `model` on `record`: NLLs per prompt (`*_probs`), correctness, generation tests."
+    "The reference's CounterFact metrics of `record`: NLLs per prompt, correctness, generation tests."
     rw = record["requested_rewrite"]
     groups = [[rw["prompt"].format(rw["subject"])], record["paraphrase_prompts"],
               record["neighborhood_prompts"],
@@ -159,7 +166,8 @@ def compute_rewrite_quality_counterfact(model, tok,
                                                   rw["target_true"]["str"], return_correct=True)
     cut = np.cumsum([0] + [len(g) for g in groups]).tolist()
     ret = {f"{k}_probs": nlls[cut[i]:cut[i + 1]] for i, k in enumerate(_PROB_KEYS)}
-    for i, k in enumerate(_PROB_KEYS[:3]):  # MEMIT's accuracies: new object expected, except for neighborhood prompts
+    # MEMIT's accuracies: the new object expected, except for neighborhood prompts
+    for i, k in enumerate(_PROB_KEYS[:3]):
         ret[f"{k}_correct"] = (ok_true if k == "neighborhood_prompts" else ok_new)[cut[i]:cut[i + 1]]
     if snips is not None and record.get("generation_prompts"):
         consistency, essence = _generation_texts(record, snips)

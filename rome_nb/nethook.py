@@ -23,7 +23,7 @@ def _close_matches(name, candidates, n=5):
 
 # %% ../nbs/00_nethook.ipynb #af020e4c
 class NameNotFoundError(ValueError, LookupError):
-    "A module or parameter name that the model does not have (a `ValueError`, and a `LookupError` as in the reference)."
+    "A module or parameter name the model lacks: a `ValueError`, and a `LookupError` as in the reference."
 
 # %% ../nbs/00_nethook.ipynb #022920c5
 def get_module(model:nn.Module, # the network to search
@@ -68,7 +68,7 @@ def set_requires_grad(requires_grad:bool, # the value to set
 @contextlib.contextmanager
 def temp_requires_grad(requires_grad:bool, # the value to set inside the `with` block
                        *models):           # modules or parameters
-    "Context: `requires_grad` set on every parameter of `models` (as `set_requires_grad`); each previous flag restored on exit."
+    "Context: `set_requires_grad(requires_grad, *models)` inside; each previous flag restored on exit."
     params = _parameters_of(models, 'temp_requires_grad')
     flags = [p.requires_grad for p in params]
     try:

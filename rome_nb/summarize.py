@@ -18,7 +18,7 @@ def _mean(xs): return float(np.mean(xs)) if len(xs) else None
 
 # %% ../nbs/43_summarize.ipynb #f80eb94e
 def case_metrics(data:dict): # the content of a case file
-    "The reference's per-case metrics of one result file: success rates, probability differences, accuracies, generation scores."
+    "The reference's per-case metrics of one result file: success rates, probability differences, accuracies."
     out = {"case_id": data["case_id"]}
     if data.get("time") is not None: out["time"] = data["time"]
     for prefix in ("pre", "post"):
@@ -110,7 +110,7 @@ def _score_ci(parts, n_boot=1000, seed=0): # [cases, 3] ES, PS, NS per case
 
 # %% ../nbs/43_summarize.ipynb #bd6e31c2
 def stage_row(df, prefix:str): # a run's `read_run` table, 'pre' or 'post'
-    "The paper's numbers (percentages) and 95% half-widths for one stage of a run, or None if it has no such scores."
+    "The paper's numbers (percentages) with 95% half-widths for one stage of a run (None without such scores)."
     cols = [c for c in df.columns if c.startswith(prefix + "_")]
     if not cols: return None
     row = {"n": int(df[cols].notna().any(axis=1).sum())}
@@ -181,7 +181,9 @@ def legend_line(t): # a `summary_table` or `format_table` (or its column names)
     return "; ".join(parts + ["pre/post: before/after the edit; ±: 95% confidence half-width"])
 
 # %% ../nbs/43_summarize.ipynb #e9993fd4
-def find_runs(dir_name, runs=None, results_dir="results"): # folder name or path; run name filters; results root
+def find_runs(dir_name,                # folder name or path
+              runs=None,               # run name filters
+              results_dir="results"):  # results root
     "The run directories under `dir_name` (or `dir_name` itself if it holds case files), filtered by `runs`."
     d = Path(dir_name)
     if not d.is_dir(): d = Path(results_dir) / dir_name
@@ -201,7 +203,8 @@ def summarize(dir_name, runs=None, first_n_cases:int=None, results_dir="results"
     return summary_table({p.name: read_run(p, first_n_cases) for p in find_runs(dir_name, runs, results_dir)})
 
 # %% ../nbs/43_summarize.ipynb #2f0bb568
-def reference_summaries(dir_name, runs=None, first_n_cases:int=None, get_uncompressed:bool=False, results_dir="results"):
+def reference_summaries(dir_name, runs=None, first_n_cases:int=None, get_uncompressed:bool=False,
+                        results_dir="results"):
     "The reference summarizer's output for the runs of `dir_name`: per metric (mean, std), or per-case lists."
     out = []
     for p in find_runs(dir_name, runs, results_dir):
@@ -238,8 +241,8 @@ def run_benchmark(alg_name:str="ROME", model_name="toy", ds_name:str="cf", datas
 
 # %% ../nbs/43_summarize.ipynb #42fbfec6
 @command('rome_nb_summarize')
-def main(dir_name:str="ROME",      # results folder: a name under results_dir (e.g. ROME), a path, or one run's directory
-         runs:str=None,            # comma-separated run names (substrings) to keep, e.g. run_000,run_003 (default: all)
+def main(dir_name:str="ROME",      # results folder: a name under results_dir (e.g. ROME), a path, or a run's folder
+         runs:str=None,            # comma-separated run names (substrings) to keep (default: all)
          first_n_cases:int=None,   # only cases with id below this (compare runs on the same slice)
          results_dir:str="results"): # root folder of results
     "Print (and return) the paper's table for the runs of `dir_name`, with 95% confidence intervals."

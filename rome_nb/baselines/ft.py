@@ -28,15 +28,15 @@ class FTHyperParams(HyperParams):
     weight_decay: float = 0.            # Adam's weight decay
     kl_factor: float = 0.               # in the reference's files, unused by its FT code; must be 0
     norm_constraint: float = False      # FT-L: bound on |w - w_original| per weight; False/None/0: plain FT
-    rewrite_module_tmp: str = None      # module trained in each layer: template with '{}', or 'attn'/'mlp'/'down_proj'; None: down-projection
-    layer_module_tmp: str = None        # the reference's other templates (not needed by FT; kept so its files load)
+    rewrite_module_tmp: str = None      # 'attn', 'mlp', 'down_proj' or a template with '{}'; None: down_proj
+    layer_module_tmp: str = None        # the reference's other templates (kept so its files load)
     mlp_module_tmp: str = None
     attn_module_tmp: str = None
     ln_f_module: str = None
     lm_head_module: str = None
     batch_size: int = 128               # requests per optimisation step
-    objective: str = 'prompt_last'      # 'prompt_last' (reference: every target token scored after the prompt) or 'target_new' (teacher forcing)
-    early_stop_loss: float = 1e-2       # skip a step below this batch loss; stop when a pass's mean loss is below it
+    objective: str = 'prompt_last'      # 'prompt_last' (reference) or 'target_new' (teacher forcing)
+    early_stop_loss: float = 1e-2       # skip a step below this loss; stop when a pass's mean is below it
 
     def __post_init__(self):
         super().__post_init__()
@@ -84,7 +84,7 @@ def ft_weights(model, hparams:FTHyperParams): # the model, hyperparameters
 
 # %% ../../nbs/30_ft.ipynb #82ae63d7
 def request_text(request:dict): # a request: prompt with '{}', subject, target_new
-    "The prompt with the subject filled in, and the new target's text (no leading space); checked by `check_request`."
+    "The filled-in prompt and the new target's text (no leading space), checked by `check_request`."
     r = check_request(request)
     return fill(r['prompt'], r['subject']), r['target_new']['str']
 
@@ -167,7 +167,7 @@ def apply_ft_to_model(model, tok,                # the model and its tokenizer
                       return_orig_weights_device=None, # where to keep them (e.g. 'cpu' to save GPU memory)
                       info:list=None,            # a list to append the training log to
                       **kwargs):                 # other editors' options (ignored)
-    "Fine-tune the chosen layers on `requests`: `(model, {weight name: original})`; on any error the weights are left as they were."
+    "Fine-tune the chosen layers on `requests`: `(model, {weight name: original})`; all or nothing."
     requests = check_requests(requests, tok)
     if copy: model = _copy.deepcopy(model)
     weights = ft_weights(model, hparams)

@@ -28,8 +28,11 @@ class EFKHyperParams(EditorHyperParams):
     max_scale: float = 1.0        # s: the largest factor the gate allows
 
 # %% ../../nbs/33_ke.ipynb #23c9243d
-def weight_grads(model:nn.Module, inp:dict, labels:torch.Tensor, names:list): # model, `edit_batch` output, module names
-    "Gradient of the edit loss for each edited weight (float32), and the loss; only those weights require grad, briefly."
+def weight_grads(model:nn.Module,       # the model
+                 inp:dict,               # inputs from `edit_batch`
+                 labels:torch.Tensor,    # labels from `edit_batch`
+                 names:list):            # edited module names
+    "The edit loss's gradient for each edited weight (float32), and the loss; only they require grad, briefly."
     ws = [get_parameter(model, n + '.weight') for n in names]
     with temp_requires_grad(True, *ws), torch.enable_grad():
         loss = target_nll(model(**inp).logits, labels)
@@ -56,7 +59,7 @@ class RequestEncoder(nn.Module):
 
 # %% ../../nbs/33_ke.ipynb #0a52d4b7
 class ConditionedWeight(nn.Module):
-    "Condition vector and gradient of one weight [m, n] -> `s * sigmoid(eta) * (alpha * grad + beta)`, alpha and beta rank one."
+    "`(cond, grad [m, n])` -> `s * sigmoid(eta) * (alpha * grad + beta)`, alpha and beta rank one."
     def __init__(self, shape, cond_dim:int=768, hidden_dim:int=512, max_scale:float=1.0):
         super().__init__()
         self.shape, self.max_scale = tuple(shape), max_scale
@@ -75,7 +78,8 @@ class ConditionedWeight(nn.Module):
 class KEEditor(nn.Module):
     "KE for one model: the request encoder and a `ConditionedWeight` per edited weight."
     method = 'KE'
-    def __init__(self, model:nn.Module, names:list, lstm_dim:int=512, cond_dim:int=768, hidden_dim:int=512, max_scale:float=1.0):
+    def __init__(self, model:nn.Module, names:list,
+                 lstm_dim:int=512, cond_dim:int=768, hidden_dim:int=512, max_scale:float=1.0):
         super().__init__()
         self.names = list(names)
         self.config = dict(names=self.names, lstm_dim=lstm_dim, cond_dim=cond_dim,
@@ -107,7 +111,8 @@ KE_METHOD = EditorMethod('KE', make_ke_editor)
 
 # %% ../../nbs/33_ke.ipynb #6f618436
 def apply_ke_to_model(model, tok, requests:list, hparams:EFKHyperParams, copy:bool=False,
-                      return_orig_weights:bool=False, return_orig_weights_device=None, progress:bool=True, **kwargs):
+                      return_orig_weights:bool=False, return_orig_weights_device=None, progress:bool=True,
+                      **kwargs):
     "Edit `model` with KE (one request after another); returns `(model, {weight name: original tensor})`."
     return apply_editor(model, tok, requests, hparams, KE_METHOD, copy=copy,
                         return_orig_weights=return_orig_weights,

@@ -161,7 +161,7 @@ def kn_direction(model, tok,            # the model and its tokenizer
                  target_new:str,        # the new object
                  target_true:str=None,  # the old object (None: the model's top prediction)
                  lr_scale:float=1.0):   # scale
-    "The vector added to each knowledge neuron's output row: 2 * lr_scale * (mean e(new tokens) - e(first old token))."
+    "Added to each knowledge neuron's output row: 2 * lr_scale * (mean e(new tokens) - e(first old token))."
     E = get_module(model, model_arch(model).lm_head_module).weight
     p_ids, new_ids = target_token_ids(tok, prompt, target_new)
     if target_true is not None: old = target_token_ids(tok, prompt, target_true)[1][0]

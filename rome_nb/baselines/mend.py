@@ -30,9 +30,9 @@ EDIT_KINDS = ('mlp_in', 'down_proj')
 
 @dataclass
 class EditorHyperParams(HyperParams):
-    "Fields shared by the learned editors (MEND, KE): the reference's, the edited weights, the training run; JSON in and out."
+    "Fields shared by the learned editors (MEND, KE): the reference's, the edited weights, the training run."
     lr_scale: float = 1.0         # multiplies the editor's weight change when an edit is applied
-    n_toks: int = 10              # reference: which pretrained checkpoint (editor trained on 1- or 10-token targets)
+    n_toks: int = 10              # reference: which pretrained checkpoint (trained on 1- or 10-token targets)
     model_name: str = None        # reference: the model the checkpoint is for
     counterfact: bool = False     # reference: checkpoint trained on CounterFact (else on zsRE-style data)
     mini: bool = False            # reference: the "mini" checkpoint
@@ -40,7 +40,7 @@ class EditorHyperParams(HyperParams):
     layers: list = None           # edited blocks (None: the last three)
     kinds: list = field(default_factory=lambda: list(EDIT_KINDS)) # which weights of those blocks
     editor_path: str = None       # trained editor (safetensors, or a torch state dict loaded with weights_only)
-    train_ds: str = 'toy'         # training edits: 'toy' (the toy world's), 'cf' (CounterFact in the data directory) or a path
+    train_ds: str = 'toy'         # 'toy' (the toy world's edits), 'cf' (CounterFact in the data folder) or a path
     train_skip: int = 200         # skip the first records (they are the evaluation cases)
     train_size: int = None        # use this many records after those (None: all)
     train_steps: int = 1000       # optimiser steps (one edit each)
@@ -66,7 +66,7 @@ class EditorHyperParams(HyperParams):
 # %% ../../nbs/32_mend.ipynb #3caff5d1
 @dataclass
 class MENDHyperParams(EditorHyperParams):
-    "Hyperparameters of MEND: `EditorHyperParams` plus the editor's size, its initial step size and normalisation."
+    "MEND's hyperparameters: `EditorHyperParams` plus the editor's size, initial step size and normalisation."
     rank: int = 1920              # rank of the editor MLP's layers (reference: 1920)
     n_hidden: int = 1             # hidden layers of the editor MLP
     edit_lr: float = 1e-4         # initial step size alpha of every edited weight
@@ -106,7 +106,10 @@ def edit_module_names(model:nn.Module,  # the model
     return res
 
 # %% ../../nbs/32_mend.ipynb #d69e3d7c
-def edit_batch(tok, requests:list, device=None, key:str='target_new'): # tokenizer, requests, where, which target
+def edit_batch(tok,                    # tokenizer
+               requests:list,          # requests
+               device=None,            # device of the inputs
+               key:str='target_new'):  # which target
     "Right-padded inputs of `prompt + ' ' + target` for each request, and labels (-100 except on target tokens)."
     prompts = [r['prompt'].format(r['subject']) if '{}' in r['prompt'] else r['prompt'] for r in requests]
     targets = [r[key]['str'] if isinstance(r[key], dict) else r[key] for r in requests]
@@ -116,7 +119,8 @@ def edit_batch(tok, requests:list, device=None, key:str='target_new'): # tokeniz
     return inp, labels
 
 # %% ../../nbs/32_mend.ipynb #d46e844a
-def target_nll(logits:torch.Tensor, labels:torch.Tensor): # [batch, seq, vocab], [batch, seq] with -100 outside targets
+def target_nll(logits:torch.Tensor, # [batch, seq, vocab]
+               labels:torch.Tensor): # [batch, seq], -100 outside the targets
     "Mean over rows of the mean negative log-likelihood of their labelled tokens (read one position earlier)."
     lp = torch.log_softmax(logits[:, :-1].float(), -1)
     lab = labels[:, 1:]
@@ -125,8 +129,11 @@ def target_nll(logits:torch.Tensor, labels:torch.Tensor): # [batch, seq, vocab],
     return (nll.sum(1) / m.sum(1).clamp(min=1)).mean()
 
 # %% ../../nbs/32_mend.ipynb #6d1e5f4e
-def token_factors(model:nn.Module, inp:dict, labels:torch.Tensor, names:list): # model, `edit_batch` output, module names
-    "Per module: inputs `u` [tokens, d_in] and output gradients `delta` [tokens, d_out] of the edit loss; and the loss."
+def token_factors(model:nn.Module,       # the model
+                  inp:dict,               # inputs from `edit_batch`
+                  labels:torch.Tensor,    # labels from `edit_batch`
+                  names:list):            # edited module names
+    "Per module: inputs `u` [tokens, d_in] and output gradients `delta` [tokens, d_out]; and the edit loss."
     ws = [get_parameter(model, n + '.weight') for n in names]
     trace = TraceDict(model, names, retain_input=True, retain_output=True)
     with temp_requires_grad(True, *ws), torch.enable_grad(), trace as td:
@@ -143,13 +150,16 @@ def token_factors(model:nn.Module, inp:dict, labels:torch.Tensor, names:list): #
 
 # %% ../../nbs/32_mend.ipynb #ff827189
 def outer_grad(u, d, orientation:str): # inputs [t, d_in], output gradients [t, d_out], 'in_out' or 'out_in'
-    "The sum of per-token outer products, in the weight's layout ([d_in, d_out] for Conv1D, [d_out, d_in] for Linear)."
+    "Sum of per-token outer products in the weight's layout ([d_in, d_out] Conv1D, [d_out, d_in] Linear)."
     return u.T @ d if orientation == 'in_out' else d.T @ u
 
 # %% ../../nbs/32_mend.ipynb #c9eb59c1
 class LowRankLayer(nn.Module):
     "A residual layer `h + act(scale[mode] * (U V h + b) + shift[mode])`, starting as the identity."
-    def __init__(self, dim:int, rank:int, n_modes:int, act:bool=True): # width, rank, edited weights sharing it, ReLU or not
+    def __init__(self, dim:int, # width
+                 rank:int,      # rank of U V
+                 n_modes:int,   # edited weights sharing the layer
+                 act:bool=True): # ReLU or not
         super().__init__()
         rank = min(rank, dim)
         self.V = nn.Parameter(torch.randn(rank, dim) / math.sqrt(dim))
@@ -201,7 +211,7 @@ class GradientEditor(nn.Module):
 
 # %% ../../nbs/32_mend.ipynb #2b1adb41
 class MENDEditor(nn.Module):
-    "MEND for one model: an editor per weight shape, shared by the weights of that shape, and a step size per weight."
+    "MEND for one model: an editor per weight shape (shared by those weights) and a step size per weight."
     method = 'MEND'
     def __init__(self, model:nn.Module, names:list, rank:int=1920, n_hidden:int=1, edit_lr:float=1e-4):
         super().__init__()
@@ -250,7 +260,9 @@ def _atomic_dir_write(dest:Path, write_fn):
     finally: shutil.rmtree(tmp, ignore_errors=True)
 
 # %% ../../nbs/32_mend.ipynb #c9c1822e
-def save_editor(editor:nn.Module, path, extra:dict=None): # trained editor, a .safetensors file, more metadata (JSON-able)
+def save_editor(editor:nn.Module,  # trained editor
+                path,              # a .safetensors file
+                extra:dict=None):  # more metadata (JSON-able)
     "Save `editor`'s tensors and its configuration to a safetensors file (through a temporary file and a rename)."
     from safetensors.torch import save_file
     meta = {'method': editor.method, 'config': json.dumps(editor.config),
@@ -283,7 +295,7 @@ def load_editor_state(path): # .safetensors, or .pt/.bin/.pth (a state dict, rea
 
 # %% ../../nbs/32_mend.ipynb #b52553d0
 def training_records(hparams): # hyperparameters with train_ds, train_skip, train_size
-    "The CounterFact records an editor is trained on: records `train_skip` .. `train_skip + train_size` of `train_ds`."
+    "Training records: `train_size` records of `train_ds` after skipping the first `train_skip`."
     if hparams.train_ds == 'toy':
         from rome_nb.toyworld import load_world, toy_counterfact
         recs = toy_counterfact(load_world())
@@ -309,14 +321,20 @@ def training_step_data(rec:dict, others:list, n_loc:int): # a record, other reco
     return rq, edit_prompts, loc
 
 # %% ../../nbs/32_mend.ipynb #dd8c2999
-def locality_kl(model, params:dict, inp:dict, base_logp:torch.Tensor): # model, changed weights, prompts, their original log-probs
+def locality_kl(model,                    # model
+                params:dict,              # changed weights
+                inp:dict,                 # prompts
+                base_logp:torch.Tensor):  # their original log-probs
     "Mean over real tokens of KL(original || edited) of the next-token distributions."
     lp = torch.log_softmax(functional_call(model, params, args=(), kwargs=inp).logits.float(), -1)
     kl = (base_logp.exp() * (base_logp - lp)).sum(-1)
     return kl[inp['attention_mask'].bool()].mean()
 
 # %% ../../nbs/32_mend.ipynb #0a4ba41f
-def edit_step_losses(editor, model, tok, rec, others, hparams): # editor, model, record, other records, hyperparameters
+def edit_step_losses(editor, model, tok, # editor, model, tokenizer
+                     rec:dict,           # the training record edited in this step
+                     others:list,        # other records (their prompts for the KL)
+                     hparams):           # hyperparameters
     "Edit loss (after the edit, on rewrite + paraphrase prompts), locality KL, and the edit loss before."
     dev = next(model.parameters()).device
     rq, edit_prompts, loc = training_step_data(rec, others, hparams.n_loc)
@@ -343,9 +361,12 @@ def _frozen_model(model):
         finally: model.train(training)
 
 # %% ../../nbs/32_mend.ipynb #0eb77a02
-def train_editor(editor:nn.Module, model, tok, records:list, hparams, steps:int=None,
-                 progress:bool=True): # editor, model, tokenizer, training records, hyperparameters, override train_steps
-    "Train `editor` on `records`; returns a history dict (per step: loss before, edit loss, KL, seconds, CPU seconds)."
+def train_editor(editor:nn.Module, model, tok, # the editor, the model, its tokenizer
+                 records:list,                 # training records
+                 hparams,                      # hyperparameters
+                 steps:int=None,               # optimiser steps (None: `hparams.train_steps`)
+                 progress:bool=True):          # show a progress bar
+    "Train `editor` on `records`; a history dict (per step: NLL before, edit loss, KL, seconds, CPU seconds)."
     from tqdm.auto import tqdm
     steps = hparams.train_steps if steps is None else steps
     rng = random.Random(hparams.seed)
@@ -397,8 +418,11 @@ def model_fingerprint(model:nn.Module, names:list): # the model, the edited modu
     return h.hexdigest()[:16]
 
 # %% ../../nbs/32_mend.ipynb #adfebf1d
-def editor_key(method:str, model, names:list, hparams): # 'MEND' or 'KE', model, edited modules, hyperparameters
-    "The cache key of a trained editor: a hash of the method, the model, the edited weights and the hyperparameters."
+def editor_key(method:str,  # 'MEND' or 'KE'
+               model,       # model
+               names:list,  # edited modules
+               hparams):    # hyperparameters
+    "The cache key of a trained editor: a hash of method, model, edited weights and hyperparameters."
     hp = {k: v for k, v in hparams.to_dict().items() if k not in _NOT_IN_KEY}
     blob = json.dumps(dict(method=method, model=model_fingerprint(model, names),
                            names=list(names), hparams=hp), sort_keys=True, default=str)
@@ -411,7 +435,7 @@ def editor_cache_dir(method:str, key:str, hparams=None): # method, key, hyperpar
 
 # %% ../../nbs/32_mend.ipynb #4100449d
 def _build_from_file(make_editor, model, names, path, hparams):
-    "An editor built with the configuration stored in its file (else from `hparams`), its weights loaded strictly."
+    "An editor built with its file's configuration (else from `hparams`), its weights loaded strictly."
     sd, meta = load_editor_state(path)
     cfg = meta.get('config') or {}
     fnames = cfg.get('names', names)
@@ -431,7 +455,8 @@ def _build_from_file(make_editor, model, names, path, hparams):
 # model -> {(method, hparams): editor}: kept beside the model, not in it (so deep copies stay small)
 _EDITORS = weakref.WeakKeyDictionary()
 
-def get_editor(model, tok, hparams, method:str, make_editor, init_stats=None, progress:bool=True, force_train:bool=False):
+def get_editor(model, tok, hparams, method:str, make_editor, init_stats=None, progress:bool=True,
+               force_train:bool=False):
     "The trained `method` editor for `model`: from `editor_path`, memory, the cache, or trained now (and cached)."
     names = edit_module_names(model, hparams.layers, hparams.kinds)
     memo = _EDITORS.setdefault(model, {})
