@@ -146,8 +146,7 @@ def _generation_texts(record, snips):
     consistency = [x["text"] for x in snips[rel][tid]]
     if not consistency:
         raise ValueError(f"case_id {record.get('case_id')}: no attribute snippets for relation {rel!r} and "
-                         f"object {tid!r}; "
-                         "the reference score needs them (or skip the generation tests)")
+                         f"object {tid!r}; the reference score needs them (or skip the generation tests)")
     return consistency, [x["text"] for x in snips[rel][tid] if x["name"] == rw["subject"]]
 
 # %% ../nbs/41_metrics.ipynb #9c295e58

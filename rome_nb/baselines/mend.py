@@ -86,9 +86,8 @@ def mlp_in_names(model:nn.Module, # the model
         d = linear_dims(m)
         if d is not None and d[0] == arch.hidden_size and d[1] == arch.mlp_width: out.append(full)
     if not out:
-        raise ValueError(f"no MLP input projection ({arch.hidden_size} -> {arch.mlp_width}) found in "
-                         f"{block}; "
-                                 f"edit only 'down_proj' (kinds=['down_proj'])")
+        raise ValueError(f"no MLP input projection ({arch.hidden_size} -> {arch.mlp_width}) found in {block}; "
+                         f"edit only 'down_proj' (kinds=['down_proj'])")
     return out
 
 # %% ../../nbs/32_mend.ipynb #9773eca7
@@ -341,8 +340,8 @@ def edit_step_losses(editor, model, tok, # editor, model, tokenizer
     dl = editor.edit_deltas(model, tok, rq)
     ws = {k: get_parameter(model, k) for k in dl}
     params = {k: ws[k] + v.to(device=dev, dtype=ws[k].dtype) for k, v in dl.items()}
-    einp, elab = edit_batch(tok, [{'prompt': p, 'subject': '',
-                                   'target_new': rq['target_new']} for p in edit_prompts], dev)
+    edits = [{'prompt': p, 'subject': '', 'target_new': rq['target_new']} for p in edit_prompts]
+    einp, elab = edit_batch(tok, edits, dev)
     with torch.no_grad():
         pre = target_nll(model(**einp).logits, elab)
         linp = make_inputs(tok, loc, device=dev, padding_side='right', position_ids=False)
@@ -406,9 +405,8 @@ def model_fingerprint(model:nn.Module, names:list): # the model, the edited modu
     h = hashlib.sha256()
     cfg = getattr(model, 'config', None)
     if cfg is not None:
-        d = {k: v for k, v in cfg.to_dict().items() if k not in ('_name_or_path',
-                                                                 'transformers_version', 'dtype',
-                                                                 'torch_dtype')}
+        skip = ('_name_or_path', 'transformers_version', 'dtype', 'torch_dtype')  # not the model itself
+        d = {k: v for k, v in cfg.to_dict().items() if k not in skip}
         h.update(json.dumps(d, sort_keys=True, default=str).encode())
     arch = model_arch(model)
     for n in [arch.embed_module] + list(names):
