@@ -48,6 +48,16 @@ def debug_wanted(argv:list): # the command's arguments
     "True if the user asked for tracebacks: `--debug` in `argv`, or `ROME_NB_DEBUG` set (not 0)."
     return '--debug' in argv or os.environ.get('ROME_NB_DEBUG', '0').strip() not in ('', '0')
 
+# %% ../nbs/00a_cli.ipynb #39e116eb
+def _describe(e, code):
+    "The line printed for error `e` with exit code `code`."
+    if code == 130: return "interrupted"
+    if code == 2: return f"error: {error_line(e)}"
+    msg = error_line(e)
+    if not msg.startswith(type(e).__name__): msg = f"{type(e).__name__}: {msg}"
+    return f"internal error: {msg} (run with --debug for the traceback)"
+
+# %% ../nbs/00a_cli.ipynb #b80aa011
 def run_command(func,            # the command's function
                 prog:str,        # its name
                 argv:list=None): # its arguments (default `sys.argv[1:]`)
@@ -64,15 +74,6 @@ def run_command(func,            # the command's function
         if debug_wanted(argv): traceback.print_exc()
         print(f"{prog}: {_describe(e, code)}", file=sys.stderr, flush=True)
         return code
-
-# %% ../nbs/00a_cli.ipynb #39e116eb
-def _describe(e, code):
-    "The line printed for error `e` with exit code `code`."
-    if code == 130: return "interrupted"
-    if code == 2: return f"error: {error_line(e)}"
-    msg = error_line(e)
-    if not msg.startswith(type(e).__name__): msg = f"{type(e).__name__}: {msg}"
-    return f"internal error: {msg} (run with --debug for the traceback)"
 
 # %% ../nbs/00a_cli.ipynb #aed85ec5
 def called_as_program(frame): # the frame of the caller

@@ -17,6 +17,7 @@ import torch
 import rome_nb
 from .nethook import get_parameter
 from .models import find_token_range, token_char_ends
+from .files import read_json, write_text_atomic
 
 # %% ../nbs/03_editing.ipynb #39f40201
 Rule = namedtuple('Rule', 'kind lo hi lo_open', defaults=(False,))
@@ -37,6 +38,7 @@ HPARAM_RULES = {  # field name -> Rule(kind, lowest, highest, lowest excluded)
     'cond_dim': Rule('int', 1, _INF), 'hidden_dim': Rule('int', 1, _INF),
 }
 
+# %% ../nbs/03_editing.ipynb #f91bf4a0
 def _rule_error(owner, name, value, r):
     "The one-line message for a value that breaks rule `r`."
     what = 'an integer' if r.kind == 'int' else 'a finite number'
@@ -44,6 +46,7 @@ def _rule_error(owner, name, value, r):
     hi = f"{r.hi:g}]" if math.isfinite(r.hi) else 'inf)'
     return f"{owner}: {name}={value!r} is out of range; use {what} in {lo}, {hi}"
 
+# %% ../nbs/03_editing.ipynb #2259afec
 def check_hparam(owner:str, name:str, value, rule:Rule): # class name, field, its value, its rule
     "Raise ValueError with the allowed range when `value` breaks `rule`."
     ok_type = int if rule.kind == 'int' else (int, float)
@@ -53,6 +56,7 @@ def check_hparam(owner:str, name:str, value, rule:Rule): # class name, field, it
     if not (math.isfinite(value) and low_ok and value <= rule.hi):
         raise ValueError(_rule_error(owner, name, value, rule))
 
+# %% ../nbs/03_editing.ipynb #81921942
 def check_hparams(hp,              # a hyperparameter dataclass
                   rules:dict=None): # {field: Rule} (default `HPARAM_RULES`)
     "Check every field of `hp` that has a rule; ValueError naming the field and its range."
@@ -62,8 +66,6 @@ def check_hparams(hp,              # a hyperparameter dataclass
             check_hparam(type(hp).__name__, f.name, getattr(hp, f.name), rules[f.name])
 
 # %% ../nbs/03_editing.ipynb #3bcd72d8
-from .files import read_json, write_text_atomic
-
 class HyperParams:
     "Base of the hyperparameter dataclasses: load from and save to JSON."
     @classmethod
@@ -72,7 +74,8 @@ class HyperParams:
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown: warnings.warn(f"{cls.__name__}: ignoring unknown fields {unknown}")
-        missing = [f.name for f in fields(cls) if f.name not in d and f.default is MISSING and f.default_factory is MISSING]
+        missing = [f.name for f in fields(cls)
+                   if f.name not in d and f.default is MISSING and f.default_factory is MISSING]
         if missing: raise ValueError(f"{cls.__name__}: missing required fields {missing}")
         return cls(**{k: v for k, v in d.items() if k in names})
 
@@ -102,6 +105,7 @@ def list_hparams(alg_name:str=None): # an algorithm folder such as 'ROME'; None:
     root = HPARAMS_DIR / alg_name if alg_name else HPARAMS_DIR
     return sorted(str(p.relative_to(HPARAMS_DIR).with_suffix('')) for p in root.rglob('*.json'))
 
+# %% ../nbs/03_editing.ipynb #328c31c1
 def default_hparams_fname(model_name): # hub name, local directory or 'toy'
     "The reference's hyperparameter file name for a model: its name with '/' replaced by '_', plus '.json'."
     name = str(model_name).rstrip('/')
@@ -112,17 +116,19 @@ def default_hparams_fname(model_name): # hub name, local directory or 'toy'
 def hparams_path(alg_name:str,        # method, e.g. 'ROME' (the folder's name)
                  hparams_fname,       # a JSON file's path, a file name, or a model name / directory
                  hparams_dirs=None):  # folders holding `<alg_name>/` (default: `./hparams`, then the package's)
-    "Path of a hyperparameter file: `hparams_fname` itself, or found in `hparams/<alg_name>/` here or in the package."
+    "A hyperparameter file: `hparams_fname` itself, or found in `hparams/<alg_name>/` here, then in the package."
     p = Path(hparams_fname)
     if p.is_file(): return p
     stem = str(hparams_fname)[:-len('.json')] if str(hparams_fname).endswith('.json') else str(hparams_fname)
-    names = list(dict.fromkeys([default_hparams_fname(stem), Path(stem).name + '.json']))  # model name; a directory's last part
+    # by the model's name, or by a directory's last part
+    names = list(dict.fromkeys([default_hparams_fname(stem), Path(stem).name + '.json']))
     dirs = [Path(d) / alg_name for d in (hparams_dirs or [Path('hparams'), HPARAMS_DIR])]
     for d in dirs:
         for n in names:
             if (d / n).is_file(): return d / n
     avail = sorted({f.name for d in dirs if d.is_dir() for f in d.glob('*.json')})
-    raise FileNotFoundError(f"no hyperparameters file {str(hparams_fname)!r} for {alg_name} in {', '.join(str(d) for d in dirs)}; "
+    raise FileNotFoundError(f"no hyperparameters file {str(hparams_fname)!r} for {alg_name} in "
+                            f"{', '.join(str(d) for d in dirs)}; "
                             f"available: {avail or 'none'}. Pass one of these names or the path of a JSON file.")
 
 # %% ../nbs/03_editing.ipynb #572d93fe
@@ -161,6 +167,7 @@ def save_originals(model,             # the model
         p = get_parameter(model, n).detach()
         originals[n] = p.to(orig_device, copy=True) if orig_device is not None else p.clone()
 
+# %% ../nbs/03_editing.ipynb #623544e6
 def _cast_checked(model, name, value):
     "`value` on the device and in the dtype of parameter `name`, checked (name, shape, values)."
     p = get_parameter(model, name)
@@ -171,6 +178,7 @@ def _cast_checked(model, name, value):
     check_weight_values(name, v)
     return v
 
+# %% ../nbs/03_editing.ipynb #c477a75c
 @torch.no_grad()
 def write_weights(model,               # the model
                   new:dict,            # {parameter name: new value}
@@ -208,6 +216,7 @@ def all_or_nothing(model, originals:dict=None): # the model; where to add the or
     if originals is not None:
         for k, v in journal.items(): originals.setdefault(k, v)
 
+# %% ../nbs/03_editing.ipynb #bb3f62e4
 @contextlib.contextmanager
 def tentative_weights(model): # the model
     "Context manager yielding the dict to write with; the weights written are restored at the end."
@@ -219,6 +228,7 @@ def tentative_weights(model): # the model
 class RequestError(ValueError, TypeError):
     "A malformed edit request (a ValueError, and a TypeError for values of the wrong type)."
 
+# %% ../nbs/03_editing.ipynb #f2d94852
 def _stripped(text:str, what:str):
     "`text` without leading/trailing whitespace; a warning when there was some."
     if text == text.strip(): return text
@@ -253,6 +263,7 @@ def _check_prompt(p, s):
     if p != p.rstrip(): warnings.warn(f"prompt {p!r} ends with whitespace; using {p.rstrip()!r}")
     return p.rstrip()
 
+# %% ../nbs/03_editing.ipynb #d669a184
 def _check_subject(s, request):
     "The subject, stripped; RequestError unless it is a non-empty string."
     if not isinstance(s, str):

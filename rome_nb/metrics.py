@@ -28,7 +28,8 @@ def score_rows(model,         # a causal LM
     ids = torch.tensor([r + [pad] * (n - len(r)) for r in rows], device=dev)
     mask = torch.tensor([[1] * len(r) + [0] * (n - len(r)) for r in rows], device=dev)
     lens = [len(r) - s for r, s in zip(rows, starts)]
-    if min(lens) < 1 or min(starts) < 1: raise ValueError("every row needs at least one prompt token and one target token")
+    if min(lens) < 1 or min(starts) < 1:
+        raise ValueError("every row needs at least one prompt token and one target token")
     ri = torch.tensor([i for i, l in enumerate(lens) for _ in range(l)], device=dev)
     pi = torch.tensor([s - 1 + j for s, l in zip(starts, lens) for j in range(l)], device=dev)
     ti = ids[ri, pi + 1]
@@ -59,7 +60,7 @@ _WORD_RE = re.compile(r"\.\.\.|\d+(?:[.,:]\d+)+|\w+(?:[-'.]\w+)*|[^\w\s]")
 _CONTRACTION_RE = re.compile(r"^(.+?)(n't|'s|'m|'d|'re|'ve|'ll)$", re.I)
 
 def word_tokenize(text:str): # text to split into words
-    "Words and punctuation of `text`, split as NLTK's Treebank tokenizer does for ordinary English (no data needed)."
+    "Words and punctuation of `text`, as NLTK's Treebank tokenizer splits ordinary English (no data needed)."
     out = []
     for w in _WORD_RE.findall(text):
         m = _CONTRACTION_RE.match(w)
@@ -72,7 +73,11 @@ def compute_freq(sentence:str, n:int=2): # text, n-gram order
     toks = word_tokenize(sentence)
     return collections.Counter(tuple(toks[i:i + n]) for i in range(len(toks) - n + 1))
 
-def compute_n_gram_entropy(sentence:str, ns=None, weights=None, agg:str='arith'): # text; orders (2, 3); weights (2/3, 4/3); 'arith' or 'geom'
+# %% ../nbs/41_metrics.ipynb #704c7930
+def compute_n_gram_entropy(sentence:str,      # text
+                           ns=None,           # orders (2, 3)
+                           weights=None,      # weights (2/3, 4/3)
+                           agg:str='arith'):  # 'arith' or 'geom'
     "Weighted entropies (bits) of the word n-gram distributions of `sentence`, averaged: `(2/3*H2 + 4/3*H3)/2`."
     ns, weights = ns or [2, 3], weights or [2 / 3, 4 / 3]
     if agg not in ('arith', 'geom'): raise ValueError(f"agg must be 'arith' or 'geom', not {agg!r}")
@@ -84,6 +89,7 @@ def compute_n_gram_entropy(sentence:str, ns=None, weights=None, agg:str='arith')
     ents = np.array(ents) * np.array(weights)
     return float(np.exp(np.mean(np.log(ents))) if agg == 'geom' else np.mean(ents))
 
+# %% ../nbs/41_metrics.ipynb #1239d30e
 def n_gram_entropy(gen_texts:list, agg:str='arith'): # generated texts; 'arith' or 'geom' mean over them
     "Mean n-gram entropy of `gen_texts` (GE, fluency)."
     if agg not in ('arith', 'geom'): raise ValueError(f"agg must be 'arith' or 'geom', not {agg!r}")
@@ -98,7 +104,10 @@ def tfidf_similarity(text_a:str, text_b:str, vec): # two texts; a fitted `TfidfV
     return float(np.dot(a, b) / na / nb) if na > 0 and nb > 0 else 0.0
 
 # %% ../nbs/41_metrics.ipynb #3ddc1e2c
-def perplexity(model, tok, text:str, max_input_length:int=None): # the model, its tokenizer, a text, keep this many tokens
+def perplexity(model,                       # the model
+               tok,                         # its tokenizer
+               text:str,                    # a text
+               max_input_length:int=None):  # keep this many tokens
     "The reference's perplexity of `text`: `exp(-sum(log p(x_t | x_<t), t >= 2) / N)` over its first N tokens."
     ids = tok.encode(text)
     if max_input_length is not None: ids = ids[:max_input_length]
@@ -121,7 +130,8 @@ def test_generation(model, tok,
            "reference_score": tfidf_similarity(" ".join(gen_texts), " ".join(consistency_texts), vec),
            "text": gen_texts}
     if len(essence_texts) > 0:
-        ret.update({"essence_score": perplexity(model, tok, " ".join(essence_texts), max_input_length=100), "essence_text": essence_texts})
+        ret.update({"essence_score": perplexity(model, tok, " ".join(essence_texts), max_input_length=100),
+                    "essence_text": essence_texts})
     return ret
 
 test_generation.__test__ = False
@@ -135,8 +145,8 @@ def _generation_texts(record, snips):
     rel, tid = rw.get("relation_id"), rw["target_new"].get("id")
     consistency = [x["text"] for x in snips[rel][tid]]
     if not consistency:
-        raise ValueError(f"case_id {record.get('case_id')}: no attribute snippets for relation {rel!r} and object {tid!r}; "
-                         "the reference score needs them (or skip the generation tests)")
+        raise ValueError(f"case_id {record.get('case_id')}: no attribute snippets for relation {rel!r} and "
+                         f"object {tid!r}; the reference score needs them (or skip the generation tests)")
     return consistency, [x["text"] for x in snips[rel][tid] if x["name"] == rw["subject"]]
 
 # %% ../nbs/41_metrics.ipynb #9c295e58
@@ -146,15 +156,17 @@ def compute_rewrite_quality_counterfact(model, tok,
                                         vec=None,      # TF-IDF vectorizer for the reference score
                                         seed:int=None, # generation sampling seed
                                         max_out_len:int=100): # generation length, prompt included
-    "The reference's CounterFact metrics of `model` on `record`: NLLs per prompt (`*_probs`), correctness, generation tests."
+    "The reference's CounterFact metrics of `record`: NLLs per prompt, correctness, generation tests."
     rw = record["requested_rewrite"]
-    groups = [[rw["prompt"].format(rw["subject"])], record["paraphrase_prompts"], record["neighborhood_prompts"],
+    groups = [[rw["prompt"].format(rw["subject"])], record["paraphrase_prompts"],
+              record["neighborhood_prompts"],
               record.get("attribute_prompts", [])]
     nlls, ok_new, ok_true = test_batch_prediction(model, tok, list(chain(*groups)), rw["target_new"]["str"],
                                                   rw["target_true"]["str"], return_correct=True)
     cut = np.cumsum([0] + [len(g) for g in groups]).tolist()
     ret = {f"{k}_probs": nlls[cut[i]:cut[i + 1]] for i, k in enumerate(_PROB_KEYS)}
-    for i, k in enumerate(_PROB_KEYS[:3]):  # MEMIT's accuracies: new object expected, except for neighborhood prompts
+    # MEMIT's accuracies: the new object expected, except for neighborhood prompts
+    for i, k in enumerate(_PROB_KEYS[:3]):
         ret[f"{k}_correct"] = (ok_true if k == "neighborhood_prompts" else ok_new)[cut[i]:cut[i + 1]]
     if snips is not None and record.get("generation_prompts"):
         consistency, essence = _generation_texts(record, snips)
@@ -172,10 +184,12 @@ def compute_rewrite_quality_zsre(model, tok,
     rows, starts = [], []
     for p in prompts:
         pi, ti = target_token_ids(tok, p, rw["target_new"]["str"])
-        rows.append(pi + ti); starts.append(len(pi))
+        rows.append(pi + ti)
+        starts.append(len(pi))
     for el in record["neighborhood_prompts"]:
         pi, ti = tok.encode(el["prompt"]), tok.encode(el["target"], add_special_tokens=False)[:1]
-        rows.append(pi + ti); starts.append(len(pi))
+        rows.append(pi + ti)
+        starts.append(len(pi))
     ok = [c.tolist() for _, c in score_rows(model, tok, rows, starts)]
     return {"rewrite_prompts_correct": ok[0], "paraphrase_prompts_correct": list(chain(*ok[1:len(prompts)])),
             "neighborhood_prompts_correct": [c[0] for c in ok[len(prompts):]]}

@@ -23,14 +23,15 @@ def _close_matches(name, candidates, n=5):
 
 # %% ../nbs/00_nethook.ipynb #af020e4c
 class NameNotFoundError(ValueError, LookupError):
-    "A module or parameter name that the model does not have (a `ValueError`, and a `LookupError` as in the reference)."
+    "A module or parameter name the model lacks: a `ValueError`, and a `LookupError` as in the reference."
 
 # %% ../nbs/00_nethook.ipynb #022920c5
 def get_module(model:nn.Module, # the network to search
                name:str):      # dotted module name, as in `model.named_modules()`
     "The submodule of `model` called `name`; an error naming close matches if there is none."
     m = model
-    for part in name.split('.') if name else []:  # fast path: follow the registered children, as `named_modules` does
+    # fast path: follow the registered children, as `named_modules` does
+    for part in name.split('.') if name else []:
         m = m._modules.get(part) if isinstance(m, nn.Module) else None
     if m is not None: return m
     names = [n for n, _ in model.named_modules()]
@@ -57,6 +58,7 @@ def _parameters_of(models, caller='set_requires_grad'):
         else: raise TypeError(f"{caller} expects modules or parameters, got {type(m).__name__}")
     return list(ps.values())
 
+# %% ../nbs/00_nethook.ipynb #82d706b6
 def set_requires_grad(requires_grad:bool, # the value to set
                       *models):           # modules or parameters
     "Set `requires_grad` on every parameter of each of `models` (modules or single parameters)."
@@ -66,7 +68,7 @@ def set_requires_grad(requires_grad:bool, # the value to set
 @contextlib.contextmanager
 def temp_requires_grad(requires_grad:bool, # the value to set inside the `with` block
                        *models):           # modules or parameters
-    "Context: `requires_grad` set on every parameter of `models` (as `set_requires_grad`); each previous flag restored on exit."
+    "Context: `set_requires_grad(requires_grad, *models)` inside; each previous flag restored on exit."
     params = _parameters_of(models, 'temp_requires_grad')
     flags = [p.requires_grad for p in params]
     try:
@@ -80,6 +82,7 @@ def untuple(x):
     "The first element of `x` if it is a tuple or list, else `x`: the hidden state of a module's output."
     return x[0] if isinstance(x, (tuple, list)) else x
 
+# %% ../nbs/00_nethook.ipynb #f0e008bb
 def retuple(like, h):
     "`h` in the structure of `like`: replaces the first element of a tuple output, or is `h` itself."
     return (h, *like[1:]) if isinstance(like, tuple) else h
@@ -99,8 +102,10 @@ def recursive_copy(x, clone=None, detach=None, retain_grad=None):
         elif detach: x = x.detach()
         if clone: x = x.clone()
         return x
-    if isinstance(x, dict): return type(x)({k: recursive_copy(v, clone, detach, retain_grad) for k, v in x.items()})
-    if isinstance(x, (list, tuple)): return type(x)([recursive_copy(v, clone, detach, retain_grad) for v in x])
+    if isinstance(x, dict):
+        return type(x)({k: recursive_copy(v, clone, detach, retain_grad) for k, v in x.items()})
+    if isinstance(x, (list, tuple)):
+        return type(x)([recursive_copy(v, clone, detach, retain_grad) for v in x])
     return x  # None, caches and other non-tensors pass through unchanged
 
 # %% ../nbs/00_nethook.ipynb #0c3d02b5
@@ -176,7 +181,8 @@ class TraceDict(OrderedDict, contextlib.AbstractContextManager):
                                 detach=detach, retain_grad=retain_grad, edit_output=edit_output,
                                 stop=stop and l == last)
         except BaseException:
-            self.close(); raise
+            self.close()
+            raise
 
     @staticmethod
     def _last_to_run(module, layers):

@@ -16,8 +16,9 @@ from .cli import command
 # %% ../nbs/43_summarize.ipynb #a2b78d3f
 def _mean(xs): return float(np.mean(xs)) if len(xs) else None
 
+# %% ../nbs/43_summarize.ipynb #f80eb94e
 def case_metrics(data:dict): # the content of a case file
-    "The reference's per-case metrics of one result file: success rates, probability differences, accuracies, generation scores."
+    "The reference's per-case metrics of one result file: success rates, probability differences, accuracies."
     out = {"case_id": data["case_id"]}
     if data.get("time") is not None: out["time"] = data["time"]
     for prefix in ("pre", "post"):
@@ -27,11 +28,13 @@ def case_metrics(data:dict): # the content of a case file
             xs = d.get(f"{key}_prompts_probs")
             if xs:
                 out[f"{prefix}_{key}_success"] = _mean([x["target_true"] > x["target_new"] for x in xs])
-                out[f"{prefix}_{key}_diff"] = _mean([math.exp(-x["target_new"]) - math.exp(-x["target_true"]) for x in xs])
+                out[f"{prefix}_{key}_diff"] = _mean([math.exp(-x["target_new"]) - math.exp(-x["target_true"])
+                                                     for x in xs])
         xs = d.get("neighborhood_prompts_probs")  # the old object should keep winning
         if xs:
             out[f"{prefix}_neighborhood_success"] = _mean([x["target_true"] < x["target_new"] for x in xs])
-            out[f"{prefix}_neighborhood_diff"] = _mean([math.exp(-x["target_true"]) - math.exp(-x["target_new"]) for x in xs])
+            out[f"{prefix}_neighborhood_diff"] = _mean([math.exp(-x["target_true"]) - math.exp(-x["target_new"])
+                                                        for x in xs])
         for key in ("rewrite", "paraphrase", "neighborhood"):
             xs = d.get(f"{key}_prompts_correct")
             if xs: out[f"{prefix}_{key}_acc"] = _mean(xs)
@@ -45,6 +48,7 @@ def case_files(run_dir): # a run directory
     fs = [f for f in Path(run_dir).glob("*case_*.json") if f.name.split("_")[-1][:-5].isdigit()]
     return sorted(fs, key=lambda f: int(f.name.split("_")[-1][:-5]))
 
+# %% ../nbs/43_summarize.ipynb #f3e994b7
 def _case_row(f, first_n_cases):
     "`(row or None, problem or None)` for one case file (None, None: outside `first_n_cases`)."
     try: data = json.loads(f.read_text(encoding='utf-8'))
@@ -59,12 +63,15 @@ def _case_row(f, first_n_cases):
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
         return None, f"{f} has malformed scores ({type(e).__name__}: {e})"
 
+# %% ../nbs/43_summarize.ipynb #31b97b4d
 def read_run(run_dir, first_n_cases:int=None): # a run directory; keep cases with id < first_n_cases
     "A row of `case_metrics` per case file of `run_dir`, by case id (skipped: `attrs['skipped']`)."
     rows, skipped = [], []
     for f in case_files(run_dir):
         row, why = _case_row(f, first_n_cases)
-        if why: warnings.warn(f"{why}; skipping it"); skipped.append(str(f))
+        if why:
+            warnings.warn(f"{why}; skipping it")
+            skipped.append(str(f))
         if row is not None: rows.append(row)
     df = pd.DataFrame(rows).set_index("case_id") if rows else pd.DataFrame()
     df.attrs['skipped'] = skipped
@@ -81,12 +88,15 @@ def hmean(xs): # positive numbers
     xs = np.asarray(xs, dtype=np.float64)
     return 0.0 if (xs <= 0).any() else float(len(xs) / np.sum(1 / xs))
 
+# %% ../nbs/43_summarize.ipynb #8f769dc7
 def _ci(x): # per-case values (NaN where missing)
     "Mean and 95% confidence half-width (1.96 standard errors) of the non-missing values."
-    x = np.asarray(x, dtype=np.float64); x = x[~np.isnan(x)]
+    x = np.asarray(x, dtype=np.float64)
+    x = x[~np.isnan(x)]
     if len(x) == 0: return np.nan, np.nan
     return float(x.mean()), float(1.96 * x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else np.nan
 
+# %% ../nbs/43_summarize.ipynb #0c06b87d
 def _score_ci(parts, n_boot=1000, seed=0): # [cases, 3] ES, PS, NS per case
     "95% bootstrap half-width of the harmonic mean of the column means, resampling cases."
     parts = parts[~np.isnan(parts).any(1)]
@@ -100,19 +110,23 @@ def _score_ci(parts, n_boot=1000, seed=0): # [cases, 3] ES, PS, NS per case
 
 # %% ../nbs/43_summarize.ipynb #bd6e31c2
 def stage_row(df, prefix:str): # a run's `read_run` table, 'pre' or 'post'
-    "The paper's numbers (percentages) and 95% half-widths for one stage of a run, or None if it has no such scores."
+    "The paper's numbers (percentages) with 95% half-widths for one stage of a run (None without such scores)."
     cols = [c for c in df.columns if c.startswith(prefix + "_")]
     if not cols: return None
     row = {"n": int(df[cols].notna().any(axis=1).sum())}
     for name, (key, scale) in COLUMNS.items():
         k = f"{prefix}_{key}"
-        if k in df: m, h = _ci(df[k]); row[name], row[f"{name} ±"] = m * scale, h * scale
+        if k in df:
+            m, h = _ci(df[k])
+            row[name], row[f"{name} ±"] = m * scale, h * scale
     if all(f"{prefix}_{k}_success" in df for k in ("rewrite", "paraphrase", "neighborhood")):
-        parts = df[[f"{prefix}_{k}_success" for k in ("rewrite", "paraphrase", "neighborhood")]].to_numpy(np.float64)
+        parts = df[[f"{prefix}_{k}_success" for k in ("rewrite",
+                                                      "paraphrase", "neighborhood")]].to_numpy(np.float64)
         row["S"], row["S ±"] = hmean([row["ES"], row["PS"], row["NS"]]), _score_ci(parts) * 100
     if "time" in df and prefix == "post": row["time"] = float(df["time"].mean())
     return row
 
+# %% ../nbs/43_summarize.ipynb #3f9993a3
 _ORDER = ["n", "S", "ES", "EM", "PS", "PM", "NS", "NM", "GE", "RS", "E-acc", "P-acc", "N-acc", "essence"]
 
 def summary_table(runs:dict): # {run name: `read_run` table}
@@ -121,7 +135,9 @@ def summary_table(runs:dict): # {run name: `read_run` table}
     for name, df in runs.items():
         for prefix in ("pre", "post"):
             r = stage_row(df, prefix) if len(df) else None
-            if r: rows.append(r); index.append((name, prefix))
+            if r:
+                rows.append(r)
+                index.append((name, prefix))
     if not rows: return pd.DataFrame()
     t = pd.DataFrame(rows, index=pd.MultiIndex.from_tuples(index, names=["run", "stage"]))
     cols = [c for k in _ORDER for c in (k, f"{k} ±") if c in t] + (["time"] if "time" in t else [])
@@ -133,11 +149,15 @@ def format_table(t, digits:int=1): # a `summary_table`
     out = pd.DataFrame(index=t.index)
     for c in t.columns:
         if c.endswith(" ±"): continue
-        if c in ("n",): out[c] = t[c].astype(int).astype(str); continue
-        if c == "time": out["time (s)"] = t[c].map(lambda v: "" if pd.isna(v) else f"{v:.2f}"); continue
+        if c in ("n",):
+            out[c] = t[c].astype(int).astype(str)
+            continue
+        if c == "time":
+            out["time (s)"] = t[c].map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
+            continue
         h = t.get(f"{c} ±")
-        out[c] = [("" if pd.isna(m) else f"{m:.{digits}f}" + ("" if h is None or pd.isna(h.iloc[i]) else f" ± {h.iloc[i]:.{digits}f}"))
-                  for i, m in enumerate(t[c])]
+        half = lambda i: "" if h is None or pd.isna(h.iloc[i]) else f" ± {h.iloc[i]:.{digits}f}"
+        out[c] = [("" if pd.isna(m) else f"{m:.{digits}f}" + half(i)) for i, m in enumerate(t[c])]
     return out
 
 # %% ../nbs/43_summarize.ipynb #fe79ea0e
@@ -153,6 +173,7 @@ METRIC_LEGEND = {
     "N-acc": "neighbour token accuracy", "essence": "perplexity of texts about the subject",
     "time": "seconds per edit"}  # what each column of `summary_table` / `format_table` means
 
+# %% ../nbs/43_summarize.ipynb #deb50a28
 def legend_line(t): # a `summary_table` or `format_table` (or its column names)
     "One line that explains the columns of `t`, the stages and the intervals."
     cols = [c.replace(" (s)", "") for c in (t.columns if hasattr(t, "columns") else t)]
@@ -160,23 +181,30 @@ def legend_line(t): # a `summary_table` or `format_table` (or its column names)
     return "; ".join(parts + ["pre/post: before/after the edit; ±: 95% confidence half-width"])
 
 # %% ../nbs/43_summarize.ipynb #e9993fd4
-def find_runs(dir_name, runs=None, results_dir="results"): # folder name or path; run name filters; results root
+def find_runs(dir_name,                # folder name or path
+              runs=None,               # run name filters
+              results_dir="results"):  # results root
     "The run directories under `dir_name` (or `dir_name` itself if it holds case files), filtered by `runs`."
     d = Path(dir_name)
     if not d.is_dir(): d = Path(results_dir) / dir_name
-    if not d.is_dir(): raise FileNotFoundError(f"no results folder {dir_name!r} (looked in {Path(dir_name)} and {d})")
+    if not d.is_dir():
+        raise FileNotFoundError(f"no results folder {dir_name!r} (looked in {Path(dir_name)} and {d})")
     if case_files(d): return [d]
     if isinstance(runs, str): runs = runs.split(",")
     found = [p for p in sorted(d.iterdir()) if p.is_dir() and (runs is None or any(r in p.name for r in runs))]
-    if not found: raise FileNotFoundError(f"no runs{f' matching {runs}' if runs else ''} in {d}; it holds {sorted(p.name for p in d.iterdir())}")
+    if not found:
+        raise FileNotFoundError(f"no runs{f' matching {runs}' if runs else ''} in {d}; it holds "
+                                f"{sorted(p.name for p in d.iterdir())}")
     return found
 
+# %% ../nbs/43_summarize.ipynb #002f6715
 def summarize(dir_name, runs=None, first_n_cases:int=None, results_dir="results"):
     "The paper's table (a DataFrame with 95% half-widths) for the runs of `dir_name`."
     return summary_table({p.name: read_run(p, first_n_cases) for p in find_runs(dir_name, runs, results_dir)})
 
 # %% ../nbs/43_summarize.ipynb #2f0bb568
-def reference_summaries(dir_name, runs=None, first_n_cases:int=None, get_uncompressed:bool=False, results_dir="results"):
+def reference_summaries(dir_name, runs=None, first_n_cases:int=None, get_uncompressed:bool=False,
+                        results_dir="results"):
     "The reference summarizer's output for the runs of `dir_name`: per metric (mean, std), or per-case lists."
     out = []
     for p in find_runs(dir_name, runs, results_dir):
@@ -184,9 +212,12 @@ def reference_summaries(dir_name, runs=None, first_n_cases:int=None, get_uncompr
         if not len(df): continue
         lists = {k: df[k].dropna().tolist() for k in df.columns}
         meta = {"run_dir": str(p), "num_cases": len(df)}
-        if get_uncompressed: out.append(dict(lists, **meta)); continue
+        if get_uncompressed:
+            out.append(dict(lists, **meta))
+            continue
         s = {k: (float(np.mean(v)), float(np.std(v))) for k, v in lists.items() if v}
-        s = {k: v if any(x in k for x in ("essence_score", "time")) else tuple(round(z * 100, 2) for z in v) for k, v in s.items()}
+        raw = lambda k: any(x in k for x in ("essence_score", "time"))  # kept as they are; the rest x 100
+        s = {k: v if raw(k) else tuple(round(z * 100, 2) for z in v) for k, v in s.items()}
         for prefix in ("pre", "post"):
             ks = [f"{prefix}_{k}_success" for k in ("rewrite", "paraphrase", "neighborhood")]
             if all(k in s for k in ks): s[f"{prefix}_score"] = (hmean([s[k][0] for k in ks]), np.nan)
@@ -198,18 +229,20 @@ def run_benchmark(alg_name:str="ROME", model_name="toy", ds_name:str="cf", datas
                   results_dir="results", quiet:bool=False, **kwargs): # `rome_nb.evaluate.evaluate` arguments
     "Evaluate `alg_name` on `ds_name` and print the summary table; returns `(run_dir, table)`."
     from rome_nb.evaluate import evaluate
-    run = evaluate(alg_name=alg_name, model_name=model_name, ds_name=ds_name, dataset_size_limit=dataset_size_limit,
+    run = evaluate(alg_name=alg_name, model_name=model_name, ds_name=ds_name,
+                   dataset_size_limit=dataset_size_limit,
                    results_dir=results_dir, quiet=quiet, **kwargs)
     t = summarize(run)
     with pd.option_context("display.width", 250, "display.max_columns", 40):
-        print(f"{alg_name} on {ds_name} ({model_name if isinstance(model_name, str) else 'given model'}): {run}\n" + format_table(t).to_string())
+        print(f"{alg_name} on {ds_name} ({model_name if isinstance(model_name, str) else 'given model'}): "
+              f"{run}\n" + format_table(t).to_string())
         if len(t): print(legend_line(t))
     return run, t
 
 # %% ../nbs/43_summarize.ipynb #42fbfec6
 @command('rome_nb_summarize')
-def main(dir_name:str="ROME",      # results folder: a name under results_dir (e.g. ROME), a path, or one run's directory
-         runs:str=None,            # comma-separated run names (substrings) to keep, e.g. run_000,run_003 (default: all)
+def main(dir_name:str="ROME",      # results folder: a name under results_dir (e.g. ROME), a path, or a run's folder
+         runs:str=None,            # comma-separated run names (substrings) to keep (default: all)
          first_n_cases:int=None,   # only cases with id below this (compare runs on the same slice)
          results_dir:str="results"): # root folder of results
     "Print (and return) the paper's table for the runs of `dir_name`, with 95% confidence intervals."

@@ -1,4 +1,4 @@
-"Shared pytest setup: the `slow` marker (run with --runslow or RUN_SLOW=1), the shared data folder, editor training records."
+"Shared pytest setup: the `slow` marker (run with --runslow or RUN_SLOW=1), the shared data folder, editor training records and trained editors."
 import json, os
 from pathlib import Path
 import pytest
@@ -63,3 +63,17 @@ def tok():
 def sd(tmp_path_factory):
     "A statistics folder shared by one test file's tests."
     return tmp_path_factory.mktemp('stats')
+
+
+@pytest.fixture(scope='module')
+def editor_files(tmp_path_factory, train_file, tok):
+    "Small MEND and KE editors trained once on an fp32 model, saved as files (usable by an fp16 copy too)."
+    from _editors import REQ, gpt2, mend_hp, ke_hp
+    from rome_nb.baselines import mend, ke
+    d = tmp_path_factory.mktemp('editors')
+    out = {}
+    for name, hp in (('MEND', mend_hp(train_file, d)), ('KE', ke_hp(train_file, d))):
+        apply = mend.apply_mend_to_model if name == 'MEND' else ke.apply_ke_to_model
+        apply(gpt2(), tok, [REQ], hp, copy=True, progress=False)
+        out[name] = str(next(d.glob(f'{name.lower()}/*/editor.safetensors')))
+    return out

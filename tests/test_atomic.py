@@ -3,58 +3,15 @@ a non-finite or overflowing update, checked in the weight's dtype, is refused be
 failure part-way through a multi-request edit puts back every weight written so far, bit for bit."""
 import pytest
 import torch
-from _editors import REQ, snapshot, same  # REQ: a valid request the tiny tokenizer knows
-from rome_nb.models import tiny_model
+from _editors import REQ, REQ2, snapshot, same, gpt2, rome_hp, memit_hp, mend_hp, ke_hp  # REQ: a valid request
 from rome_nb.nethook import get_parameter
 from rome_nb import rome as R, memit as M
 from rome_nb.baselines import ft as FT, kn as KN, mend as MEND, ke as KE
 
 torch.set_num_threads(1)
-TEXTS = [f"Text {i}: LeBron James plays basketball in the city of Paris, near the Eiffel Tower." for i in range(120)]
-REQ2 = {'prompt': '{} is located in the city of', 'subject': 'The Eiffel Tower', 'target_new': {'str': 'Rome'}}
 DTYPES = [torch.float32, torch.float16]
 # a value that is an inf once cast to fp16, and a finite fp32 value whose row sums (two or more entries) overflow fp32
 HUGE = {torch.float16: 1e5, torch.float32: 2.4e38}
-
-
-
-
-def gpt2(dtype=torch.float32, n_layer=4):
-    return tiny_model('gpt2', n_layer=n_layer, n_embd=32, initializer_range=0.2).to(dtype)
-
-
-def rome_hp(sd, **kw):
-    return R.ROMEHyperParams(**{**dict(layers=[1], mom2_dataset=TEXTS, mom2_n_samples=120, stats_dir=str(sd),
-                                       context_template_length_params=[[3, 2]], v_num_grad_steps=3), **kw})
-
-
-def memit_hp(sd, **kw):
-    return M.MEMITHyperParams(**{**dict(layers=[1, 2], mom2_dataset=TEXTS, mom2_n_samples=120, stats_dir=str(sd),
-                                        context_template_length_params=[[3, 2]], v_num_grad_steps=3,
-                                        mom2_update_weight=100), **kw})
-
-
-@pytest.fixture(scope='module')
-def editor_files(tmp_path_factory, train_file, tok):
-    "Small MEND and KE editors trained once on an fp32 model, saved as files (usable by the fp16 copy too)."
-    d = tmp_path_factory.mktemp('editors')
-    out = {}
-    for name, hp in (('MEND', mend_hp(train_file, d)), ('KE', ke_hp(train_file, d))):
-        model = gpt2()
-        apply = MEND.apply_mend_to_model if name == 'MEND' else KE.apply_ke_to_model
-        apply(model, tok, [REQ], hp, copy=True, progress=False)
-        out[name] = str(next(d.glob(f'{name.lower()}/*/editor.safetensors')))
-    return out
-
-
-def mend_hp(train_file, cache, **kw):
-    return MEND.MENDHyperParams(**{**dict(rank=8, edit_lr=1e-3, train_steps=4, n_loc=2, lr=1e-2, n_stats=4,
-                                          train_ds=str(train_file), train_skip=0, cache_dir=str(cache)), **kw})
-
-
-def ke_hp(train_file, cache, **kw):
-    return KE.EFKHyperParams(**{**dict(lstm_dim=8, cond_dim=8, hidden_dim=8, train_steps=4, n_loc=2, lr=1e-3,
-                                       train_ds=str(train_file), train_skip=0, cache_dir=str(cache)), **kw})
 
 
 # --- ROME: RomeEdit.apply / apply_deltas of a two-layer edit whose second vector is bad
@@ -238,12 +195,12 @@ def test_editor_failure_in_second_request_restores_first(name, dtype, editor_fil
     model = gpt2(dtype)
     snap = snapshot(model)
     apply, hp = _editor_case(name, editor_files, train_file, tmp_path)
-    real, calls = MEND.apply_deltas, []
+    real, calls = MEND.add_to_weights, []
     def flaky(m, deltas, *a, **k):
         calls.append(1)
         if len(calls) == 2: deltas = {n: d * float('inf') for n, d in deltas.items()}
         return real(m, deltas, *a, **k)
-    monkeypatch.setattr(MEND, 'apply_deltas', flaky)
+    monkeypatch.setattr(MEND, 'add_to_weights', flaky)
     with pytest.raises(FloatingPointError): apply(model, tok, [REQ, REQ2], hp, progress=False)
     assert len(calls) == 2 and same(model, snap)
 

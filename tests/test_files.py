@@ -4,12 +4,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import _editors
+from _editors import stat_texts, rome_hp, memit_hp, read_cases
 from rome_nb.models import tiny_model
 from rome_nb import rome as R, stats as S, dsets as D, evaluate as E, summarize as SM
 
 ROOT = Path(__file__).resolve().parents[1]
-TEXTS = [f"Text {i}: LeBron James plays basketball in the city of Paris, near the Eiffel Tower and the river." for i in range(150)]
-REQ = {'prompt': '{} plays the sport of', 'subject': 'LeBron James', 'target_new': {'str': 'soccer'}, 'target_true': {'str': 'basketball'}}
+TEXTS = stat_texts(150, ' and the river')
+REQ = {**_editors.REQ, 'target_new': {'str': 'soccer'}, 'target_true': {'str': 'basketball'}}
 
 
 class Boom:
@@ -40,8 +42,7 @@ def write_edit(path, meta, tensors):
 @pytest.fixture(scope='module')
 def saved_edit(tok, tmp_path_factory):
     d = tmp_path_factory.mktemp('edit')
-    hp = R.ROMEHyperParams(layers=[0], mom2_dataset=TEXTS, mom2_n_samples=150, stats_dir=str(d / 'stats'),
-                           context_template_length_params=[[5, 5]], v_num_grad_steps=6)
+    hp = rome_hp(d / 'stats', TEXTS, layers=[0], context_template_length_params=[[5, 5]], v_num_grad_steps=6)
     edit = R.RomeEdit.compute(tiny_model('gpt2'), tok, REQ, hp)
     return edit, edit.save(d / 'e.safetensors')
 
@@ -362,14 +363,6 @@ E.evaluate(results_dir=sys.argv[1], **eval(sys.argv[3]))
 '''
 
 
-def cases_without_time(run_dir):
-    out = {}
-    for f in sorted(run_dir.glob('case_*.json')):
-        d = json.loads(f.read_text()); d.pop('time', None)
-        out[f.name] = d
-    return out
-
-
 def evaluate_in_subprocess(results_dir, kill_at=-1, **extra):
     "Run the evaluation in a fresh interpreter (one thread, as every run here), killed by SIGKILL on case `kill_at`."
     return subprocess.run([sys.executable, '-c', KILLED, str(results_dir), str(kill_at), repr(dict(EVAL_KW, **extra))],
@@ -389,8 +382,8 @@ def test_sigkill_then_resume_gives_the_same_case_files(tmp_path):
     (run_dir / 'case_4.json').write_text('{"case_id": 4}')  # valid JSON, not a result
     r = evaluate_in_subprocess(tmp_path / 'cut', continue_from_run='run_000')
     assert r.returncode == 0, r.stderr
-    whole = cases_without_time(tmp_path / 'whole' / 'FT' / 'run_000')
-    assert len(whole) == 6 and cases_without_time(run_dir) == whole
+    whole = read_cases(tmp_path / 'whole' / 'FT' / 'run_000', drop=('time',))
+    assert len(whole) == 6 and read_cases(run_dir, drop=('time',)) == whole
     assert 'case_0.json is not a complete result file' in r.stderr and 'case_4.json is not a complete result file' in r.stderr
     assert sorted(p.name for p in run_dir.iterdir() if not p.name.startswith('case_')) == ['params.json', 'run_info.json']
 
@@ -399,8 +392,8 @@ def test_sigkill_then_resume_gives_the_same_case_files(tmp_path):
 
 def test_memit_target_cache_tampered_or_pickled(tok, tmp_path):
     from rome_nb import memit as M
-    hp = M.MEMITHyperParams(layers=[1, 2], mom2_dataset=TEXTS, mom2_n_samples=150, stats_dir=str(tmp_path / 'stats'),
-                            context_template_length_params=[[5, 5]], v_num_grad_steps=6, mom2_update_weight=100, clamp_norm_factor=4)
+    hp = memit_hp(tmp_path / 'stats', TEXTS, context_template_length_params=[[5, 5]], v_num_grad_steps=6,
+                  clamp_norm_factor=4)
     reqs = [dict(REQ, case_id=0)]
     model = tiny_model('gpt2', n_layer=4)
     tmpl = str(tmp_path / 'z' / 'layer_{}_clamp_{}_case_{}.npz')

@@ -2,7 +2,7 @@
 import json
 import pytest
 import torch
-from _editors import REQ, tiny, check_apply_and_restore, save_evil_pickle, run_evaluate_cli
+from _editors import REQ, tiny, check_apply_and_restore, save_evil_pickle, run_evaluate_cli, ke_hp
 from rome_nb.models import target_logprobs
 from rome_nb.evaluate import restore_weights, hparams_path
 from rome_nb.baselines.mend import edit_module_names, train_editor, load_editor_state, get_editor, editor_history, save_editor
@@ -10,8 +10,9 @@ from rome_nb.baselines.ke import EFKHyperParams, KEEditor, apply_ke_to_model, ma
 
 
 def small_hp(train_file, cache_dir, **kw):
-    return EFKHyperParams(**{**dict(lstm_dim=16, cond_dim=16, hidden_dim=32, max_scale=10.0, train_steps=40, n_loc=2, lr=3e-3,
-                                    train_ds=str(train_file), train_skip=0, cache_dir=str(cache_dir)), **kw})
+    "`ke_hp` with a larger hyper-network trained longer (training must visibly help)."
+    return ke_hp(train_file, cache_dir, **{**dict(lstm_dim=16, cond_dim=16, hidden_dim=32, max_scale=10.0,
+                                                  train_steps=40, lr=3e-3), **kw})
 
 
 @pytest.mark.parametrize('family', ['gpt2', 'llama'])

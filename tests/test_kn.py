@@ -161,3 +161,21 @@ def test_cli_evaluate(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     cases = sorted((tmp_path / 'results' / 'KN' / 'run_000').glob('case_*.json'))
     assert [c.name for c in cases] == ['case_0.json', 'case_1.json']
+
+
+def test_without_target_true_empty_top_prediction_is_a_clear_error():
+    "A Metaspace tokenizer's bare '▁' decodes to '': KN says to give target_true and leaves the model untouched."
+    model, tok = model_tok('llama', n_layer=2)
+    blank = next(i for i in range(tok.vocab_size) if not tok.decode([i]).strip())
+    req = {k: v for k, v in REQ.items() if k != 'target_true'}
+    ids = target_token_ids(tok, req['prompt'].format(req['subject']), req['target_new']['str'])[0]
+    with torch.no_grad():
+        top = int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax())
+        model.lm_head.weight[blank] = model.lm_head.weight[top] * 3  # the blank token now wins
+        assert int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax()) == blank
+    snap = snapshot(model)
+    hp = KNHyperParams.from_json(hparams_path('KN', 'toy'))
+    with pytest.raises(ValueError, match="give the request a 'target_true'"): apply_kn_to_model(model, tok, req, hp)
+    assert same(model, snap)
+    _, orig = apply_kn_to_model(model, tok, {**req, 'target_true': {'str': 'basketball'}}, hp, return_orig_weights=True)
+    assert orig

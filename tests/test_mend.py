@@ -2,7 +2,7 @@
 import json
 import pytest
 import torch
-from _editors import REQ, tiny, check_apply_and_restore, save_evil_pickle, run_evaluate_cli
+from _editors import REQ, tiny, check_apply_and_restore, save_evil_pickle, run_evaluate_cli, mend_hp
 from rome_nb.models import tiny_model, tiny_tokenizer
 from rome_nb.evaluate import hparams_path
 from rome_nb.baselines.mend import (MENDHyperParams, MENDEditor, apply_mend_to_model, edit_module_names, train_editor,
@@ -11,8 +11,8 @@ from rome_nb.baselines.mend import (MENDHyperParams, MENDEditor, apply_mend_to_m
 
 
 def small_hp(train_file, cache_dir, **kw):
-    return MENDHyperParams(**{**dict(rank=16, edit_lr=1e-3, train_steps=40, n_loc=2, lr=1e-2, n_stats=10, train_ds=str(train_file),
-                                     train_skip=0, cache_dir=str(cache_dir)), **kw})
+    "`mend_hp` with a larger editor trained longer (training must visibly help)."
+    return mend_hp(train_file, cache_dir, **{**dict(rank=16, train_steps=40, n_stats=10), **kw})
 
 
 @pytest.mark.parametrize('family', ['gpt2', 'llama'])

@@ -3,9 +3,7 @@ whitespace is normalised with a warning; the subject is looked for where the met
 are checked when they are made."""
 import json, warnings
 import pytest
-from _editors import REQ
-from _editors import snapshot, same
-from test_atomic import REQ2, gpt2, rome_hp, memit_hp, mend_hp, ke_hp, editor_files  # noqa: F401
+from _editors import REQ, REQ2, snapshot, same, gpt2, rome_hp, memit_hp, mend_hp, ke_hp
 from rome_nb.models import tiny_tokenizer
 from rome_nb import rome as R, memit as M
 from rome_nb.editing import list_hparams, hparams_path

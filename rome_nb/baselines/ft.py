@@ -28,27 +28,32 @@ class FTHyperParams(HyperParams):
     weight_decay: float = 0.            # Adam's weight decay
     kl_factor: float = 0.               # in the reference's files, unused by its FT code; must be 0
     norm_constraint: float = False      # FT-L: bound on |w - w_original| per weight; False/None/0: plain FT
-    rewrite_module_tmp: str = None      # module trained in each layer: template with '{}', or 'attn'/'mlp'/'down_proj'; None: down-projection
-    layer_module_tmp: str = None        # the reference's other templates (not needed by FT; kept so its files load)
+    rewrite_module_tmp: str = None      # 'attn', 'mlp', 'down_proj' or a template with '{}'; None: down_proj
+    layer_module_tmp: str = None        # the reference's other templates (kept so its files load)
     mlp_module_tmp: str = None
     attn_module_tmp: str = None
     ln_f_module: str = None
     lm_head_module: str = None
     batch_size: int = 128               # requests per optimisation step
-    objective: str = 'prompt_last'      # 'prompt_last' (reference: every target token scored after the prompt) or 'target_new' (teacher forcing)
-    early_stop_loss: float = 1e-2       # skip a step below this batch loss; stop when a pass's mean loss is below it
+    objective: str = 'prompt_last'      # 'prompt_last' (reference) or 'target_new' (teacher forcing)
+    early_stop_loss: float = 1e-2       # skip a step below this loss; stop when a pass's mean is below it
 
     def __post_init__(self):
         super().__post_init__()
         if isinstance(self.layers, int): self.layers = [self.layers]
         if not self.layers or not all(isinstance(l, int) and not isinstance(l, bool) for l in self.layers):
             raise ValueError(f"layers must be a non-empty list of ints, got {self.layers!r}")
-        if self.objective not in OBJECTIVES: raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         nc = self.norm_constraint
         if nc is True or (nc not in (None, False) and not (isinstance(nc, (int, float)) and nc >= 0)):
             raise ValueError(f"norm_constraint must be a non-negative number (FT-L) or false (FT), got {nc!r}")
-        if self.kl_factor: raise ValueError(f"kl_factor={self.kl_factor}: FT has no KL term (the reference's code ignores it); set it to 0")
-        if self.num_steps < 0 or self.batch_size < 1: raise ValueError(f"num_steps must be >= 0 and batch_size >= 1, got {self.num_steps}, {self.batch_size}")
+        if self.kl_factor:
+            raise ValueError(f"kl_factor={self.kl_factor}: FT has no KL term (the reference's code ignores "
+                             f"it); set it to 0")
+        if self.num_steps < 0 or self.batch_size < 1:
+            raise ValueError(f"num_steps must be >= 0 and batch_size >= 1, got {self.num_steps}, "
+                             f"{self.batch_size}")
 
     @property
     def constrained(self):
@@ -65,21 +70,25 @@ def ft_module_names(model, hparams:FTHyperParams): # the model, hyperparameters
             name = tmp.format(l)
             try: get_module(model, name)
             except NameNotFoundError as e:
-                raise ValueError(f"rewrite_module_tmp={tmp!r} does not fit this {type(model).__name__} ({e}). Leave it null for the "
-                                 f"MLP down-projection {model_arch(model).rewrite_module_tmp!r}, or give a kind: 'attn', 'mlp'") from None
+                raise ValueError(f"rewrite_module_tmp={tmp!r} does not fit this {type(model).__name__} ({e}). "
+                                 f"Leave it null for the MLP down-projection "
+                                 f"{model_arch(model).rewrite_module_tmp!r}, or give a kind: 'attn', 'mlp'") from None
         out.append(name)
     return list(dict.fromkeys(out))
 
+# %% ../../nbs/30_ft.ipynb #797abff4
 def ft_weights(model, hparams:FTHyperParams): # the model, hyperparameters
     "`{parameter name: parameter}` of every parameter of the modules FT trains."
-    return {f"{m}.{n}": p for m in ft_module_names(model, hparams) for n, p in get_module(model, m).named_parameters()}
+    return {f"{m}.{n}": p for m in ft_module_names(model, hparams)
+            for n, p in get_module(model, m).named_parameters()}
 
 # %% ../../nbs/30_ft.ipynb #82ae63d7
 def request_text(request:dict): # a request: prompt with '{}', subject, target_new
-    "The prompt with the subject filled in, and the new target's text (no leading space); checked by `check_request`."
+    "The filled-in prompt and the new target's text (no leading space), checked by `check_request`."
     r = check_request(request)
     return fill(r['prompt'], r['subject']), r['target_new']['str']
 
+# %% ../../nbs/30_ft.ipynb #8656618a
 def ft_loss(model, tok,             # the model and its tokenizer
             texts:list,             # prompts with their subjects
             targets:list,           # target texts (no leading space)
@@ -89,7 +98,8 @@ def ft_loss(model, tok,             # the model and its tokenizer
     logp = torch.log_softmax(model(**inp).logits.float(), dim=-1)
     losses = []
     for i, (pl, t) in enumerate(zip(plens, tids)):
-        pos = torch.full((len(t),), pl - 1) if objective == 'prompt_last' else torch.arange(pl - 1, pl - 1 + len(t))
+        last = objective == 'prompt_last'  # every target token scored at the prompt's last position
+        pos = torch.full((len(t),), pl - 1) if last else torch.arange(pl - 1, pl - 1 + len(t))
         losses.append(-logp[i, pos.to(logp.device), torch.tensor(t, device=logp.device)].mean())
     return torch.stack(losses).mean()
 
@@ -106,6 +116,7 @@ def clamp_to_originals(weights:dict,   # {name: parameter} being trained
 # %% ../../nbs/30_ft.ipynb #899e789e
 def _chunks(xs, n): return [xs[i:i + n] for i in range(0, len(xs), n)]
 
+# %% ../../nbs/30_ft.ipynb #b43e4881
 def ft_train(model, tok,            # the model (trained in place) and its tokenizer
              requests:list,         # requests (dicts with prompt, subject, target_new)
              hparams:FTHyperParams, # hyperparameters
@@ -120,15 +131,19 @@ def ft_train(model, tok,            # the model (trained in place) and its token
     try:
         for p in model.parameters(): p.requires_grad_(id(p) in ids)
         for _ in range(hparams.num_steps):
-            passes += 1; tot = 0.
+            passes += 1
+            tot = 0.
             for batch in _chunks(pairs, hparams.batch_size):
                 opt.zero_grad()
                 loss = ft_loss(model, tok, [t for t, _ in batch], [g for _, g in batch], hparams.objective)
-                if not torch.isfinite(loss): raise FloatingPointError(f"FT loss is {loss.item()}; lower lr ({hparams.lr})")
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"FT loss is {loss.item()}; lower lr ({hparams.lr})")
                 if loss.item() >= hparams.early_stop_loss:
-                    loss.backward(); opt.step()
+                    loss.backward()
+                    opt.step()
                 if hparams.constrained: clamp_to_originals(weights, originals, hparams.norm_constraint)
-                losses.append(loss.item()); tot += loss.item() * len(batch)
+                losses.append(loss.item())
+                tot += loss.item() * len(batch)
             if tot / len(pairs) < hparams.early_stop_loss: break
     finally:
         for n, p in model.named_parameters(): p.requires_grad_(flags[n])
@@ -143,6 +158,7 @@ def _check_trained(weights:dict, hparams):
         except FloatingPointError as e:
             raise FloatingPointError(f"FT: {e}; lower lr ({hparams.lr})") from None
 
+# %% ../../nbs/30_ft.ipynb #36de34d7
 def apply_ft_to_model(model, tok,                # the model and its tokenizer
                       requests,                  # a request dict or a list of them (trained together)
                       hparams:FTHyperParams,     # hyperparameters
@@ -151,7 +167,7 @@ def apply_ft_to_model(model, tok,                # the model and its tokenizer
                       return_orig_weights_device=None, # where to keep them (e.g. 'cpu' to save GPU memory)
                       info:list=None,            # a list to append the training log to
                       **kwargs):                 # other editors' options (ignored)
-    "Fine-tune the chosen layers on `requests`: `(model, {weight name: original})`; on any error the weights are left as they were."
+    "Fine-tune the chosen layers on `requests`: `(model, {weight name: original})`; all or nothing."
     requests = check_requests(requests, tok)
     if copy: model = _copy.deepcopy(model)
     weights = ft_weights(model, hparams)
@@ -162,8 +178,10 @@ def apply_ft_to_model(model, tok,                # the model and its tokenizer
         _check_trained(weights, hparams)
     if info is not None: info.append(log)
     if not return_orig_weights: return model, {}
-    return model, {k: v.to(return_orig_weights_device) if return_orig_weights_device is not None else v for k, v in originals.items()}
+    return model, {k: v.to(return_orig_weights_device) if return_orig_weights_device is not None else v
+                   for k, v in originals.items()}
 
+# %% ../../nbs/30_ft.ipynb #d8457801
 def execute_ft(model, tok, requests, hparams:FTHyperParams, **kwargs): # as `apply_ft_to_model`
     "The weight changes `{name: delta}` FT makes for `requests`; the model is left unchanged."
     _, orig = apply_ft_to_model(model, tok, requests, hparams, return_orig_weights=True)

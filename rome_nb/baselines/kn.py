@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['KNHyperParams', 'kn_layers', 'neuron_activations', 'replace_last_activations', 'integrated_gradients',
            'coarse_neurons', 'refine_neurons', 'find_knowledge_neurons', 'kn_direction', 'kn_edit_weights',
-           'apply_kn_to_model']
+           'kn_true_object', 'apply_kn_to_model']
 
 # %% ../../nbs/31_kn.ipynb #ae23ea60
 import copy as _copy, collections, contextlib
@@ -32,8 +32,10 @@ class KNHyperParams(HyperParams):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.steps < 1 or self.batch_size < 1: raise ValueError(f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}")
-        if not 0 <= self.adaptive_threshold <= 1: raise ValueError(f"adaptive_threshold must be in [0, 1], got {self.adaptive_threshold}")
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError(f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}")
+        if not 0 <= self.adaptive_threshold <= 1:
+            raise ValueError(f"adaptive_threshold must be in [0, 1], got {self.adaptive_threshold}")
         if not 0 <= self.p < 1: raise ValueError(f"p must be in [0, 1), got {self.p}")
         if isinstance(self.layers, int): self.layers = [self.layers]
 
@@ -47,6 +49,7 @@ def kn_layers(model, hparams:KNHyperParams): # the model, hyperparameters
     n = model_arch(model).num_layers
     return list(range(n)) if hparams.layers is None else [l % n for l in hparams.layers]
 
+# %% ../../nbs/31_kn.ipynb #deb609e3
 @torch.no_grad()
 def neuron_activations(model,       # the model
                        ids:list,    # token ids of one input
@@ -73,11 +76,13 @@ def replace_last_activations(model,          # the model
     handles = []
     try:
         for l, (rows, vals) in reps.items():
-            handles.append(get_module(model, layername(model, l, 'down_proj')).register_forward_pre_hook(make_hook(rows, vals)))
+            down = get_module(model, layername(model, l, 'down_proj'))
+            handles.append(down.register_forward_pre_hook(make_hook(rows, vals)))
         yield
     finally:
         for h in handles: h.remove()
 
+# %% ../../nbs/31_kn.ipynb #8bfdf2a6
 def _ig_rows(model, ids, tid, acts, layers, steps, batch_size):
     "Sum over the integration points of d p(tid) / d activation, per layer: [len(layers), width]."
     alphas = torch.linspace(0, 1, steps, device=acts.device)
@@ -88,8 +93,10 @@ def _ig_rows(model, ids, tid, acts, layers, steps, batch_size):
         chunk = rows[c:c + batch_size]
         by_layer = collections.defaultdict(list)
         for r, (j, k) in enumerate(chunk): by_layer[j].append((r, k))
-        leaves = {j: (alphas[[k for _, k in rk]][:, None] * acts[j]).requires_grad_() for j, rk in by_layer.items()}
-        reps = {layers[j]: (torch.tensor([r for r, _ in rk], device=dev), leaves[j]) for j, rk in by_layer.items()}
+        leaves = {j: (alphas[[k for _, k in rk]][:, None] * acts[j]).requires_grad_()
+                  for j, rk in by_layer.items()}
+        reps = {layers[j]: (torch.tensor([r for r, _ in rk], device=dev), leaves[j])
+                for j, rk in by_layer.items()}
         x = torch.tensor([ids] * len(chunk), device=dev)
         with replace_last_activations(model, reps, len(ids)):
             probs = torch.softmax(model(input_ids=x).logits[:, -1].float(), dim=-1)[:, tid]
@@ -97,6 +104,7 @@ def _ig_rows(model, ids, tid, acts, layers, steps, batch_size):
         for j, g in zip(by_layer, gs): grads[j] += g.sum(0)
     return grads
 
+# %% ../../nbs/31_kn.ipynb #9dc09350
 def integrated_gradients(model, tok,            # the model and its tokenizer
                          prompt:str,            # the prompt (subject filled in)
                          target:str,            # the object whose probability is attributed (no leading space)
@@ -112,7 +120,8 @@ def integrated_gradients(model, tok,            # the model and its tokenizer
             for j, tid in enumerate(t_ids):  # teacher forcing over the target's tokens
                 ids = p_ids + t_ids[:j]
                 acts = neuron_activations(model, ids, layers)
-                scores.append(acts * _ig_rows(model, ids, tid, acts, layers, hparams.steps, hparams.batch_size) / hparams.steps)
+                scores.append(acts * _ig_rows(model, ids, tid, acts, layers,
+                                              hparams.steps, hparams.batch_size) / hparams.steps)
     finally:
         for n, p in model.named_parameters(): p.requires_grad_(flags[n])
     return torch.stack(scores).mean(0)
@@ -126,6 +135,7 @@ def coarse_neurons(scores:torch.Tensor,      # [layers, width] attributions
     idx = torch.nonzero(scores > scores.max() * adaptive_threshold).tolist()
     return [(layers[j], i) for j, i in idx]
 
+# %% ../../nbs/31_kn.ipynb #dcae8f92
 def refine_neurons(neuron_lists:list, # one list of neurons per prompt
                    p:float,           # sharing fraction
                    refine:bool=True): # False: keep every neuron found for any prompt
@@ -133,13 +143,15 @@ def refine_neurons(neuron_lists:list, # one list of neurons per prompt
     c = collections.Counter(n for ns in neuron_lists for n in set(ns))
     return [n for n, k in c.most_common() if not refine or k > p * len(neuron_lists)]
 
+# %% ../../nbs/31_kn.ipynb #e3cf154c
 def find_knowledge_neurons(model, tok,            # the model and its tokenizer
                            prompts:list,          # prompts (subject filled in) expressing one fact
                            target:str,            # its object
                            hparams:KNHyperParams): # hyperparameters
     "The knowledge neurons of a fact: coarse neurons per prompt, refined across prompts."
     layers = kn_layers(model, hparams)
-    lists = [coarse_neurons(integrated_gradients(model, tok, p, target, hparams), hparams.adaptive_threshold, layers) for p in prompts]
+    lists = [coarse_neurons(integrated_gradients(model, tok, p, target, hparams),
+                            hparams.adaptive_threshold, layers) for p in prompts]
     return refine_neurons(lists, hparams.p, hparams.refine)
 
 # %% ../../nbs/31_kn.ipynb #3e7eb2e8
@@ -149,13 +161,14 @@ def kn_direction(model, tok,            # the model and its tokenizer
                  target_new:str,        # the new object
                  target_true:str=None,  # the old object (None: the model's top prediction)
                  lr_scale:float=1.0):   # scale
-    "The vector added to each knowledge neuron's output row: 2 * lr_scale * (mean e(new tokens) - e(first old token))."
+    "Added to each knowledge neuron's output row: 2 * lr_scale * (mean e(new tokens) - e(first old token))."
     E = get_module(model, model_arch(model).lm_head_module).weight
     p_ids, new_ids = target_token_ids(tok, prompt, target_new)
     if target_true is not None: old = target_token_ids(tok, prompt, target_true)[1][0]
     else: old = int(model(input_ids=torch.tensor([p_ids], device=E.device)).logits[0, -1].argmax())
     return 2 * lr_scale * (E[new_ids].float().mean(0) - E[old].float())
 
+# %% ../../nbs/31_kn.ipynb #4e5cabf0
 @torch.no_grad()
 def kn_edit_weights(model, neurons:list,   # the model; `(layer, neuron)` pairs
                     direction:torch.Tensor, # [hidden] vector added to each neuron's output row
@@ -170,6 +183,23 @@ def kn_edit_weights(model, neurons:list,   # the model; `(layer, neuron)` pairs
         if orient == 'in_out': w[i, :] += direction.to(w.dtype)
         else: w[:, i] += direction.to(w.dtype)
     write_weights(model, new, originals)
+
+# %% ../../nbs/31_kn.ipynb #f8a59b2d
+@torch.no_grad()
+def kn_true_object(model, tok,    # the model and its tokenizer
+                   request:dict): # a checked request
+    "The object whose neurons KN looks for: `target_true`, else the model's top prediction after the prompt."
+    tt = request.get('target_true')
+    if tt: return tt['str'] if isinstance(tt, dict) else tt
+    text, new = request_text(request)
+    ids = target_token_ids(tok, text, new)[0]
+    dev = next(model.parameters()).device
+    top = int(model(input_ids=torch.tensor([ids], device=dev)).logits[0, -1].argmax())
+    true = tok.decode([top])
+    if not true.strip():
+        raise ValueError(f"KN: no target_true in the request for {text!r}, and the model's top prediction there "
+                         f"(token {top}) has no text to attribute; give the request a 'target_true'")
+    return true
 
 # %% ../../nbs/31_kn.ipynb #c56a4d1b
 def apply_kn_to_model(model, tok,                # the model and its tokenizer
@@ -187,11 +217,7 @@ def apply_kn_to_model(model, tok,                # the model and its tokenizer
     with all_or_nothing(model, originals) as written:
         for r in requests:
             text, new = request_text(r)
-            tt = r.get('target_true'); true = (tt['str'] if isinstance(tt, dict) else tt) if tt else None
-            if true is None:  # attribute the model's own top prediction
-                with torch.no_grad():
-                    ids = target_token_ids(tok, text, new)[0]
-                    true = tok.decode([int(model(input_ids=torch.tensor([ids], device=next(model.parameters()).device)).logits[0, -1].argmax())])
+            true = kn_true_object(model, tok, r)
             true = true.strip() or true
             prompts = [text] + [p for p in r.get('paraphrase_prompts', []) if hparams.refine]
             neurons = find_knowledge_neurons(model, tok, prompts, true, hparams)
@@ -199,4 +225,5 @@ def apply_kn_to_model(model, tok,                # the model and its tokenizer
             kn_edit_weights(model, neurons, d, written)
             if info is not None: info.append({'neurons': neurons, 'target_true': true})
     if not return_orig_weights: return model, {}
-    return model, {k: v.to(return_orig_weights_device) if return_orig_weights_device is not None else v for k, v in originals.items()}
+    return model, {k: v.to(return_orig_weights_device) if return_orig_weights_device is not None else v
+                   for k, v in originals.items()}
