@@ -62,7 +62,10 @@ class Skip(Exception):
 
 
 def run(cmd, **kw):
-    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
+    "Run `cmd`; on failure raise with the end of what it printed."
+    r = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if r.returncode: raise RuntimeError(f'{Path(cmd[0]).name} failed ({r.returncode}): {(r.stdout + r.stderr)[-3000:]}')
+    return r
 
 
 # ---------------------------------------------------------------- build
@@ -102,10 +105,13 @@ def npm_file(spec, cache=CACHE):
     if not shutil.which('npm'): raise Skip(f'npm is not installed, so the widget manager ({spec}) cannot be fetched')
     tmp = Path(tempfile.mkdtemp(dir=cache.mkdir(parents=True, exist_ok=True) or cache))
     try:
-        r = subprocess.run(['npm', 'pack', spec, '--silent'], cwd=tmp, capture_output=True, text=True, timeout=300)
+        r = subprocess.run(['npm', 'pack', spec, '--fetch-retries=1', '--fetch-retry-mintimeout=2000',
+                            '--fetch-retry-maxtimeout=5000', '--loglevel=error'],
+                           cwd=tmp, capture_output=True, text=True, timeout=300)
         tgz = list(tmp.glob('*.tgz'))
-        if r.returncode or not tgz: raise Skip(f'cannot fetch {spec} from the npm registry (offline?): '
-                                               f'{(r.stderr or r.stdout).strip().splitlines()[-1:]}')
+        if r.returncode or not tgz:
+            why = [l for l in (r.stderr or r.stdout).splitlines() if l.strip()][:2]
+            raise Skip(f"cannot fetch {spec} from the npm registry (offline?): {' / '.join(why)}")
         with tarfile.open(tgz[0]) as t: t.extractall(tmp / 'x', **({'filter': 'data'} if hasattr(tarfile, 'data_filter') else {}))
         shutil.rmtree(d, ignore_errors=True)
         (tmp / 'x').rename(d)
@@ -130,6 +136,9 @@ def to_html(nbs, site, assets='assets'):
     from nbconvert import HTMLExporter
     ex = HTMLExporter(template_name='lab', require_js_url=f'{assets}/require.js',
                       widget_renderer_url=f'{assets}/embed-amd.js', mathjax_url=f'{assets}/no-mathjax.js')
+    import nbformat
+    empty, _ = ex.from_notebook_node(nbformat.v4.new_notebook())  # what every page carries (the lab theme's CSS)
+    (site / '_empty.html').write_text(empty, encoding='utf-8')
     pages = {}
     for nb in sorted(Path(nbs).glob('*.ipynb')):
         html, _ = ex.from_filename(str(nb))
@@ -214,7 +223,8 @@ def browser():
     except ImportError: raise Skip('the Python package playwright is not installed (pip install playwright)')
     if not Path(CHROMIUM).exists(): raise Skip(f'no Chromium (apt-get install chromium, or set ROME_NB_CHROMIUM)')
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try: b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        except Exception as e: raise Skip(f'{CHROMIUM} does not start: {str(e).strip().splitlines()[0][:200]}')
         try: yield b
         finally: b.close()
 
@@ -307,7 +317,7 @@ def check_page(b, url, nb, shot=None, timeout_ms=PAGE_TIMEOUT_MS):
 # ---------------------------------------------------------------- the whole check
 def run_check(out=None, root=ROOT, shots=None, shot_pages=()):
     """Build the pages of `root` into `out` (a temporary folder if None) and check them in Chromium: returns
-    {'failures': {page: [message]}, 'weights': {page: html bytes}, 'seconds': {...}}; raises Skip. Messages that
+    {'failures': {page: [message]}, 'weights': {page: html bytes}, 'template_bytes': n, 'seconds': {...}}; raises Skip. Messages that
     start with NOTE are reported, not failed."""
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix='rome_nb_docs_') as tmp:
@@ -329,7 +339,8 @@ def run_check(out=None, root=ROOT, shots=None, shot_pages=()):
                     failures[name] = list(dict.fromkeys(found))  # each message once, in order
             t3 = time.monotonic()
         weights = {n: (site / f'{n}.html').stat().st_size for n in pages}
-    return dict(failures=failures, weights=weights,
+        template = (site / '_empty.html').stat().st_size
+    return dict(failures=failures, weights=weights, template_bytes=template,
                 seconds=dict(proc_nbs=t1 - t0, nbconvert=t2 - t1, browser=t3 - t2, total=t3 - t0))
 
 
@@ -354,12 +365,14 @@ def main(argv=None):
     new, stale = unexpected(r['failures'])
     for p, fs in r['failures'].items():
         tag = 'FAIL' if p in new else ('known' if failures_only(fs) else 'ok')
-        print(f"{tag:5} {p + '.html':28} {r['weights'][p]:>9,} bytes")
+        w = r['weights'][p]
+        print(f"{tag:5} {p + '.html':28} {w:>10,} bytes ({w - r['template_bytes']:>9,} beyond the template)")
         for f in fs: print(f"        {'NEW ' if f in new.get(p, ()) else ''}{f}")
     for p, ks in stale.items(): print(f'stale KNOWN_FAILURES entry (fixed? delete it): {p}: {ks}')
     s = r['seconds']
     print(f"time: nbdev_proc_nbs {s['proc_nbs']:.0f} s, nbconvert {s['nbconvert']:.0f} s, "
-          f"browser {s['browser']:.0f} s, total {s['total']:.0f} s; {sum(r['weights'].values()):,} bytes of HTML")
+          f"browser {s['browser']:.0f} s, total {s['total']:.0f} s; {sum(r['weights'].values()):,} bytes of HTML "
+          f"(the template alone: {r['template_bytes']:,} bytes a page)")
     bad = len(new) + len(stale)
     print(f'docs: {len(r["failures"]) - len(new)} passed, {bad} failed')
     return 1 if bad else 0
