@@ -1,6 +1,7 @@
-"""The docs site check (tools/docs_check.py): each failure it looks for is found on a small page made to have it, a
-good page passes, and (with RUN_DOCS_SITE=1, as `make docs-check` runs it) the real pages pass but for the failures
-listed in `KNOWN_FAILURES`. Skipped, with the reason, where Chromium, Playwright or the widget manager are missing."""
+"""The docs site check (tools/docs_check.py): each failure it looks for is found on a small page made to
+have it, a good page passes, and (with RUN_DOCS_SITE=1; `make docs-check` runs the same check) the real
+pages pass but for the failures listed in `KNOWN_FAILURES`. Skipped, with the reason, where Chromium,
+Playwright or the widget manager are missing."""
 import importlib.util, os, sys
 from pathlib import Path
 import nbformat
@@ -16,55 +17,58 @@ PNG = ('iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGA
 
 
 def _widgets(linked):
-    "A Dropdown over a Stack of two outputs (jslinked when `linked`), and an Output widget that saved an error."
+    "Dropdowns over a Stack and over a Tab (jslinked when `linked`); an Output widget that saved an error."
     import ipywidgets as w
-    w.Widget.close_all()
+    from ipywidgets.embed import dependency_state
     dd = w.Dropdown(options=['first', 'second'], description='which')
     stack = w.Stack([w.HTML('<b>one</b>'), w.HTML('<b>two</b>')], selected_index=0)
-    if linked: w.jslink((dd, 'index'), (stack, 'selected_index'))
+    links = [w.jslink((dd, 'index'), (stack, 'selected_index'))] if linked else []
     tab_dd = w.Dropdown(options=['x', 'y'], description='tab')
     tab = w.Tab([w.Label('x page'), w.Label('y page')], selected_index=0)
-    if linked: w.jslink((tab_dd, 'index'), (tab, 'selected_index'))
+    links += [w.jslink((tab_dd, 'index'), (tab, 'selected_index'))] if linked else []
     out = w.Output()
     if not linked: out.outputs = ({'output_type': 'stream', 'name': 'stdout',
                                    'text': "cannot trace: subject 'Louvre' is not in the prompt\n"},)
     views = [w.VBox([dd, stack]), w.VBox([tab_dd, tab]), out]
-    state = w.Widget.get_manager_state(drop_defaults=False)
+    state = {'version_major': 2, 'version_minor': 0, 'state': dependency_state(views + links)}
     return views, state
 
 
-def _view(v): return {'application/vnd.jupyter.widget-view+json': {'model_id': v.model_id, 'version_major': 2,
-                                                                   'version_minor': 0}, 'text/plain': 'a widget'}
+def _view(model_id):
+    "A display_data output showing widget `model_id`."
+    view = {'model_id': model_id, 'version_major': 2, 'version_minor': 0}
+    data = {dc.VIEW_MIME: view, 'text/plain': 'a widget'}
+    return v4.new_output('display_data', data=data)
+
+
+def _stream(name, text): return v4.new_output('stream', name=name, text=text)
 
 
 def good_nb():
     views, state = _widgets(linked=True)
     cells = [v4.new_markdown_cell('# good\nA page with an explorer that works without a kernel.'),
-             v4.new_code_cell('explorer', outputs=[v4.new_output('display_data', data=_view(v)) for v in views]),
+             v4.new_code_cell('explorer', outputs=[_view(v.model_id) for v in views]),
              v4.new_code_cell('plot()', outputs=[v4.new_output('display_data', data={'image/png': PNG})]),
              v4.new_code_cell('try: f()\nexcept ValueError as e: print("ValueError:", e)',  # shown on purpose
-                              outputs=[v4.new_output('stream', name='stdout', text='ValueError: on purpose\n')])]
+                              outputs=[_stream('stdout', 'ValueError: on purpose\n')])]
     return v4.new_notebook(cells=cells, metadata={'widgets': {dc.STATE_MIME: state}})
 
 
 def bad_nb():
     views, state = _widgets(linked=False)
-    missing = {'application/vnd.jupyter.widget-view+json': {'model_id': 'deadbeef' * 4, 'version_major': 2,
-                                                            'version_minor': 0}}
+    error = v4.new_output('error', ename='ZeroDivisionError', evalue='division by zero',
+                          traceback=['Traceback (most recent call last)', 'boom'])
+    glyph = 'UserWarning: Glyph 8322 (\\N{SUBSCRIPT TWO}) missing from font(s) DejaVu Sans.\n'
     cells = [v4.new_markdown_cell('# bad\n![a figure](figures/missing.png)'),
-             v4.new_code_cell('explorer', outputs=[v4.new_output('display_data', data=_view(v)) for v in views]),
-             v4.new_code_cell('gone', outputs=[v4.new_output('display_data', data=missing)]),
-             v4.new_code_cell('1/0', outputs=[v4.new_output('error', ename='ZeroDivisionError', evalue='division by zero',
-                                                            traceback=['Traceback (most recent call last)', 'boom'])]),
-             v4.new_code_cell('save()', outputs=[v4.new_output('stream', name='stdout', text='saved to /tmp/x/run_000\n')]),
-             v4.new_code_cell('plot()', outputs=[v4.new_output(
-                 'stream', name='stderr', text='UserWarning: Glyph 8322 (\\N{SUBSCRIPT TWO}) missing from font(s) '
-                                               'DejaVu Sans.\n')])]
+             v4.new_code_cell('explorer', outputs=[_view(v.model_id) for v in views]),
+             v4.new_code_cell('gone', outputs=[_view('deadbeef' * 4)]),  # no saved state
+             v4.new_code_cell('1/0', outputs=[error]),
+             v4.new_code_cell('save()', outputs=[_stream('stdout', 'saved to /tmp/x/run_000\n')]),
+             v4.new_code_cell('plot()', outputs=[_stream('stderr', glyph)])]
     # a widget from a package the manager does not have: it would fetch it from a CDN
     state['state']['feedface' * 4] = {'model_name': 'FancyModel', 'model_module': 'fancy-widgets',
                                       'model_module_version': '^1.0.0', 'state': {}}
-    cells.append(v4.new_code_cell('fancy', outputs=[v4.new_output('display_data', data={
-        'application/vnd.jupyter.widget-view+json': {'model_id': 'feedface' * 4, 'version_major': 2, 'version_minor': 0}})]))
+    cells.append(v4.new_code_cell('fancy', outputs=[_view('feedface' * 4)]))
     return v4.new_notebook(cells=cells, metadata={'widgets': {dc.STATE_MIME: state}})
 
 
@@ -103,7 +107,8 @@ def test_a_good_page_passes(site, browser):
 def test_each_failure_is_found(site, browser):
     found = '\n'.join(_check(site, browser, 'bad'))
     for what in ["error output ZeroDivisionError", "explorer's error message: cannot trace: subject 'Louvre'",
-                 'broken image: figures/missing.png', 'deadbeef has no saved state', 'request leaves the local site',
+                 'broken image: figures/missing.png', 'deadbeef has no saved state',
+                 'request leaves the local site',
                  "widget view feedface shows the manager's error", 'JS console error',
                  'absolute path in page text: /tmp/x/run_000', 'missing glyph: UserWarning: Glyph 8322',
                  "picking 'second' in dropdown 'which' does not change the view",
@@ -117,7 +122,8 @@ def test_widgets_left_unrendered_are_found(site, browser, tmp_path):
     (tmp_path / 'good.html').write_bytes((d / 'good.html').read_bytes())
     nb = nbformat.read(pages['good'], as_version=4)
     with dc.serve(tmp_path) as url: found = dc.check_page(browser, f'{url}good.html', nb, timeout_ms=3000)
-    assert 'HTTP 404: assets/embed-amd.js' in found and sum('not rendered (placeholder left)' in f for f in found) == 3
+    assert 'HTTP 404: assets/embed-amd.js' in found
+    assert sum('not rendered (placeholder left)' in f for f in found) == 3
 
 
 def test_known_failures_bookkeeping():

@@ -1,21 +1,23 @@
 #!/usr/bin/env python3
-"""The docs site check (issue 16): build every page that can be built without Quarto, open each in headless
-Chromium and fail on what a reader would see broken.
+"""The docs site check (issue 16): build every page that can be built without Quarto, open each in
+headless Chromium and fail on what a reader would see broken.
 
-Build: `nbdev_proc_nbs` on a copy of the tracked tree (the working tree is never touched; a stand-in `quarto` and a
-`pip` that refuses are first on PATH, so nbdev installs nothing), then one HTML page per processed notebook with
-nbconvert (lab template), the ipywidgets state embedded and the widget manager served from a local copy of the npm
-package `@jupyter-widgets/html-manager` (fetched once with `npm pack` into a cache, never from a CDN at view time).
+Build: `nbdev_proc_nbs` on a copy of the tracked tree (the working tree is never touched; a stand-in
+`quarto` and a `pip` that refuses are first on PATH, so nbdev installs nothing), then one HTML page per
+processed notebook with nbconvert (lab template), the ipywidgets state embedded and the widget manager
+served from a local copy of the npm package `@jupyter-widgets/html-manager` (fetched once with `npm pack`
+into a cache, never from a CDN at view time).
 
-A page fails on: a Python traceback or an error output (in a cell or in a widget's saved output), an explorer's
-error message, an image that does not load, a widget view left unrendered or a JS error, a request leaving the
-local server, an absolute path of the build machine in the page text, a matplotlib missing-glyph warning, and an
-explorer (a Dropdown in one widget with a Stack or Tab) whose view does not change when another option is picked.
+A page fails on: a Python traceback or an error output (in a cell or in a widget's saved output), an
+explorer's error message, an image that does not load, a widget view left unrendered or a JS error, a
+request leaving the local server, an absolute path of the build machine in the page text, a matplotlib
+missing-glyph warning, and an explorer (a Dropdown in one widget with a Stack or Tab) whose view does not
+change when another option is picked.
 
     python tools/docs_check.py [--out DIR] [--shots DIR --shot PAGE ...]
 
-exits 0 when every failure found is listed in KNOWN_FAILURES, 1 otherwise, and 0 with one `SKIP:` line when the
-browser or the widget manager cannot be had (offline, no Chromium, no Playwright)."""
+exits 0 when every failure found is listed in KNOWN_FAILURES, 1 otherwise, and 0 with one `SKIP:` line
+when the browser or the widget manager cannot be had (offline, no Chromium, no Playwright)."""
 import argparse, json, os, re, shutil, stat, subprocess, sys, tarfile, tempfile, threading, time
 from contextlib import contextmanager
 from functools import partial
@@ -26,15 +28,15 @@ ROOT = Path(__file__).resolve().parents[1]
 HTML_MANAGER = '@jupyter-widgets/html-manager@1.0.15'  # the manager for ipywidgets 8 (widget state 2.0)
 REQUIREJS = 'requirejs@2.3.7'  # nbconvert's lab template loads require.js before the AMD widget manager
 CACHE = Path(os.environ.get('ROME_NB_DOCS_CACHE') or Path.home() / '.cache' / 'rome_nb' / 'docs-check')
-# Debian's chromium (apt-get install chromium); else a Chrome already there (GitHub's runners have google-chrome)
+# Debian's chromium (apt-get install chromium); else a Chrome already there (GitHub's runners have one)
 CHROMIUM = os.environ.get('ROME_NB_CHROMIUM') or next(
     filter(None, map(shutil.which, ('chromium', 'google-chrome', 'chromium-browser'))), '/usr/bin/chromium')
 CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-sync',
                  '--disable-background-networking', '--disable-component-update']
 PAGE_TIMEOUT_MS = 30_000
 
-# Failures found on the current notebooks, page -> substrings of the failure messages. Each is a real bug to fix in
-# the notebook; delete its entry once fixed (the check says when an entry no longer matches anything).
+# Failures found on the current notebooks, page -> substrings of the failure messages. Each is a real bug to
+# fix in the notebook; delete its entry once fixed (the check says when an entry no longer matches anything).
 KNOWN_FAILURES = {
     '25_memit': ['absolute path in page text: /work/shared/data/wikitext-2-raw/wiki.test.raw'],  # a code cell
 }
@@ -42,8 +44,8 @@ KNOWN_FAILURES = {
 VIEW_MIME = 'application/vnd.jupyter.widget-view+json'
 STATE_MIME = 'application/vnd.jupyter.widget-state+json'
 TRACEBACK = re.compile(r'Traceback \(most recent call last\)')
-# error text: in any output a traceback; in stderr and in widgets' outputs (an explorer's view) an error message too.
-# A cell that prints an error on purpose to stdout (a demonstration of `except E as e: print(e)`) is not flagged.
+# error text: in any output a traceback; in stderr and in widgets' outputs (an explorer's view) an error
+# message too. A cell that prints an error to stdout on purpose (`except E as e: print(e)`) is not flagged.
 ERROR_TEXT = [(TRACEBACK, 'a Python traceback'),
               (re.compile(r'^\s*[A-Z]\w*(Error|Exception): ', re.M), 'an exception message'),
               (re.compile(r'^\s*cannot \w+: ', re.M), "an explorer's error message")]
@@ -64,7 +66,8 @@ class Skip(Exception):
 def run(cmd, **kw):
     "Run `cmd`; on failure raise with the end of what it printed."
     r = subprocess.run(cmd, capture_output=True, text=True, **kw)
-    if r.returncode: raise RuntimeError(f'{Path(cmd[0]).name} failed ({r.returncode}): {(r.stdout + r.stderr)[-3000:]}')
+    if r.returncode:
+        raise RuntimeError(f'{Path(cmd[0]).name} failed ({r.returncode}): {(r.stdout + r.stderr)[-3000:]}')
     return r
 
 
@@ -81,13 +84,13 @@ def tracked_copy(dest, root=ROOT):
 
 
 def proc_nbs(work, root=ROOT, n_workers=2):
-    "`nbdev_proc_nbs` on a copy of `root` in `work`: returns the `_proc` folder; fails if nbdev tried to install."
+    "`nbdev_proc_nbs` on a copy of `root` in `work`: the `_proc` folder; fails if nbdev tried to install."
     src = tracked_copy(Path(work) / 'src', root)
     fake = Path(work) / 'bin'
     fake.mkdir()
     tried = Path(work) / 'install-attempts'
     (fake / 'quarto').write_text('#!/bin/sh\nexit 0\n')  # present: nbdev does not download Quarto
-    for name in ('pip', 'pip3', 'sudo', 'curl'):  # should nbdev still try to install, it is refused and recorded
+    for name in ('pip', 'pip3', 'sudo', 'curl'):  # should nbdev still try to install: refused and recorded
         (fake / name).write_text(f'#!/bin/sh\necho "{name} $*" >> "{tried}"\nexit 1\n')
     for p in fake.iterdir(): p.chmod(stat.S_IRWXU)
     vbin = Path(sys.executable).parent
@@ -102,7 +105,7 @@ def npm_file(spec, cache=CACHE):
     "The unpacked npm package `spec` (name@version) in the cache, fetched with `npm pack` the first time."
     d = cache / spec.replace('/', '+')
     if (d / 'package' / 'package.json').exists(): return d / 'package'
-    if not shutil.which('npm'): raise Skip(f'npm is not installed, so the widget manager ({spec}) cannot be fetched')
+    if not shutil.which('npm'): raise Skip(f'npm is not installed, so {spec} cannot be fetched')
     tmp = Path(tempfile.mkdtemp(dir=cache.mkdir(parents=True, exist_ok=True) or cache))
     try:
         r = subprocess.run(['npm', 'pack', spec, '--fetch-retries=1', '--fetch-retry-mintimeout=2000',
@@ -112,7 +115,8 @@ def npm_file(spec, cache=CACHE):
         if r.returncode or not tgz:
             why = [l for l in (r.stderr or r.stdout).splitlines() if l.strip()][:2]
             raise Skip(f"cannot fetch {spec} from the npm registry (offline?): {' / '.join(why)}")
-        with tarfile.open(tgz[0]) as t: t.extractall(tmp / 'x', **({'filter': 'data'} if hasattr(tarfile, 'data_filter') else {}))
+        safe = {'filter': 'data'} if hasattr(tarfile, 'data_filter') else {}
+        with tarfile.open(tgz[0]) as t: t.extractall(tmp / 'x', **safe)
         shutil.rmtree(d, ignore_errors=True)
         (tmp / 'x').rename(d)
     finally: shutil.rmtree(tmp, ignore_errors=True)
@@ -120,11 +124,12 @@ def npm_file(spec, cache=CACHE):
 
 
 def widget_assets(dest, cache=CACHE):
-    "require.js and the widget manager's AMD bundle with its fonts, copied into `dest` (a folder the pages load)."
+    "require.js and the widget manager's AMD bundle with its fonts, copied into `dest` (the pages load them)."
     dest.mkdir(parents=True, exist_ok=True)
     hm = npm_file(HTML_MANAGER, cache) / 'dist'
     for f in hm.iterdir():
-        if f.suffix in ('.woff', '.woff2', '.ttf', '.eot', '.svg') or f.name == 'embed-amd.js': shutil.copy(f, dest)
+        if f.suffix in ('.woff', '.woff2', '.ttf', '.eot', '.svg') or f.name == 'embed-amd.js':
+            shutil.copy(f, dest)
     shutil.copy(npm_file(REQUIREJS, cache) / 'require.js', dest)
     (dest / 'no-mathjax.js').write_text('// MathJax is not loaded by the check (Quarto brings its own)\n')
     (dest.parent / 'favicon.ico').write_bytes(b'')  # the browser asks for one: no 404 in the console
@@ -133,11 +138,11 @@ def widget_assets(dest, cache=CACHE):
 
 def to_html(nbs, site, assets='assets'):
     "Each notebook in `nbs` as `site/<name>.html`, widget state embedded, scripts from `site/<assets>`."
+    import nbformat
     from nbconvert import HTMLExporter
     ex = HTMLExporter(template_name='lab', require_js_url=f'{assets}/require.js',
                       widget_renderer_url=f'{assets}/embed-amd.js', mathjax_url=f'{assets}/no-mathjax.js')
-    import nbformat
-    empty, _ = ex.from_notebook_node(nbformat.v4.new_notebook())  # what every page carries (the lab theme's CSS)
+    empty, _ = ex.from_notebook_node(nbformat.v4.new_notebook())  # what every page carries (the theme's CSS)
     (site / '_empty.html').write_text(empty, encoding='utf-8')
     pages = {}
     for nb in sorted(Path(nbs).glob('*.ipynb')):
@@ -158,7 +163,7 @@ def _text(o):
 
 
 def output_findings(nb):
-    "Failures in the saved outputs of notebook `nb` (a dict): error outputs and error text, in cells and widgets."
+    "Failures in the saved outputs of notebook `nb` (a dict): error outputs and texts, in cells and widgets."
     outs = [(f'cell {i}', False, o) for i, c in enumerate(nb['cells']) for o in c.get('outputs', [])]
     outs += [(f'widget output {k[:8]}', True, o) for k, m in widget_state(nb).items()
              for o in m['state'].get('outputs', [])]
@@ -167,8 +172,8 @@ def output_findings(nb):
         if o.get('output_type') == 'error':
             found.append(f"{where}: error output {o.get('ename')}: {o.get('evalue', '')[:120]}")
         if (view := o.get('data', {}).get(VIEW_MIME)) and view.get('model_id') not in widget_state(nb):
-            found.append(f"{where}: widget view {str(view.get('model_id'))[:8]} has no saved state (the page shows "
-                         "nothing: save the notebook's widget state)")
+            found.append(f"{where}: widget view {str(view.get('model_id'))[:8]} has no saved state (the page "
+                         "shows nothing: save the notebook's widget state)")
         text = _text(o)
         for rx, what in ERROR_TEXT if in_widget or o.get('name') == 'stderr' else ERROR_TEXT[:1]:
             if m := rx.search(text): found.append(f'{where}: {what}: {_line(text, m)}')
@@ -189,7 +194,7 @@ def _refs(v):
 
 
 def explorer_views(nb):
-    "Model ids of the displayed widgets that hold a Dropdown and a Stack or Tab (explorers working without a kernel)."
+    "Model ids of the widgets shown that hold a Dropdown and a Stack or Tab (explorers that need no kernel)."
     state = widget_state(nb)
     def models(mid, seen):
         if mid in seen or mid not in state: return seen
@@ -221,29 +226,33 @@ def browser():
     "Headless Chromium (Debian's) driven by Playwright; raises Skip when either is missing."
     try: from playwright.sync_api import sync_playwright
     except ImportError: raise Skip('the Python package playwright is not installed (pip install playwright)')
-    if not Path(CHROMIUM).exists(): raise Skip(f'no Chromium (apt-get install chromium, or set ROME_NB_CHROMIUM)')
+    if not Path(CHROMIUM).exists():
+        raise Skip('no Chromium (apt-get install chromium, or set ROME_NB_CHROMIUM)')
     with sync_playwright() as p:
         try: b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        except Exception as e: raise Skip(f'{CHROMIUM} does not start: {str(e).strip().splitlines()[0][:200]}')
+        except Exception as e:
+            raise Skip(f'{CHROMIUM} does not start: {str(e).strip().splitlines()[0][:200]}')
         try: yield b
         finally: b.close()
 
 
-RENDERED_JS = """() => [...document.querySelectorAll('script[type="application/vnd.jupyter.widget-view+json"]')]
-  .every(s => { const p = s.previousElementSibling;
-                return p && p.classList.contains('widget-subarea') && p.childElementCount > 0; })"""
+VIEW_SCRIPTS = 'script[type="application/vnd.jupyter.widget-view+json"]'
+RENDERED_JS = """() => [...document.querySelectorAll('%s')].every(s => { const p = s.previousElementSibling;
+  return p && p.classList.contains('widget-subarea') && p.childElementCount > 0; })""" % VIEW_SCRIPTS
 
-VIEWS_JS = """() => [...document.querySelectorAll('script[type="application/vnd.jupyter.widget-view+json"]')].map(s => {
+VIEWS_JS = """() => [...document.querySelectorAll('%s')].map(s => {
   let id = null; try { id = JSON.parse(s.textContent).model_id; } catch (e) {}
-  const p = s.previousElementSibling, ok = !!(p && p.classList.contains('widget-subarea') && p.childElementCount);
+  const p = s.previousElementSibling;
+  const ok = !!(p && p.classList.contains('widget-subarea') && p.childElementCount);
   const err = ok ? p.querySelector('.jupyter-widgets-error-widget') : null;
-  return {id, rendered: ok, error: err ? (err.textContent || 'error').trim().slice(0, 160) : null}; })"""
+  return {id, rendered: ok, error: err ? (err.textContent || 'error').trim().slice(0, 160) : null};
+})""" % VIEW_SCRIPTS
 
 # the view of the widget the i-th view script displays, dropdowns left out (their own value is not the view)
-SNAPSHOT_JS = """(i) => { const s = document.querySelectorAll('script[type="application/vnd.jupyter.widget-view+json"]')[i];
+SNAPSHOT_JS = """(i) => { const s = document.querySelectorAll('%s')[i];
   const c = s.previousElementSibling.cloneNode(true);
   c.querySelectorAll('.widget-dropdown').forEach(d => d.remove());
-  return c.innerHTML; }"""
+  return c.innerHTML; }""" % VIEW_SCRIPTS
 
 IMAGES_JS = """() => [...document.images].filter(i => !i.complete || i.naturalWidth === 0)
   .map(i => (i.getAttribute('src') || '').slice(0, 60))"""
@@ -255,8 +264,7 @@ def _dropdowns(view):
 
 def check_explorer(page, i):
     "Failures of the explorer shown by the i-th view script: each dropdown option must change the view."
-    view = page.locator('script[type="application/vnd.jupyter.widget-view+json"]').nth(i).locator(
-        'xpath=preceding-sibling::*[1]')
+    view = page.locator(VIEW_SCRIPTS).nth(i).locator('xpath=preceding-sibling::*[1]')
     found = []
     for d in range(_dropdowns(view).count()):
         sel = _dropdowns(view).nth(d)
@@ -268,9 +276,10 @@ def check_explorer(page, i):
             sel.select_option(v)
             page.wait_for_timeout(150)
             if page.evaluate(SNAPSHOT_JS, i) == before:
-                label = sel.evaluate("s => (s.closest('.widget-dropdown').querySelector('label') || {}).textContent || ''")
-                found.append(f'explorer: picking {sel.locator(f"option[value={json.dumps(v)}]").inner_text()!r} '
-                             f'in dropdown {label!r} does not change the view')
+                label = sel.evaluate("s => s.closest('.widget-dropdown').querySelector('label')?.textContent")
+                option = sel.locator(f'option[value={json.dumps(v)}]').inner_text()
+                found.append(f'explorer: picking {option!r} in dropdown {label or ""!r} '
+                             'does not change the view')
         sel.select_option(current)
     return found
 
@@ -284,7 +293,7 @@ def check_page(b, url, nb, shot=None, timeout_ms=PAGE_TIMEOUT_MS):
             found.append(f'JS console error: {m.text[:200]}')
     page.on('console', console)
     page.on('pageerror', lambda e: found.append(f'JS error: {str(e)[:200]}'))
-    page.on('response', lambda r: r.status >= 400 and found.append(f'HTTP {r.status}: {r.url[len(base):][:120]}'))
+    page.on('response', lambda r: r.status >= 400 and found.append(f'HTTP {r.status}: {r.url[len(base):]}'))
     def route(r):
         if r.request.url.startswith(base): return r.continue_()
         found.append(f'request leaves the local site: {r.request.url[:120]}')
@@ -292,19 +301,21 @@ def check_page(b, url, nb, shot=None, timeout_ms=PAGE_TIMEOUT_MS):
     page.route('**/*', route)
     try:
         page.goto(url, wait_until='load', timeout=timeout_ms)
-        if page.locator(f'script[type="{VIEW_MIME}"]').count():
+        if page.locator(VIEW_SCRIPTS).count():
             try: page.wait_for_function(RENDERED_JS, timeout=timeout_ms)
             except Exception: pass  # reported view by view below
         page.wait_for_timeout(100)
         views = page.evaluate(VIEWS_JS)
-        found += [f"widget view {str(v['id'])[:8]} not rendered (placeholder left)" for v in views if not v['rendered']]
-        found += [f"widget view {str(v['id'])[:8]} shows the manager's error: {v['error']}" for v in views if v['error']]
+        for v in views:
+            what = f"widget view {str(v['id'])[:8]}"
+            if not v['rendered']: found.append(f'{what} not rendered (placeholder left)')
+            if v['error']: found.append(f"{what} shows the manager's error: {v['error']}")
         found += [f'broken image: {s}' for s in page.evaluate(IMAGES_JS)]
         text = page.inner_text('body')
         found += sorted({f'absolute path in page text: {m.group(0)[:80]}' for m in ABS_PATH.finditer(text)})
         found += [f'missing glyph: {_line(text, m)}' for m in GLYPH.finditer(text)]
-        # a byte-level token that is no character by itself (a tiny model's output, or a label such as p(\ufffd)):
-        # reported, not failed, as the toy models' generations are full of them
+        # a byte-level token that is no character by itself (a tiny model's output, a label such as
+        # p(\ufffd)): reported, not failed, as the toy models' generations are full of them
         found += [f'{NOTE}undecodable text (U+FFFD): {_line(text, m)}' for m in re.finditer('\ufffd', text)]
         if shot: page.screenshot(path=str(shot), full_page=True)
         ids = [v['id'] for v in views]
@@ -317,8 +328,8 @@ def check_page(b, url, nb, shot=None, timeout_ms=PAGE_TIMEOUT_MS):
 # ---------------------------------------------------------------- the whole check
 def run_check(out=None, root=ROOT, shots=None, shot_pages=()):
     """Build the pages of `root` into `out` (a temporary folder if None) and check them in Chromium: returns
-    {'failures': {page: [message]}, 'weights': {page: html bytes}, 'template_bytes': n, 'seconds': {...}}; raises Skip. Messages that
-    start with NOTE are reported, not failed."""
+    {'failures': {page: [message]}, 'weights': {page: html bytes}, 'template_bytes': n, 'seconds': {...}};
+    raises Skip. Messages that start with NOTE are reported, not failed."""
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix='rome_nb_docs_') as tmp:
         out = Path(out or tmp)
@@ -346,7 +357,8 @@ def run_check(out=None, root=ROOT, shots=None, shot_pages=()):
 
 def unexpected(failures, known=KNOWN_FAILURES):
     "Failures not listed in `known`, and the entries of `known` that match nothing (fixed: delete them)."
-    new = {p: [f for f in failures_only(fs) if not any(k in f for k in known.get(p, ()))] for p, fs in failures.items()}
+    new = {p: [f for f in failures_only(fs) if not any(k in f for k in known.get(p, ()))]
+           for p, fs in failures.items()}
     stale = {p: [k for k in ks if not any(k in f for f in failures.get(p, ()))] for p, ks in known.items()}
     return {p: fs for p, fs in new.items() if fs}, {p: ks for p, ks in stale.items() if ks}
 
@@ -371,8 +383,8 @@ def main(argv=None):
     for p, ks in stale.items(): print(f'stale KNOWN_FAILURES entry (fixed? delete it): {p}: {ks}')
     s = r['seconds']
     print(f"time: nbdev_proc_nbs {s['proc_nbs']:.0f} s, nbconvert {s['nbconvert']:.0f} s, "
-          f"browser {s['browser']:.0f} s, total {s['total']:.0f} s; {sum(r['weights'].values()):,} bytes of HTML "
-          f"(the template alone: {r['template_bytes']:,} bytes a page)")
+          f"browser {s['browser']:.0f} s, total {s['total']:.0f} s; {sum(r['weights'].values()):,} bytes of "
+          f"HTML (the template alone: {r['template_bytes']:,} bytes a page)")
     bad = len(new) + len(stale)
     print(f'docs: {len(r["failures"]) - len(new)} passed, {bad} failed')
     return 1 if bad else 0
