@@ -133,8 +133,8 @@ def test_known_failures_bookkeeping():
 
 @pytest.mark.skipif(os.environ.get('RUN_DOCS_SITE') != '1', reason='the whole site: run by `make docs-check` '
                     '(or RUN_DOCS_SITE=1)')
-def test_docs_site(tmp_path):
-    try: r = dc.run_check(tmp_path)
+def test_docs_site(tmp_path, browser):
+    try: r = dc.run_check(tmp_path, b=browser)
     except dc.Skip as e: pytest.skip(str(e))
     new, stale = dc.unexpected(r['failures'])
     assert not new, f'pages with failures not in KNOWN_FAILURES: {new}'

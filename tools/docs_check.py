@@ -19,7 +19,7 @@ change when another option is picked.
 exits 0 when every failure found is listed in KNOWN_FAILURES, 1 otherwise, and 0 with one `SKIP:` line
 when the browser or the widget manager cannot be had (offline, no Chromium, no Playwright)."""
 import argparse, json, os, re, shutil, stat, subprocess, sys, tarfile, tempfile, threading, time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -326,8 +326,9 @@ def check_page(b, url, nb, shot=None, timeout_ms=PAGE_TIMEOUT_MS):
 
 
 # ---------------------------------------------------------------- the whole check
-def run_check(out=None, root=ROOT, shots=None, shot_pages=()):
-    """Build the pages of `root` into `out` (a temporary folder if None) and check them in Chromium: returns
+def run_check(out=None, root=ROOT, shots=None, shot_pages=(), b=None):
+    """Build the pages of `root` into `out` (a temporary folder if None) and check them in Chromium (`b`, a
+    Playwright browser, or one of `browser()`; one process holds one Playwright at a time): returns
     {'failures': {page: [message]}, 'weights': {page: html bytes}, 'template_bytes': n, 'seconds': {...}};
     raises Skip. Messages that start with NOTE are reported, not failed."""
     t0 = time.monotonic()
@@ -336,7 +337,7 @@ def run_check(out=None, root=ROOT, shots=None, shot_pages=()):
         site = out / 'site'
         site.mkdir(parents=True, exist_ok=True)
         assets = widget_assets(site / 'assets')
-        with browser() as b:  # Skip before the build when there is no browser
+        with nullcontext(b) if b else browser() as b:  # Skip before the build when there is no browser
             proc = proc_nbs(Path(tempfile.mkdtemp(dir=out)), root)
             t1 = time.monotonic()
             pages = to_html(proc, site, assets.name)
