@@ -321,7 +321,8 @@ def check_page(b, url, nb, shot=None, timeout_ms=PAGE_TIMEOUT_MS):
         explorers = explorer_views(nb)
         for i, v in enumerate(views):  # a dropdown outside an explorer needs a kernel: noted, not failed
             if v['rendered']:
-                found += [f if v['id'] in explorers else f'{NOTE}kernel only: {f}' for f in check_explorer(page, i)]
+                found += [f if v['id'] in explorers else f'{NOTE}kernel only: {f}'
+                          for f in check_explorer(page, i)]
     finally: page.close()
     return found
 
