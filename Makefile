@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 
-.PHONY: demo test install install-dev check-sync nbtest pytest slow clean-venv export clean-nbs
+.PHONY: demo test install install-dev check-sync nbtest pytest docs-check slow clean-venv export clean-nbs
 .DEFAULT_GOAL := demo
 
 $(PY):
@@ -48,7 +48,20 @@ nbtest: $(VENV)/.installed-dev
 pytest: $(VENV)/.installed-dev
 	OMP_NUM_THREADS=1 $(VENV)/bin/pytest -q -n 2 --dist loadfile tests
 
-test: check-sync nbtest pytest
+# the docs site (tools/docs_check.py): every page built as far as it can be without Quarto, opened in headless
+# Chromium and failed on what a reader would see broken. Playwright (PyPI) and Debian's chromium (apt-get, only as
+# root) are installed when missing; the widget manager comes from the npm registry once, then from a cache
+# (~/.cache/rome_nb). Without a browser, or offline, it prints one SKIP line and passes.
+docs-check: $(VENV)/.installed-dev
+	@$(PY) -c "import playwright" 2>/dev/null || $(PY) -m pip install -q "playwright>=1.45,<2" \
+	  || echo "docs-check: could not install playwright"
+	@command -v chromium >/dev/null || command -v google-chrome >/dev/null || [ "$$(id -u)" != 0 ] \
+	  || ! command -v apt-get >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	  apt-get install -y -qq chromium >/dev/null 2>&1; } || echo "docs-check: could not install chromium"
+	OMP_NUM_THREADS=1 $(PY) tools/docs_check.py
+
+# pytest last: its summary closes the output
+test: check-sync nbtest docs-check pytest
 
 # the long checks: slow notebook cells and slow tests
 slow: $(VENV)/.installed-dev
