@@ -11,8 +11,9 @@ import math, re
 from pathlib import Path
 import numpy as np
 import torch
-from .tracing import (known_facts, load_trace, calculate_severed, resolve_noise, plot_severed, _norm_kind,
-                             _kind_suffix, _PAPER_RC, _CMAPS, _KIND_NAMES, _finish, _layer_ticks)
+from .trace_reference import resolve_noise, norm_kind, kind_suffix
+from .trace_plots import PAPER_RC, CMAPS, KIND_NAMES, finish_figure, layer_ticks, plot_severed
+from .tracing import known_facts, load_trace, calculate_severed
 
 # %% ../nbs/11_tracing_averaged.ipynb #6a42ec34
 BUCKETS = ('First subject token', 'Middle subject tokens', 'Last subject token', 'First subsequent token',
@@ -43,7 +44,7 @@ def average_indirect_effects(results:list): # trace results of one kind
     mean = np.stack([s.mean(0) for s in stack])
     std = np.stack([s.std(0) if len(s) > 1 else np.zeros(L) for s in stack])
     high, low = np.array([float(r['high_score']) for r in results]), np.array([float(r['low_score']) for r in results])
-    return dict(kind=_norm_kind(kinds.pop()), labels=list(BUCKETS), count=len(results), n=n, mean=mean, std=std,
+    return dict(kind=norm_kind(kinds.pop()), labels=list(BUCKETS), count=len(results), n=n, mean=mean, std=std,
                 ci95=1.96 * std / np.sqrt(np.maximum(n, 1))[:, None], high_score=high.mean(), low_score=low.mean(),
                 total_effect=(high - low).mean(), window=int(results[0].get('window', 10)),
                 best_last_subject=(float(np.nanmax(mean[2])), int(np.nanargmax(mean[2]))),
@@ -57,7 +58,7 @@ def read_traces(dirname,        # an output folder of `rome_nb_trace` / `trace_k
     d = Path(dirname)
     if (d / 'cases').is_dir(): d = d / 'cases'
     if not d.is_dir(): raise FileNotFoundError(f"no traces folder at {dirname}")
-    suffix = _kind_suffix(_norm_kind(kind))
+    suffix = kind_suffix(norm_kind(kind))
     pat = re.compile(rf'knowledge_(\d+){suffix}\.npz$')
     files = sorted((int(m[1]), p) for p in d.iterdir() if (m := pat.match(p.name)))
     out = [load_trace(p) for _, p in files[:count]]
@@ -67,7 +68,7 @@ def read_traces(dirname,        # an output folder of `rome_nb_trace` / `trace_k
 def effect_summary(avgs:dict): # {kind: average_indirect_effects(...)}
     "A table of the headline averaged figures per kind."
     import pandas as pd
-    rows = [dict(kind=_KIND_NAMES.get(k, 'hidden'), prompts=a['count'], clean=a['high_score'], corrupted=a['low_score'],
+    rows = [dict(kind=KIND_NAMES.get(k, 'hidden'), prompts=a['count'], clean=a['high_score'], corrupted=a['low_score'],
                  total_effect=a['total_effect'], best_IE_last_subject=a['best_last_subject'][0],
                  layer_last_subject=a['best_last_subject'][1], best_IE_last_token=a['best_last_token'][0],
                  layer_last_token=a['best_last_token'][1]) for k, a in avgs.items()]
@@ -80,19 +81,19 @@ def plot_average_heatmap(avg:dict, savepdf:str=None, title:str=None, modelname:s
     "Heatmap of the average indirect effect per bucket and layer, in the paper's style."
     import matplotlib.pyplot as plt
     kind, mean = avg['kind'], np.clip(np.nan_to_num(avg['mean']), 0, None)
-    with plt.rc_context(rc=_PAPER_RC):
+    with plt.rc_context(rc=PAPER_RC):
         fig = None
         if ax is None: fig, ax = plt.subplots(figsize=(3.5, 2), dpi=200)
-        h = ax.pcolor(mean, cmap=_CMAPS[kind], vmin=0.0, vmax=vmax if vmax is not None else max(mean.max(), 1e-6))
+        h = ax.pcolor(mean, cmap=CMAPS[kind], vmin=0.0, vmax=vmax if vmax is not None else max(mean.max(), 1e-6))
         ax.invert_yaxis()
         ax.set_yticks([0.5 + i for i in range(len(mean))]); ax.set_yticklabels(avg['labels'])
-        _layer_ticks(ax, mean.shape[1])
+        layer_ticks(ax, mean.shape[1])
         ax.set_title(title or f"Avg {_KIND_WHAT[kind]} over {avg['count']} prompts", fontsize=9)
         ax.set_xlabel(f"single patched layer within {modelname or 'GPT'}" if kind is None else
-                      f"center of interval of {avg['window']} patched {_KIND_NAMES[kind]} layers")
+                      f"center of interval of {avg['window']} patched {KIND_NAMES[kind]} layers")
         cb = plt.colorbar(h, ax=ax)
         cb.ax.set_xlabel('AIE', fontsize=9)
-    if fig is not None: _finish(fig, savepdf)
+    if fig is not None: finish_figure(fig, savepdf)
 
 _COLOR_ORDER = (0, 1, 2, 4, 5, 3)  # tab10 colours per bucket, as in the paper
 
@@ -100,7 +101,7 @@ def plot_average_lines(avgs:dict, savepdf:str=None, modelname:str=None):
     "Line plots of the average indirect effect per bucket with 95% bands, one panel per kind in `avgs` {kind: avg}."
     import matplotlib.pyplot as plt
     what = {None: 'single hidden vector', 'mlp': 'run of {} MLP lookups', 'attn': 'run of {} Attn modules'}
-    with plt.rc_context(rc=_PAPER_RC):
+    with plt.rc_context(rc=PAPER_RC):
         fig, axes = plt.subplots(1, len(avgs), figsize=(4.3 * len(avgs), 3.2), sharey=True, dpi=150, squeeze=False)
         cmap = plt.get_cmap('tab10')
         for ax, (kind, avg) in zip(axes[0], avgs.items()):
@@ -114,7 +115,7 @@ def plot_average_lines(avgs:dict, savepdf:str=None, modelname:str=None):
             ax.set_xticks(x)
         axes[0][min(1, len(avgs) - 1)].legend(frameon=False, fontsize=8)
         fig.tight_layout()
-    _finish(fig, savepdf)
+    finish_figure(fig, savepdf)
 
 # %% ../nbs/11_tracing_averaged.ipynb #828f7a4a
 def average_severed(mt, knowns, samples:int=10, noise='s3', limit:int=None, expect:bool=True, engine:bool=True, verbose:bool=True):
