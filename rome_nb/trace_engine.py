@@ -17,7 +17,7 @@ from .trace_reference import (corrupt_embeddings, answer_probs, TokenSequence, b
 
 # %% ../nbs/09a_trace_engine.ipynb #abf62319
 class EngineUnsupported(RuntimeError):
-    "The batched engine cannot reproduce this model's forward pass by replaying its blocks; use `engine=False`."
+    "The batched engine cannot reproduce this model's forward pass by replaying its blocks: use `engine=False`."
 
 def _expand_batch(x, B, N):
     "`x` with its leading batch dimension (of size `B`) expanded to `N` rows; anything else unchanged."
@@ -32,7 +32,7 @@ class _KVStop(Exception):
     "Raised by a stopping `_KV` once the block has handed over its keys and values."
 
 def _tile_cat(prefix, n, *rest):
-    "Concatenate along the sequence (-2): `prefix` [S, ...] tiled `n` times over the batch, then `rest` [n*S, ...]."
+    "Concatenate along the sequence: `prefix` [S, ...] tiled `n` times over the batch, then `rest` [n*S, ...]."
     x = rest[-1]
     S, t = prefix.shape[0], prefix.shape[-2]
     out = x.new_empty(n * S, *x.shape[1:-2], t + sum(r.shape[-2] for r in rest), x.shape[-1])
@@ -116,17 +116,19 @@ def _recording_hooks(model, rec, kinds, slot, B):
     hooks = _block_hooks(model, pre, post)
     try:
         for j in range(len(rec.inputs)):
-            for k in kinds: hooks.append(_module(model, layername(model, j, k)).register_forward_hook(mod_hook(k, j)))
+            for k in kinds:
+                hooks.append(_module(model, layername(model, j, k)).register_forward_hook(mod_hook(k, j)))
     except Exception:
         for h in hooks: h.remove()
         raise
     return hooks
 
 @torch.no_grad()
-def record_run(model, inp, tokens_to_mix, noise=0.1, uniform_noise=False, replace=False, kinds=('mlp', 'attn'),
-               slot=None,      # where the blocks take their cache (`_cache_slot`): record keys and values there
+def record_run(model, inp, tokens_to_mix, noise=0.1, uniform_noise=False, replace=False,
+               kinds=('mlp', 'attn'), # modules whose outputs to record
+               slot=None,      # where the blocks take their cache (`_cache_slot`): keys and values recorded there
                keep:int=None): # logits only at the last `keep` positions (where the model's forward allows)
-    "Run `inp` once, the subject corrupted in rows 1..; record each block's arguments, input, output (keys, values)."
+    "Run `inp` once, the subject corrupted in rows 1..; record each block's arguments, input and output."
     L, B = model_arch(model).num_layers, inp['input_ids'].shape[0]
     keeps = keep and 'logits_to_keep' in inspect.signature(model.forward).parameters
     extra = {'logits_to_keep': keep} if keeps else {}
@@ -144,7 +146,7 @@ def record_run(model, inp, tokens_to_mix, noise=0.1, uniform_noise=False, replac
 # %% ../nbs/09a_trace_engine.ipynb #a60f3e17
 @torch.no_grad()
 def _record_block_args(model, stop_after:int=None, **kw):
-    "Each block's call arguments `(args, kwargs)` in a run of `model(**kw)` (only up to block `stop_after` if given)."
+    "Each block's call arguments `(args, kwargs)` in a run of `model(**kw)` (up to block `stop_after` if given)."
     got = [None] * model_arch(model).num_layers
     def pre(j):
         def hook(mod, args, kwargs):
@@ -167,7 +169,8 @@ def _same(a, b):
                 and torch.equal(a, b))
     if isinstance(a, (tuple, list)):
         return type(a) == type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    if isinstance(a, dict): return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
     try: return bool(a == b)
     except Exception: return False
 
@@ -183,15 +186,16 @@ class _Recorded:
         ids = inp['input_ids']
         if ids.shape[0] < 2: raise ValueError("inp needs a clean row and at least one corrupted row")
         if not (ids == ids[:1]).all():
-            raise ValueError("every row of inp must be the same prompt: row 0 is run clean, the others corrupted")
+            raise ValueError("every row of inp must be the same prompt: row 0 runs clean, the others corrupted")
         self.model, self.inp, self.tokens_to_mix, self.answers_t = model, inp, tokens_to_mix, answers_t
         self.arch = model_arch(model)
         self.num_layers, (self.B, self.ntoks), self.S = self.arch.num_layers, ids.shape, ids.shape[0] - 1
-        self.k = len(answers_t) if isinstance(answers_t, TokenSequence) else 1  # positions the answer is read at
+        self.k = len(answers_t) if isinstance(answers_t, TokenSequence) else 1  # positions the answer is read
         self.read = self.ntoks - self.k                                           # the first of them
         self.memo = model.__dict__.setdefault('_rome_nb_engine', {})  # what is true of the model
         self._slot, self._prefix, self._sfx = self._find_slot(), None, {}
-        self.rec = record_run(model, inp, tokens_to_mix, noise, uniform_noise, replace, slot=self._slot, keep=self.k)
+        corruption = (noise, uniform_noise, replace)
+        self.rec = record_run(model, inp, tokens_to_mix, *corruption, slot=self._slot, keep=self.k)
         self._find_modules()
         self.states = self.rec.inputs + [self.rec.outputs[-1]]  # states[j]: the hidden state entering block j
         probs = answer_probs(self.rec.logits, answers_t)
@@ -211,7 +215,8 @@ class _Recorded:
         "The blocks, the final norm, the unembedding, and each block's MLP and attention."
         model, L = self.model, self.num_layers
         self.blocks = [_module(model, layername(model, j)) for j in range(L)]
-        self.ln_f, self.lm_head = _module(model, self.arch.ln_f_module), _module(model, self.arch.lm_head_module)
+        self.ln_f = _module(model, self.arch.ln_f_module)
+        self.lm_head = _module(model, self.arch.lm_head_module)
         self.mods = {k: [_module(model, layername(model, j, k)) for j in range(L)] for k in ('mlp', 'attn')}
 
     def _row0(self, a, b):
@@ -239,7 +244,7 @@ def _crop_cache(past, t):
 class _Replay(_Recorded):
     "Step 2 of `TraceEngine`: run one block on new hidden states, at full length or at the last positions."
     def _run_block(self, j, h, t=0, kv=None, end=None):
-        "Block `j` on hidden states `h` [N, positions t..end-1, d], with recorded arguments (and keys/values < t)."
+        "Block `j` on hidden states `h` [N, positions t..end-1, d], with recorded arguments (and keys, values)."
         if t or end is not None:
             (args, kwargs), B = self._suffix_args(t, end)[j], 1
             if kv is None: kv = _KV(self._kv, t)
@@ -255,7 +260,7 @@ class _Replay(_Recorded):
         return self.lm_head(self.ln_f(h[:, -self.k:]))
 
     def _suffix_args(self, t, end=None):
-        "Block call arguments for positions t..end-1 after a cache of positions 0..t-1 (recorded once per range)."
+        "Block call arguments for positions t..end-1 after a cache of positions 0..t-1 (once per range)."
         end = self.ntoks if end is None else end
         if (t, end) not in self._sfx:
             kw, stop = cache_arg(self.model), (0 if self._same_args else None)
@@ -266,12 +271,13 @@ class _Replay(_Recorded):
                         self._prefix = self.model(**self._row0(0, self.ntoks - 1), use_cache=True).get(kw)
                     past = _crop_cache(self._prefix if stop is not None else copy.deepcopy(self._prefix), t)
                 got = _record_block_args(self.model, stop, **self._row0(t, end), use_cache=True, **{kw: past})
-                if past is not None and past.get_seq_length() != t: self._prefix = None  # the run wrote to the cache
+                if past is not None and past.get_seq_length() != t:
+                    self._prefix = None  # the run wrote to the cache
             self._sfx[(t, end)] = [got[0]] * self.num_layers if stop is not None else got
         return self._sfx[(t, end)]
 
     def _prepare_args(self, ranges):
-        "Record the block arguments of all `ranges` (t, end) up front, longest prefix first (a cache only shrinks)."
+        "Record the block arguments of all `ranges` (t, end), longest prefix first (a cache only shrinks)."
         for t, end in sorted(set(ranges), key=lambda r: -r[0]):
             if t or end != self.ntoks: self._suffix_args(t, end)
 
@@ -287,7 +293,7 @@ def _patch_hook(rows, toks, vals, N):
 class _Patching(_Replay):
     "Step 3 of `TraceEngine`: overwrite module outputs while a block runs; the last block's shortcut."
     def _patch_plan(self, j, sigs, t, m):
-        "{kind: (rows, tokens, values)} that row groups with `sigs` overwrite in block `j` at positions t..t+m-1."
+        "{kind: (rows, tokens, values)} row groups with `sigs` overwrite in block `j` at positions t..t+m-1."
         S, plan = self.S, defaultdict(lambda: ([], [], []))
         for i, sig in enumerate(sigs):
             for kind, tok, source in sig:
@@ -340,14 +346,15 @@ class _Checked(_Patching):
                  uniform_noise=False,    # uniform instead of Gaussian draws
                  replace=False,          # replace the embeddings by the noise instead of adding it
                  max_rows:int=1024,      # most rows in one replayed batch (memory bound)
-                 positions:bool=True,    # replay only the positions a restoration can change, if the model allows
-                 min_saving:float=None): # take a shortcut costing an extra block call only if it saves this much
+                 positions:bool=True,    # replay only the positions a restoration can change (if possible)
+                 min_saving:float=None): # take a shortcut costing a block call only if it saves this much
         super().__init__(model, inp, tokens_to_mix, answers_t, noise, uniform_noise, replace)
         self.max_rows, memo = max_rows, self.memo
         self._check()
-        if positions and self._kv is not None and 'positions' not in memo: memo['positions'] = self._check_positions()
+        if positions and self._kv is not None and 'positions' not in memo:
+            memo['positions'] = self._check_positions()
         self.positions = positions and self._kv is not None and memo.get('positions', (False, False))[0]
-        self.last_only = self.positions and memo['positions'][1]  # the last block computes only the read positions
+        self.last_only = self.positions and memo['positions'][1]  # the last block: only the read positions
         cuda = self.rec.logits.device.type == 'cuda'  # a GPU runs small batches at the cost of launching them
         self.min_saving = (2e10 if cuda else 5e7) if min_saving is None else min_saving
 
@@ -357,18 +364,18 @@ class _Checked(_Patching):
 
     @torch.no_grad()
     def _check(self):
-        "Raise `EngineUnsupported` unless replaying the blocks reproduces the recorded run; get the keys and values."
+        "Raise `EngineUnsupported` unless replaying the blocks reproduces the recorded run; get keys and values."
         r, name = self.rec, type(self.model).__name__
         for j in range(self.num_layers - 1):
             if r.inputs[j + 1].shape != r.outputs[j].shape or not torch.equal(r.inputs[j + 1], r.outputs[j]):
-                raise EngineUnsupported(f"in {name} the input of block {j + 1} is not the output of block {j}; "
-                                        f"use engine=False")
-        fail = (f"replaying the blocks of {name} does not reproduce its logits (are the final norm and unembedding "
-                f"all that follows the blocks?); use engine=False")
+                raise EngineUnsupported(f"in {name} the input of block {j + 1} is not the output of block "
+                                        f"{j}; use engine=False")
+        fail = (f"replaying the blocks of {name} does not reproduce its logits (are the final norm and "
+                f"unembedding all that follows the blocks?); use engine=False")
         try: head = self._head(r.outputs[-1])
         except Exception as e:
-            raise EngineUnsupported(f"the final norm and unembedding of {name} fail on its last block's output "
-                                    f"({e!r}); use engine=False") from e
+            raise EngineUnsupported(f"the final norm and unembedding of {name} fail on its last block's "
+                                    f"output ({e!r}); use engine=False") from e
         if not _close(head, r.logits[:, -self.k:]): raise EngineUnsupported(fail)
         if self.memo.get('replay') and (self._kv is not None or self._slot is None): return
         kv = _KV() if self._slot is not None else None
@@ -384,7 +391,7 @@ class _Checked(_Patching):
 
     @torch.no_grad()
     def _check_positions(self):
-        "(whether replaying the last positions reproduces the corrupted run, whether the last block's shortcut does)"
+        "(whether replaying the last positions reproduces the corrupted run, whether the last block's does)"
         t = min(max(1, self.ntoks // 2), self.ntoks - self.k)
         if t < 1: return False, False
         want = self.rec.logits[1:, -self.k:]
@@ -421,15 +428,17 @@ class _Cells(_Checked):
         "`c` without what cannot change the answer's probability; None if nothing is left."
         L, b = self.num_layers, (self.tokens_to_mix[0] if self.tokens_to_mix is not None else self.ntoks)
         live = lambda tok, layer: tok >= b and (layer < L - 1 or tok >= self.read)
-        patches = tuple((kind, tuple(l for l in layers if live(tok, l)), tok, src) for kind, layers, tok, src in c.patches)
+        patches = tuple((kind, tuple(l for l in layers if live(tok, l)), tok, src)
+                        for kind, layers, tok, src in c.patches)
         patches = tuple(p for p in patches if p[1])
-        token = c.token if c.token is not None and live(c.token, c.start - 1 if c.start < L else L - 1) else None
+        restored = c.token is not None and live(c.token, c.start - 1 if c.start < L else L - 1)
+        token = c.token if restored else None
         if token is None and not patches: return None
         start = c.start if token is not None else max(c.start, min(l for p in patches for l in p[1]))
         return Restoration(start, token, patches)
 
     def _start_rows(self, c:Restoration, t):
-        "The corrupted rows' hidden states entering block `c.start` at positions t.., with `c.token` restored."
+        "The corrupted rows' hidden states entering block `c.start` at positions t.., `c.token` restored."
         x = self.states[c.start][1:, t:].clone()
         if c.token is not None: x[:, c.token - t] = self.states[c.start][0, c.token]
         return x
@@ -438,7 +447,7 @@ class _Cells(_Checked):
 class _Chunks(_Cells):
     "Step 6 of `TraceEngine`: run many restorations together, in chunks of at most `max_rows` rows."
     def _join_windows(self, cells, j, t):
-        "Groups of window `cells` (starting at block `j`, overwriting only token `t` there), states after block `j`."
+        "Groups of window `cells` (starting at block `j`, overwriting only token `t`), their states after it."
         parts = {}
         for c in cells: parts.setdefault(_sig(c, j), []).append(c)
         groups = list(parts.values())
@@ -449,7 +458,7 @@ class _Chunks(_Cells):
         return groups, y
 
     def _arrivals(self, cells, k, j, t, windows):
-        "The cells from index `k` that start at block `j`: ({token: cells} joining as rows, windows, next index)."
+        "The cells from index `k` starting at block `j`: ({token: cells} joining as rows, windows, next index)."
         new, win = {}, []
         while k < len(cells) and cells[k].start == j:
             c = cells[k]
@@ -469,13 +478,14 @@ class _Chunks(_Cells):
             idx += [gi] * len(parts)
         if len(split) > len(groups): h = h.view(len(groups), self.S, *h.shape[1:])[idx].flatten(0, 1)
         sigs = [_sig(g[0], j) for g in split]
-        if j == self.num_layers - 1 and self.last_only and t < self.read and self._saves(len(h), self.read - t):
+        last = j == self.num_layers - 1 and self.last_only and t < self.read
+        if last and self._saves(len(h), self.read - t):
             return split, self._last_block(h, t, sigs)
         with self._patches(j, sigs, t): return split, self._run_block(j, h, t)
 
     def _run_chunk(self, cells, t, windows=True):
-        "{cell: score} for `cells` (sorted by start), run together at positions t.. (`windows`: join at one position)"
-        L, groups, h, k = self.num_layers, [], None, 0  # groups: cells sharing every state so far, S rows each
+        "{cell: score} for `cells` (sorted by start), run together at positions t.. (`windows`: join at one)"
+        L, groups, h, k = self.num_layers, [], None, 0  # groups: cells sharing all states so far, S rows each
         for j in range(cells[0].start, L + 1):
             new, win, k = self._arrivals(cells, k, j, t, windows)
             if new:
@@ -502,7 +512,8 @@ class _Chunks(_Cells):
             t, n = self._first(order[i]), 1
             while n < per and i + n < len(order) and self._first(order[i + n]) == t: n += 1
             wins = sum(c.token is None and c.start < self.num_layers - 1 for c in order[i:i + n])
-            chunks.append((order[i:i + n], t, self.positions and self._saves(wins * self.S, self.ntoks - t - 1)))
+            join = self.positions and self._saves(wins * self.S, self.ntoks - t - 1)
+            chunks.append((order[i:i + n], t, join))
             i += n
         return chunks
 
@@ -511,11 +522,11 @@ class _Chunks(_Cells):
         "Mean answer probability over the corrupted rows for each `Restoration` in `cells`."
         if not cells: return self.low_score.new_zeros((0, *self.low_score.shape))
         eff = {c: self._effective(c) for c in dict.fromkeys(cells)}
-        order = sorted((c for c in dict.fromkeys(eff.values()) if c is not None), key=lambda c: (self._first(c), c.start))
-        chunks = self._chunks(order)
+        live = [c for c in dict.fromkeys(eff.values()) if c is not None]
+        chunks = self._chunks(sorted(live, key=lambda c: (self._first(c), c.start)))
         if self.positions:  # every block call's arguments, recorded before any patching hook is in place
-            self._prepare_args([(t, self.ntoks) for _, t, _ in chunks] + [(t, t + 1) for _, t, w in chunks if w] +
-                               ([(self.read, self.ntoks)] if self.last_only else []))
+            ranges = [(t, self.ntoks) for _, t, _ in chunks] + [(t, t + 1) for _, t, w in chunks if w]
+            self._prepare_args(ranges + ([(self.read, self.ntoks)] if self.last_only else []))
         res = {None: self.low_score}
         for chunk in chunks: res.update(self._run_chunk(*chunk))
         return torch.stack([res[eff[c]] for c in cells])
@@ -534,7 +545,7 @@ class TraceEngine(_Chunks):
         return Restoration(w.start, None, ((kind, w, token, 'clean'),))
 
     def trace_grids(self, kinds=(None, 'mlp', 'attn'), window:int=10, token_range=None):
-        "Scores [tokens, layers] for each kind (None: hidden states, 'mlp', 'attn'), computed in one batched run."
+        "Scores [tokens, layers] for each kind (None: hidden states, 'mlp', 'attn'), in one batched run."
         toks, L = token_indices(self.ntoks, token_range), self.num_layers
         first = self.tokens_to_mix[0] if self.tokens_to_mix is not None else self.ntoks
         todo = [(kind, i, l) for kind in kinds for i, t in enumerate(toks) if t >= first for l in range(L)]
@@ -545,12 +556,13 @@ class TraceEngine(_Chunks):
         return out
 
     def severed_cell(self, token:int, layer:int, kind:str=None):
-        "Restore `token`'s state after `layer`, its `kind` ('mlp', 'attn') outputs above held corrupted (None: none)."
+        "Restore `token`'s state after `layer`, its `kind` ('mlp', 'attn', None) outputs above held corrupted."
         if kind is None: return Restoration(layer + 1, token)
-        return Restoration(layer + 1, token, ((norm_kind(kind), range(layer + 1, self.num_layers), token, 'corrupt'),))
+        held = (norm_kind(kind), range(layer + 1, self.num_layers), token, 'corrupt')
+        return Restoration(layer + 1, token, (held,))
 
     def trace_severed(self, token:int, kinds=(None, 'attn', 'mlp')):
-        "Scores [layers] of restoring `token`'s state at each layer, nothing / attention / MLP severed: {kind: scores}."
+        "{kind: scores [layers]} of restoring `token`'s state at each layer, nothing / attention / MLP severed."
         cells = [self.severed_cell(token, l, k) for k in kinds for l in range(self.num_layers)]
         vals = self.run(cells).view(len(kinds), self.num_layers, *self.low_score.shape)
         return dict(zip(kinds, vals))

@@ -15,7 +15,8 @@ from .files import atomic_path
 # %% ../nbs/09b_trace_plots.ipynb #5658310f
 CMAPS = {None: 'Purples', 'mlp': 'Greens', 'attn': 'Reds'}
 KIND_NAMES = {'mlp': 'MLP', 'attn': 'Attn'}
-PAPER_RC = {'font.family': 'serif', 'font.serif': ['Times New Roman', 'Times', 'Nimbus Roman', 'DejaVu Serif']}
+PAPER_RC = {'font.family': 'serif',
+            'font.serif': ['Times New Roman', 'Times', 'Nimbus Roman', 'DejaVu Serif']}
 
 def token_label(tok): # a decoded token (or an answer)
     "`tok` as a label matplotlib draws as it is: U+FFFD and unprintable characters escaped, `$` kept literal."
@@ -97,7 +98,8 @@ def plot_flows(results:dict,     # {kind: result}, as `calculate_all_flows` retu
     finish_figure(fig, savepdf)
 
 # %% ../nbs/09b_trace_plots.ipynb #511d14c5
-_SEVER_STYLE = [('ordinary', '#6a51a3', 'Effect of single state on p'), ('no_attn', '#cb181d', 'Effect with Attn severed'),
+_SEVER_STYLE = [('ordinary', '#6a51a3', 'Effect of single state on p'),
+                ('no_attn', '#cb181d', 'Effect with Attn severed'),
                 ('no_mlp', '#238b45', 'Effect with MLP severed')]
 
 def _severed_title(result):
@@ -126,7 +128,8 @@ def plot_severed(result:dict,      # a result of `calculate_severed`, or an aver
                    yerr=None if err is None else np.asarray(err), error_kw=dict(lw=0.6, capsize=1))
         ax.set_title(_severed_title(result) if title is None else title, fontsize=9)
         ax.set_ylabel('Average indirect effect' if 'count' in result else 'Indirect effect', fontsize=8)
-        ax.set_xlabel(f"layer at which the single hidden state is restored{' in ' + modelname if modelname else ''}")
+        where = f" in {modelname}" if modelname else ''
+        ax.set_xlabel(f"layer at which the single hidden state is restored{where}")
         ax.yaxis.set_major_formatter(mtick.PercentFormatter(1.0, decimals=None))
         ax.set_xticks(range(n))
         ax.legend(frameon=False, fontsize=7)

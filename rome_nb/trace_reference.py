@@ -18,7 +18,7 @@ from .models import make_inputs, layername
 # %% ../nbs/09_trace_reference.ipynb #fd472877
 def collect_embedding_std(mt, # a `ModelAndTokenizer`
                           subjects:list): # subject strings
-    "Standard deviation of the token embeddings of `subjects` (all tokens and dimensions), as in the reference."
+    "Standard deviation of the token embeddings of `subjects` (all tokens and dimensions), as the reference's."
     emb = get_module(mt.model, layername(mt.model, 0, 'embed'))
     with torch.no_grad():
         vecs = [emb(make_inputs(mt.tokenizer, [s], device=mt.device)['input_ids'])[0] for s in subjects]
@@ -51,7 +51,8 @@ class EmbeddingStudentT:
     "Multivariate Student-t noise: an `EmbeddingGaussian` sample scaled by sqrt((k-2)/u), u ~ chi2(k)."
     def __init__(self, gaussian:EmbeddingGaussian, degree:float=3):
         if degree <= 2:
-            raise ValueError(f"Student-t noise needs more than 2 degrees of freedom (finite variance), got {degree}")
+            raise ValueError(f"Student-t noise needs more than 2 degrees of freedom (finite variance), "
+                             f"got {degree}")
         self.gaussian, self.degree = gaussian, degree
     def __call__(self, z):
         u = np.random.RandomState(2).chisquare(self.degree, size=z.shape[:-1])
@@ -78,7 +79,8 @@ def resolve_noise(mt,                   # a `ModelAndTokenizer`
     try:
         if spec[0] == 's':
             if not subjects:
-                raise ValueError(f"noise {noise!r} is a multiple of the subjects' embedding spread: pass subjects")
+                raise ValueError(f"noise {noise!r} is a multiple of the subjects' embedding spread: "
+                                 f"pass subjects")
             if key not in cache: cache[key] = collect_embedding_std(mt, subjects)
             return float(spec[1:] or 1) * cache[key], False
         if spec[0] == 'u': return float(spec[1:]), True
@@ -128,7 +130,7 @@ def answer_probs(logits:torch.Tensor, # [batch, seq, vocab]
 # %% ../nbs/09_trace_reference.ipynb #ec024d65
 def btd_view(h,      # a module output, [batch, seq, d] or [batch * seq, d]
              batch): # the batch size
-    "A module output viewed as [batch, seq, d] (OPT's MLP gives [batch * seq, d]); never a copy: writes reach `h`."
+    "A module output viewed as [batch, seq, d] (OPT's MLP gives [batch * seq, d]); never a copy."
     return h if h.dim() == 3 else h.view(batch, -1, h.shape[-1])
 
 def trace_with_patch(model,             # the model
@@ -180,12 +182,13 @@ def trace_important_states(model, num_layers, inp, e_range, answer_t, noise=0.1,
 
 def trace_important_window(model, num_layers, inp, e_range, answer_t, kind, window=10, noise=0.1,
                            uniform_noise=False, replace=False, token_range=None):
-    "Restore a window of `kind` ('mlp' or 'attn') outputs around each (token, layer): scores [tokens, layers]."
+    "Restore a window of `kind` ('mlp', 'attn') outputs around each (token, layer): scores [tokens, layers]."
     corruption = dict(noise=noise, uniform_noise=uniform_noise, replace=replace)
     rows = []
     for t in token_indices(inp['input_ids'].shape[1], token_range):
-        cells = [trace_with_patch(model, inp, [(t, layername(model, j, kind)) for j in layer_window(l, window, num_layers)],
-                                  answer_t, e_range, **corruption) for l in range(num_layers)]
+        windows = [[(t, layername(model, j, kind)) for j in layer_window(l, window, num_layers)]
+                   for l in range(num_layers)]
+        cells = [trace_with_patch(model, inp, w, answer_t, e_range, **corruption) for w in windows]
         rows.append(torch.stack(cells))
     return torch.stack(rows)
 

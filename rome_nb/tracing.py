@@ -22,28 +22,29 @@ import torch
 from fastcore.script import store_true
 from .cli import command
 from .files import atomic_path, arrays_digest, read_json, write_text_atomic
-from .models import (ModelAndTokenizer, make_inputs, find_token_range, decode_tokens, predict_from_input,
-                            layername, target_token_ids, tiny_model, tiny_tokenizer)
+from .models import (ModelAndTokenizer, make_inputs, find_token_range, decode_tokens,
+                            predict_from_input, layername, target_token_ids, tiny_model, tiny_tokenizer)
 from .dsets import KnownsDataset, DATA_URLS
 from .trace_reference import (collect_embedding_std, EmbeddingGaussian, collect_embedding_gaussian,
-                                     EmbeddingStudentT, collect_embedding_tdist, resolve_noise, corrupt_embeddings,
-                                     TokenSequence, answer_probs, trace_with_patch, layer_window,
-                                     trace_important_states, trace_important_window, trace_with_repatch,
-                                     norm_kind, kind_suffix)
+                                     EmbeddingStudentT, collect_embedding_tdist, resolve_noise,
+                                     corrupt_embeddings, TokenSequence, answer_probs, trace_with_patch,
+                                     layer_window, trace_important_states, trace_important_window,
+                                     trace_with_repatch, norm_kind, kind_suffix)
 from .trace_engine import EngineUnsupported, record_run, TraceEngine, Restoration
 from .trace_plots import plot_trace_heatmap, plot_flows, plot_severed
 
 # %% ../nbs/10_tracing.ipynb #c71e3d28
 _all_ = ['collect_embedding_std', 'EmbeddingGaussian', 'collect_embedding_gaussian', 'EmbeddingStudentT',
          'collect_embedding_tdist', 'resolve_noise', 'corrupt_embeddings', 'TokenSequence', 'answer_probs',
-         'trace_with_patch', 'layer_window', 'trace_important_states', 'trace_important_window', 'trace_with_repatch',
-         'norm_kind', 'kind_suffix', 'EngineUnsupported', 'record_run', 'TraceEngine', 'Restoration',
-         'plot_trace_heatmap', 'plot_flows', 'plot_severed',
-         'make_inputs', 'find_token_range', 'decode_tokens', 'predict_from_input', 'layername', 'KnownsDataset']
+         'trace_with_patch', 'layer_window', 'trace_important_states', 'trace_important_window',
+         'trace_with_repatch', 'norm_kind', 'kind_suffix', 'EngineUnsupported', 'record_run', 'TraceEngine',
+         'Restoration', 'plot_trace_heatmap', 'plot_flows', 'plot_severed',
+         'make_inputs', 'find_token_range', 'decode_tokens', 'predict_from_input', 'layername',
+         'KnownsDataset']
 
 # %% ../nbs/10_tracing.ipynb #27f7fb3a
 def guess_subject(prompt:str):
-    "The first run of capitalised words in `prompt` (a leading question word excluded), as the reference guesses."
+    "The first run of capitalised words in `prompt` (a leading question word left out), as the reference's."
     for m in re.finditer(r"[A-Z][\w'.-]*(?:\s+[A-Z][\w'.-]*)*", prompt):
         words = m[0].rstrip('.').split()
         if words and words[0] in ('Who', 'What', 'Where', 'When', 'Which', 'Why', 'How'): words = words[1:]
@@ -62,14 +63,15 @@ class _TraceInputs:
     predicted: int       # the model's own next token
 
 def _trace_inputs(mt, prompt, subject, samples=10, target=None):
-    "The batch (1 clean + `samples` corrupted rows), the answer and its clean probability, the subject's tokens."
+    "The batch (1 clean, `samples` corrupted rows), the answer, its clean probability, the subject's tokens."
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError(f"empty prompt {prompt!r}: give a prompt to trace")
     if samples < 1: raise ValueError(f"samples must be at least 1, got {samples}")
     if target is None:
         inp = make_inputs(mt.tokenizer, [prompt] * (samples + 1), device=mt.device)
         with torch.no_grad(): answer_t, base = [d[0] for d in predict_from_input(mt.model, inp)]
-        answers_t, answer, predicted = int(answer_t), decode_tokens(mt.tokenizer, [answer_t])[0], int(answer_t)
+        answer, predicted = decode_tokens(mt.tokenizer, [answer_t])[0], int(answer_t)
+        answers_t = predicted
     else:
         p_ids, t_ids = target_token_ids(mt.tokenizer, prompt, target)
         ids = torch.tensor([p_ids + t_ids[:-1]] * (samples + 1), device=mt.device)
@@ -101,11 +103,12 @@ def _wrong_answer(mt, prompt, ti, expect):
     return answer
 
 def _grids(mt, ti, kinds, window, rows, corruption, engine=True, max_rows=1024):
-    "(corrupted score, {kind: scores}) on the engine, or on the reference path if it is refused or not asked for."
+    "(corrupted score, {kind: scores}) on the engine, or on the reference path (engine refused or not asked)."
     noise, uni, replace = corruption
     if engine:
         try:
-            eng = TraceEngine(mt.model, ti.inp, ti.subject_range, ti.answers_t, noise, uni, replace, max_rows=max_rows)
+            eng = TraceEngine(mt.model, ti.inp, ti.subject_range, ti.answers_t, noise, uni, replace,
+                              max_rows=max_rows)
             return eng.low_score, eng.trace_grids(kinds, window, rows)
         except EngineUnsupported as e: warnings.warn(f"{e}; tracing with the reference path")
     args = (mt.model, mt.num_layers, ti.inp, ti.subject_range, ti.answers_t)
@@ -117,18 +120,20 @@ def _grids(mt, ti, kinds, window, rows, corruption, engine=True, max_rows=1024):
 def calculate_all_flows(mt, prompt:str, subject:str, kinds=(None, 'mlp', 'attn'), samples:int=10, noise='s3',
                         token_range=None, uniform_noise=False, replace=False, window:int=10, expect:str=None,
                         target:str=None, subjects:list=None, engine:bool=True, max_rows:int=1024):
-    "Causal traces of several `kinds` of one prompt from one recorded run: {kind: result} (`calculate_hidden_flow`)."
+    "Causal traces of several `kinds` of one prompt from one recorded run: {kind: result}."
     kinds = list(dict.fromkeys(norm_kind(k) for k in kinds))
     ti = _trace_inputs(mt, prompt, subject, samples, target)
     wrong = _wrong_answer(mt, prompt, ti, expect)
-    if wrong is not None: return {k: dict(correct_prediction=False, answer=wrong, expect=expect, kind=k or '') for k in kinds}
+    if wrong is not None:
+        return {k: dict(correct_prediction=False, answer=wrong, expect=expect, kind=k or '') for k in kinds}
     noise, uni = resolve_noise(mt, noise, subjects or [subject])
     uni, rows = uni or uniform_noise, _token_rows(token_range, ti.subject_range, ti.inp['input_ids'].shape[1])
     low, grids = _grids(mt, ti, kinds, window, rows, (noise, uni, replace), engine, max_rows)
     ids = ti.inp['input_ids'][0].cpu()
+    tokens = decode_tokens(mt.tokenizer, ids)
     res = {k: dict(scores=grids[k].detach().cpu(), low_score=float(low), high_score=ti.high_score, input_ids=ids,
-                   input_tokens=decode_tokens(mt.tokenizer, ids), subject_range=ti.subject_range, answer=ti.answer,
-                   window=window, correct_prediction=True, kind=k or '') for k in kinds}
+                   input_tokens=tokens, subject_range=ti.subject_range, answer=ti.answer, window=window,
+                   correct_prediction=True, kind=k or '') for k in kinds}
     if rows is not None:
         for r in res.values(): r['token_range'] = rows
     return res
@@ -137,8 +142,8 @@ def calculate_hidden_flow(mt, prompt:str, subject:str, samples:int=10, noise='s3
                           uniform_noise=False, replace=False, window:int=10, kind:str=None, expect:str=None,
                           target:str=None, subjects:list=None, engine:bool=True, max_rows:int=1024):
     "Trace every (token, layer) cell of `prompt` with `subject` corrupted: the reference's result dict."
-    return calculate_all_flows(mt, prompt, subject, (kind,), samples, noise, token_range, uniform_noise, replace,
-                               window, expect, target, subjects, engine, max_rows)[norm_kind(kind)]
+    return calculate_all_flows(mt, prompt, subject, (kind,), samples, noise, token_range, uniform_noise,
+                               replace, window, expect, target, subjects, engine, max_rows)[norm_kind(kind)]
 
 # %% ../nbs/10_tracing.ipynb #2e235eab
 def _not_traced(res):
@@ -149,23 +154,24 @@ def plot_hidden_flow(mt, prompt:str, subject:str=None, samples:int=10, noise='s3
                      window:int=10, kind:str=None, savepdf:str=None, modelname:str=None, **kwargs):
     "Trace `prompt` (subject guessed if not given) and draw the heatmap of one kind."
     subject = subject or guess_subject(prompt)
-    result = calculate_hidden_flow(mt, prompt, subject, samples=samples, noise=noise, uniform_noise=uniform_noise,
-                                   window=window, kind=kind, **kwargs)
+    result = calculate_hidden_flow(mt, prompt, subject, samples=samples, noise=noise,
+                                   uniform_noise=uniform_noise, window=window, kind=kind, **kwargs)
     if not result['correct_prediction']: return _not_traced(result)
     plot_trace_heatmap(result, savepdf, modelname=modelname)
 
-def plot_all_flow(mt, prompt:str, subject:str=None, samples:int=10, noise='s3', window:int=10, savepdf:str=None,
-                  modelname:str=None, **kwargs):
+def plot_all_flow(mt, prompt:str, subject:str=None, samples:int=10, noise='s3', window:int=10,
+                  savepdf:str=None, modelname:str=None, **kwargs):
     "Trace `prompt` for hidden states, MLP and attention, and draw the three heatmaps side by side."
     subject = subject or guess_subject(prompt)
     kinds = (None, 'mlp', 'attn')
-    res = calculate_all_flows(mt, prompt, subject, kinds, samples=samples, noise=noise, window=window, **kwargs)
+    res = calculate_all_flows(mt, prompt, subject, kinds, samples=samples, noise=noise, window=window,
+                              **kwargs)
     if not res[None]['correct_prediction']: return _not_traced(res[None])
     plot_flows(res, savepdf, modelname)
 
 # %% ../nbs/10_tracing.ipynb #da56ffa9
 def _severed_scores(mt, ti, tok, corruption, engine=True):
-    "(corrupted score, {kind: scores [layers]}) of the severed path at `tok`, on the engine or the reference path."
+    "(corrupted score, {kind: scores [layers]}) of the severed path at `tok` (engine or reference path)."
     noise, uni, replace = corruption
     if engine:
         try:
@@ -181,7 +187,8 @@ def _severed_scores(mt, ti, tok, corruption, engine=True):
     return low, {k: curve(k) for k in (None, 'attn', 'mlp')}
 
 def calculate_severed(mt, prompt:str, subject:str, token='subject_last', samples:int=10, noise='s3',
-                      uniform_noise=False, replace=False, expect:str=None, subjects:list=None, engine:bool=True):
+                      uniform_noise=False, replace=False, expect:str=None, subjects:list=None,
+                      engine:bool=True):
     "Indirect effects of each layer's state at `token`, ordinary and with attention or MLP severed."
     ti = _trace_inputs(mt, prompt, subject, samples)
     wrong = _wrong_answer(mt, prompt, ti, expect)
@@ -190,18 +197,21 @@ def calculate_severed(mt, prompt:str, subject:str, token='subject_last', samples
     noise, uni = resolve_noise(mt, noise, subjects or [subject])
     low, out = _severed_scores(mt, ti, tok, (noise, uni or uniform_noise, replace), engine)
     ids = ti.inp['input_ids'][0].cpu()
-    return dict(ordinary=(out[None] - low).cpu(), no_attn=(out['attn'] - low).cpu(), no_mlp=(out['mlp'] - low).cpu(),
-                low_score=float(low), high_score=ti.high_score, answer=ti.answer, token=tok,
-                input_tokens=decode_tokens(mt.tokenizer, ids), subject_range=ti.subject_range, correct_prediction=True)
+    names = (('ordinary', None), ('no_attn', 'attn'), ('no_mlp', 'mlp'))
+    effects = {name: (out[k] - low).cpu() for name, k in names}
+    return dict(**effects, low_score=float(low), high_score=ti.high_score, answer=ti.answer, token=tok,
+                input_tokens=decode_tokens(mt.tokenizer, ids), subject_range=ti.subject_range,
+                correct_prediction=True)
 
 # %% ../nbs/10_tracing.ipynb #5554944e
 def known_facts(knowns): # a `KnownsDataset`, a list of records, or the path of a file or folder
-    "Known facts as a list of dicts, each with a `known_id` (its position if it has none), a subject and a prompt."
+    "Known facts as a list of dicts, each with a `known_id` (its position if none), a subject and a prompt."
     if isinstance(knowns, (str, Path)): knowns = KnownsDataset(knowns)
     out = []
     for i, r in enumerate(knowns):
         missing = [k for k in ('subject', 'prompt') if not isinstance(r, dict) or not r.get(k)]
-        if missing: raise ValueError(f"known fact {i} lacks {missing}: each needs a subject and a prompt (and an attribute to check the model)")
+        if missing: raise ValueError(f"known fact {i} lacks {missing}: each needs a subject and a prompt "
+                                     f"(and an attribute to check the model)")
         out.append({'known_id': i, **r})
     return out
 
@@ -263,7 +273,7 @@ def _check_run_params(output_dir, params):
 
 # %% ../nbs/10_tracing.ipynb #cef0adbb
 def _traced_fact(mt, fact, kinds, paths, flows_kw):
-    "(results of `fact` by kind, whether it was traced): read from `paths` where cached, else traced and saved there."
+    "(results of `fact` by kind, whether it was traced): read from `paths` where cached, else traced, saved."
     res = _cached_traces(paths, kinds)  # a damaged cached case is traced again
     todo = [k for k in kinds if k not in res]
     if not todo: return res, False
@@ -280,9 +290,9 @@ def _save_pdfs(res, kinds, output_dir, kid, modelname):
         plot_trace_heatmap(res[k], savepdf=str(Path(output_dir) / 'pdfs' / name), modelname=modelname)
 
 def trace_knowns(mt, knowns, output_dir=None, kinds=(None, 'mlp', 'attn'), noise='s3', replace=False,
-                 uniform_noise=False, samples:int=10, window:int=10, limit:int=None, expect:bool=True, pdfs:int=0,
-                 modelname:str=None, engine:bool=True, verbose:bool=True):
-    "Trace every fact in `knowns`, caching results in `output_dir/cases/*.npz`: {results: {kind: [...]}, skipped, ...}."
+                 uniform_noise=False, samples:int=10, window:int=10, limit:int=None, expect:bool=True,
+                 pdfs:int=0, modelname:str=None, engine:bool=True, verbose:bool=True):
+    "Trace every fact in `knowns`, cached in `output_dir/cases/*.npz`: {results: {kind: [...]}, skipped...}."
     from tqdm.auto import tqdm
     knowns, kinds = known_facts(knowns), [norm_kind(k) for k in kinds]
     level, uni = resolve_noise(mt, noise, [k['subject'] for k in knowns])
@@ -290,9 +300,10 @@ def trace_knowns(mt, knowns, output_dir=None, kinds=(None, 'mlp', 'attn'), noise
     cases = Path(output_dir) / 'cases' if output_dir else None
     out = dict(results={k: [] for k in kinds}, skipped=[], errors=[], traced=0, cached=0,
                noise=noise, noise_level=level if isinstance(level, float) else str(noise))
-    if output_dir: _check_run_params(output_dir, dict(model=str(getattr(mt, 'model_name', '')), noise=str(noise),
-                                                      noise_level=out['noise_level'], uniform_noise=bool(uni),
-                                                      replace=bool(replace), samples=samples, window=window))
+    if output_dir:
+        _check_run_params(output_dir, dict(model=str(getattr(mt, 'model_name', '')), noise=str(noise),
+                                           noise_level=out['noise_level'], uniform_noise=bool(uni),
+                                           replace=bool(replace), samples=samples, window=window))
     say = (lambda m: tqdm.write(m)) if verbose else (lambda m: None)
     for n, fact in enumerate(tqdm(knowns[:limit], disable=not verbose, desc='tracing')):
         kid = fact['known_id']
@@ -313,8 +324,9 @@ def trace_knowns(mt, knowns, output_dir=None, kinds=(None, 'mlp', 'attn'), noise
         for k in kinds: out['results'][k].append(res[k])
         if output_dir and n < pdfs: _save_pdfs(res, kinds, output_dir, kid, modelname)
     if verbose:
-        print(f"{len(out['results'][kinds[0]])} facts traced ({out['traced']} computed, {out['cached']} from cache), "
-              f"{len(out['skipped'])} skipped (the model's answer is not the attribute), {len(out['errors'])} errors")
+        print(f"{len(out['results'][kinds[0]])} facts traced ({out['traced']} computed, {out['cached']} from "
+              f"cache), {len(out['skipped'])} skipped (the model's answer is not the attribute), "
+              f"{len(out['errors'])} errors")
     return out
 
 # %% ../nbs/10_tracing.ipynb #457d378a
@@ -326,7 +338,7 @@ def _proc_kb(field):
     except OSError: return None
 
 def _measure(fn, device=None):
-    "Run `fn()`: (result, wall seconds, CPU seconds, peak memory growth in MB or None); on a GPU, device memory."
+    "Run `fn()`: (result, wall seconds, CPU seconds, peak memory growth in MB or None; on a GPU, its memory)."
     import gc
     gc.collect()
     cuda = device is not None and torch.device(device).type == 'cuda'
@@ -348,19 +360,20 @@ def _measure(fn, device=None):
     return res, wall, cpu, (None if base is None or peak is None else max(0, peak - base) / 1024)
 
 # %% ../nbs/10_tracing.ipynb #ac2a2495
-_BENCH_SHAPES = {'toy-shaped': dict(n_layer=6, n_embd=128, n_head=4, n_inner=512, vocab_size=1200, n_positions=128),
+_BENCH_SHAPES = {'toy-shaped': dict(n_layer=6, n_embd=128, n_head=4, n_inner=512, vocab_size=1200,
+                                    n_positions=128),
                  'gpt2-small': dict(n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024),
                  'gpt2-xl': dict(n_layer=48, n_embd=1600, n_head=25, vocab_size=50257, n_positions=1024)}
 
 def _bench_prompt(spec):
-    "The prompt and subject a benchmark traces: the toy world's first fact on the toy model, else the Eiffel Tower's."
+    "The prompt and subject a benchmark traces: the toy world's first fact on 'toy', else the Eiffel Tower's."
     if spec != 'toy': return 'The Eiffel Tower is located in the city of', 'Eiffel Tower'
     from rome_nb.toyworld import load_world, toy_knowns
     first = toy_knowns(load_world())[0]
     return first['prompt'], first['subject']
 
 def _bench_model(spec, device=None, dtype=None):
-    "A model to benchmark: a key of `_BENCH_SHAPES`, or what `ModelAndTokenizer` loads ('toy', a hub name, a folder)."
+    "A model to benchmark: a key of `_BENCH_SHAPES`, or what `ModelAndTokenizer` loads ('toy', a hub name...)."
     if spec in _BENCH_SHAPES:
         with torch.device(device or 'cpu'): model = tiny_model('gpt2', **_BENCH_SHAPES[spec])
         mt = ModelAndTokenizer(model=model, tokenizer=tiny_tokenizer(), device=device or 'cpu')
@@ -372,8 +385,8 @@ def _bench_paths(mt, ti, noise, window, max_rows):
     "The reference path and the engine, each a function computing the three grids."
     args = (mt.model, mt.num_layers, ti.inp, ti.subject_range, ti.answers_t)
     def plain():
-        return [trace_important_states(*args, noise=noise)] + [trace_important_window(*args, k, window, noise=noise)
-                                                               for k in ('mlp', 'attn')]
+        windows = [trace_important_window(*args, k, window, noise=noise) for k in ('mlp', 'attn')]
+        return [trace_important_states(*args, noise=noise)] + windows
     def fast():
         eng = TraceEngine(mt.model, ti.inp, ti.subject_range, ti.answers_t, noise, max_rows=max_rows)
         g = eng.trace_grids((None, 'mlp', 'attn'), window)
@@ -432,18 +445,20 @@ def _explorer_inputs(mt, prompt, subject, kind, noise, window):
                 noise=W.Combobox(value=str(noise), options=noises, description='noise'),
                 window=W.BoundedIntText(value=window, min=1, max=2 * mt.num_layers, description='window'))
 
-def trace_explorer(mt, prompt:str='', subject:str='', kind:str='all', noise='s3', window:int=10, samples:int=10,
-                   modelname:str=None, subjects:list=None):
+def trace_explorer(mt, prompt:str='', subject:str='', kind:str='all', noise='s3', window:int=10,
+                   samples:int=10, modelname:str=None, subjects:list=None):
     "An ipywidgets explorer: prompt, subject, kind, noise and window in; the causal-trace heatmap(s) out."
     import ipywidgets as W
     w = _explorer_inputs(mt, prompt, subject, kind, noise, window)
     btn, out = W.Button(description='Trace', button_style='primary'), W.Output()
-    box = W.VBox([W.HBox([w['prompt'], w['subject']]), W.HBox([w['kind'], w['noise'], w['window'], btn]), out])
+    rows = [W.HBox([w['prompt'], w['subject']]), W.HBox([w['kind'], w['noise'], w['window'], btn])]
+    box = W.VBox(rows + [out])
     box.result, box.error = None, None
     def trace():
         subj, k = w['subject'].value.strip() or guess_subject(w['prompt'].value), w['kind'].value
-        res = calculate_all_flows(mt, w['prompt'].value, subj, (None, 'mlp', 'attn') if k == 'all' else (k,),
-                                  samples=samples, noise=w['noise'].value, window=w['window'].value, subjects=subjects)
+        kinds = (None, 'mlp', 'attn') if k == 'all' else (k,)
+        res = calculate_all_flows(mt, w['prompt'].value, subj, kinds, samples=samples, noise=w['noise'].value,
+                                  window=w['window'].value, subjects=subjects)
         box.result = res if k == 'all' else res[norm_kind(k)]
         first = next(iter(res.values()))
         if first['correct_prediction']: plot_flows(res, modelname=modelname)
@@ -466,8 +481,9 @@ def load_model_and_knowns(model_name:str, fact_file:str=None, device:str=None):
     "The model to trace and its facts: `'toy'` gives the packaged toy model and the toy world's facts."
     if model_name == 'toy':
         try: from rome_nb.toyworld import load_toy, toy_knowns
-        except ImportError: raise ValueError("the toy model is not part of this installation (no rome_nb.toyworld); "
-                                            "give a hub name or a local model directory") from None
+        except ImportError:
+            raise ValueError("the toy model is not part of this installation (no rome_nb.toyworld); "
+                             "give a hub name or a local model directory") from None
         mt, world = load_toy()
         if device: mt.model.to(device)
         return mt, known_facts(fact_file if fact_file else toy_knowns(world))
@@ -481,7 +497,7 @@ def load_model_and_knowns(model_name:str, fact_file:str=None, device:str=None):
 def main(model_name:str='toy',   # hub name, local directory, or 'toy'
          fact_file:str=None,     # known facts (known_1000.json format); default for 'toy': the toy world's
          output_dir:str='results/{model_name}/causal_trace', # where cases/ (and pdfs/) go
-         noise_level:str='s3',   # s<k>: k x subjects' std; u<x>: uniform; m: fitted Gaussian; t<k>: Student-t; a number
+         noise_level:str='s3',   # s<k>: k x subjects' std; u<x>: uniform; m: Gaussian; t<k>: Student-t; 0.1
          replace:int=0,          # 1: replace the subject's embeddings by the noise instead of adding it
          kinds:str='hidden,mlp,attn', # which traces, comma-separated
          samples:int=10,         # corrupted runs per prompt
@@ -492,7 +508,7 @@ def main(model_name:str='toy',   # hub name, local directory, or 'toy'
          bench:store_true=False, # print the speed comparison of the reference path and the engine instead
          bench_models:str='toy,gpt2-small', # models for --bench
          threads:int=None):      # torch CPU threads
-    "Causal tracing over a file of known facts, with per-fact .npz caching (or, with --bench, the speed comparison)."
+    "Causal tracing over a file of known facts, cached per fact in .npz files (--bench: the speed comparison)."
     if threads: torch.set_num_threads(threads)
     if bench:
         import pandas as pd
