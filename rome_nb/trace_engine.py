@@ -60,6 +60,7 @@ class _KV:
                      for p, m, x in zip(self.prefix, self.mid or (None, None), (key_states, value_states)))
     def get_seq_length(self, layer_idx=0): return self.t
 
+# %% ../nbs/09a_trace_engine.ipynb #249803ec
 def _cache_slot(args, kwargs):
     "Where a block's call carries the key/value cache: ('arg', index), ('kw', name) or None."
     from transformers.cache_utils import Cache
@@ -89,6 +90,7 @@ def _module(model, name):
     except AttributeError: return get_module(model, name)
 
 def _hidden_arg(args, kwargs):
+    "The hidden state in a block's call arguments."
     return args[0] if args else kwargs['hidden_states']
 
 def _block_hooks(model, pre=None, post=None):
@@ -100,6 +102,8 @@ def _block_hooks(model, pre=None, post=None):
         if post: hooks.append(blk.register_forward_hook(post(j)))
     return hooks
 
+
+# %% ../nbs/09a_trace_engine.ipynb #9ee9aa4b
 def _recording_hooks(model, rec, kinds, slot, B):
     "Hooks filling `rec` with each block's call, input and output and each `kinds` module's output."
     def pre(j):
@@ -179,10 +183,10 @@ def _blocks_share_args(args):
     def rest(a, kw): return (a[1:], {k: v for k, v in kw.items() if k != 'hidden_states'})
     return all(_same(rest(*a), rest(*args[0])) for a in args[1:])
 
-# %% ../nbs/09a_trace_engine.ipynb #82bd08aa
-class _Recorded:
-    "Step 1 of `TraceEngine`: one recorded clean + corrupted pass and what the replays need from it."
-    def __init__(self, model, inp, tokens_to_mix, answers_t, noise=0.1, uniform_noise=False, replace=False):
+# %% ../nbs/09a_trace_engine.ipynb #14062344
+class _Prompt:
+    "Step 1a of `TraceEngine`: the batch of one prompt (row 0 clean, rows 1.. corrupted) and its answer."
+    def __init__(self, model, inp, tokens_to_mix, answers_t):
         ids = inp['input_ids']
         if ids.shape[0] < 2: raise ValueError("inp needs a clean row and at least one corrupted row")
         if not (ids == ids[:1]).all():
@@ -193,6 +197,27 @@ class _Recorded:
         self.k = len(answers_t) if isinstance(answers_t, TokenSequence) else 1  # positions the answer is read
         self.read = self.ntoks - self.k                                           # the first of them
         self.memo = model.__dict__.setdefault('_rome_nb_engine', {})  # what is true of the model
+
+    def _row0(self, a, b):
+        "Model inputs for positions a..b-1 of the prompt (one row), with the attention mask up to b."
+        ids = self.inp['input_ids'][:1]
+        pos = self.inp.get('position_ids', torch.arange(self.ntoks, device=ids.device)[None])[:1]
+        mask = self.inp.get('attention_mask', torch.ones_like(ids))[:1]
+        return dict(input_ids=ids[:, a:b], attention_mask=mask[:, :b], position_ids=pos[:, a:b])
+
+    def _find_slot(self):
+        "Where the blocks take their key/value cache (found once per model), or None."
+        if 'slot' not in self.memo:
+            try: args = _record_block_args(self.model, 0, **self._row0(0, self.ntoks), use_cache=True)[0]
+            except Exception: args = None
+            self.memo['slot'] = None if args is None else _cache_slot(*args)
+        return self.memo['slot']
+
+# %% ../nbs/09a_trace_engine.ipynb #82bd08aa
+class _Recorded(_Prompt):
+    "Step 1b of `TraceEngine`: one recorded clean + corrupted pass and what the replays need from it."
+    def __init__(self, model, inp, tokens_to_mix, answers_t, noise=0.1, uniform_noise=False, replace=False):
+        super().__init__(model, inp, tokens_to_mix, answers_t)
         self._slot, self._prefix, self._sfx = self._find_slot(), None, {}
         corruption = (noise, uniform_noise, replace)
         self.rec = record_run(model, inp, tokens_to_mix, *corruption, slot=self._slot, keep=self.k)
@@ -203,14 +228,6 @@ class _Recorded:
         self._kv = self._recorded_kv(self.rec.kv)
         self._same_args = _blocks_share_args(self.rec.args)
 
-    def _find_slot(self):
-        "Where the blocks take their key/value cache (found once per model), or None."
-        if 'slot' not in self.memo:
-            try: args = _record_block_args(self.model, 0, **self._row0(0, self.ntoks), use_cache=True)[0]
-            except Exception: args = None
-            self.memo['slot'] = None if args is None else _cache_slot(*args)
-        return self.memo['slot']
-
     def _find_modules(self):
         "The blocks, the final norm, the unembedding, and each block's MLP and attention."
         model, L = self.model, self.num_layers
@@ -218,13 +235,6 @@ class _Recorded:
         self.ln_f = _module(model, self.arch.ln_f_module)
         self.lm_head = _module(model, self.arch.lm_head_module)
         self.mods = {k: [_module(model, layername(model, j, k)) for j in range(L)] for k in ('mlp', 'attn')}
-
-    def _row0(self, a, b):
-        "Model inputs for positions a..b-1 of the prompt (one row), with the attention mask up to b."
-        ids = self.inp['input_ids'][:1]
-        pos = self.inp.get('position_ids', torch.arange(self.ntoks, device=ids.device)[None])[:1]
-        mask = self.inp.get('attention_mask', torch.ones_like(ids))[:1]
-        return dict(input_ids=ids[:, a:b], attention_mask=mask[:, :b], position_ids=pos[:, a:b])
 
     def _recorded_kv(self, kv):
         "The corrupted rows' keys and values of every layer, if `kv` has them all."
@@ -241,6 +251,7 @@ def _crop_cache(past, t):
     if past.get_seq_length() != t: raise RuntimeError(f"could not crop the cache to {t} positions")
     return past
 
+# %% ../nbs/09a_trace_engine.ipynb #b8891ed0
 class _Replay(_Recorded):
     "Step 2 of `TraceEngine`: run one block on new hidden states, at full length or at the last positions."
     def _run_block(self, j, h, t=0, kv=None, end=None):
@@ -290,6 +301,7 @@ def _patch_hook(rows, toks, vals, N):
         return output
     return hook
 
+# %% ../nbs/09a_trace_engine.ipynb #dbb08a47
 class _Patching(_Replay):
     "Step 3 of `TraceEngine`: overwrite module outputs while a block runs; the last block's shortcut."
     def _patch_plan(self, j, sigs, t, m):
@@ -330,37 +342,14 @@ class _Patching(_Replay):
         kv = _KV(self._kv, t, mid=(key[..., :r - t, :], value[..., :r - t, :]))
         with self._patches(j, sigs, r, self.k): return self._run_block(j, h[:, r - t:], r, kv=kv)
 
-# %% ../nbs/09a_trace_engine.ipynb #e2e26fa2
+# %% ../nbs/09a_trace_engine.ipynb #34f6e2d1
 def _close(got, want):
     "Logits equal up to float rounding of the model's dtype."
     tol = max(1e-4, 50 * torch.finfo(want.dtype).eps) * (1 + want.float().abs().max().item())
     return got.shape == want.shape and (got.float() - want.float()).abs().max().item() <= tol
 
-class _Checked(_Patching):
-    "Step 4 of `TraceEngine`: refuse a model whose replayed blocks do not reproduce it; the engine's options."
-    def __init__(self, model,            # the model
-                 inp,                    # inputs: row 0 clean, rows 1.. corrupted (all the same prompt)
-                 tokens_to_mix,          # (begin, end) of the tokens to corrupt
-                 answers_t,              # answer token id(s), see `answer_probs`
-                 noise=0.1,              # level (float) or function of standard draws
-                 uniform_noise=False,    # uniform instead of Gaussian draws
-                 replace=False,          # replace the embeddings by the noise instead of adding it
-                 max_rows:int=1024,      # most rows in one replayed batch (memory bound)
-                 positions:bool=True,    # replay only the positions a restoration can change (if possible)
-                 min_saving:float=None): # take a shortcut costing a block call only if it saves this much
-        super().__init__(model, inp, tokens_to_mix, answers_t, noise, uniform_noise, replace)
-        self.max_rows, memo = max_rows, self.memo
-        self._check()
-        if positions and self._kv is not None and 'positions' not in memo:
-            memo['positions'] = self._check_positions()
-        self.positions = positions and self._kv is not None and memo.get('positions', (False, False))[0]
-        self.last_only = self.positions and memo['positions'][1]  # the last block: only the read positions
-        cuda = self.rec.logits.device.type == 'cuda'  # a GPU runs small batches at the cost of launching them
-        self.min_saving = (2e10 if cuda else 5e7) if min_saving is None else min_saving
-
-    def _saves(self, rows, positions):
-        "Whether skipping `positions` positions of a block for `rows` rows is worth an extra block call."
-        return rows * positions * 12 * self.arch.hidden_size ** 2 >= self.min_saving
+class _Checks(_Patching):
+    "Step 4a of `TraceEngine`: whether replaying the blocks reproduces the model."
 
     @torch.no_grad()
     def _check(self):
@@ -404,6 +393,33 @@ class _Checked(_Patching):
         try: return True, _close(self._head(self._last_block(h, t)), want)
         except Exception: return True, False
 
+# %% ../nbs/09a_trace_engine.ipynb #e2e26fa2
+class _Checked(_Checks):
+    "Step 4b of `TraceEngine`: refuse a model whose replayed blocks do not reproduce it; the engine's options."
+    def __init__(self, model,            # the model
+                 inp,                    # inputs: row 0 clean, rows 1.. corrupted (all the same prompt)
+                 tokens_to_mix,          # (begin, end) of the tokens to corrupt
+                 answers_t,              # answer token id(s), see `answer_probs`
+                 noise=0.1,              # level (float) or function of standard draws
+                 uniform_noise=False,    # uniform instead of Gaussian draws
+                 replace=False,          # replace the embeddings by the noise instead of adding it
+                 max_rows:int=1024,      # most rows in one replayed batch (memory bound)
+                 positions:bool=True,    # replay only the positions a restoration can change (if possible)
+                 min_saving:float=None): # take a shortcut costing a block call only if it saves this much
+        super().__init__(model, inp, tokens_to_mix, answers_t, noise, uniform_noise, replace)
+        self.max_rows, memo = max_rows, self.memo
+        self._check()
+        if positions and self._kv is not None and 'positions' not in memo:
+            memo['positions'] = self._check_positions()
+        self.positions = positions and self._kv is not None and memo.get('positions', (False, False))[0]
+        self.last_only = self.positions and memo['positions'][1]  # the last block: only the read positions
+        cuda = self.rec.logits.device.type == 'cuda'  # a GPU runs small batches at the cost of launching them
+        self.min_saving = (2e10 if cuda else 5e7) if min_saving is None else min_saving
+
+    def _saves(self, rows, positions):
+        "Whether skipping `positions` positions of a block for `rows` rows is worth an extra block call."
+        return rows * positions * 12 * self.arch.hidden_size ** 2 >= self.min_saving
+
 # %% ../nbs/09a_trace_engine.ipynb #e285b3c6
 @dataclass(frozen=True)
 class Restoration:
@@ -444,8 +460,8 @@ class _Cells(_Checked):
         return x
 
 # %% ../nbs/09a_trace_engine.ipynb #a20ccacc
-class _Chunks(_Cells):
-    "Step 6 of `TraceEngine`: run many restorations together, in chunks of at most `max_rows` rows."
+class _Groups(_Cells):
+    "Step 6a of `TraceEngine`: cells joining the batch, sharing rows while they compute the same states."
     def _join_windows(self, cells, j, t):
         "Groups of window `cells` (starting at block `j`, overwriting only token `t`), their states after it."
         parts = {}
@@ -483,6 +499,9 @@ class _Chunks(_Cells):
             return split, self._last_block(h, t, sigs)
         with self._patches(j, sigs, t): return split, self._run_block(j, h, t)
 
+# %% ../nbs/09a_trace_engine.ipynb #c8690770
+class _Chunks(_Groups):
+    "Step 6b of `TraceEngine`: run many restorations together, in chunks of at most `max_rows` rows."
     def _run_chunk(self, cells, t, windows=True):
         "{cell: score} for `cells` (sorted by start), run together at positions t.. (`windows`: join at one)"
         L, groups, h, k = self.num_layers, [], None, 0  # groups: cells sharing all states so far, S rows each

@@ -102,6 +102,7 @@ def _wrong_answer(mt, prompt, ti, expect):
     if ti.predicted == target_token_ids(mt.tokenizer, prompt, expect.strip())[1][0]: return None
     return answer
 
+# %% ../nbs/10_tracing.ipynb #665e829c
 def _grids(mt, ti, kinds, window, rows, corruption, engine=True, max_rows=1024):
     "(corrupted score, {kind: scores}) on the engine, or on the reference path (engine refused or not asked)."
     noise, uni, replace = corruption
@@ -117,6 +118,7 @@ def _grids(mt, ti, kinds, window, rows, corruption, engine=True, max_rows=1024):
     return low, {k: trace_important_states(*args, **opts) if k is None else
                     trace_important_window(*args, k, window, **opts) for k in kinds}
 
+# %% ../nbs/10_tracing.ipynb #4f64e0af
 def calculate_all_flows(mt, prompt:str, subject:str, kinds=(None, 'mlp', 'attn'), samples:int=10, noise='s3',
                         token_range=None, uniform_noise=False, replace=False, window:int=10, expect:str=None,
                         target:str=None, subjects:list=None, engine:bool=True, max_rows:int=1024):
@@ -289,6 +291,7 @@ def _save_pdfs(res, kinds, output_dir, kid, modelname):
         name = f"{str(res[k]['answer']).strip()}_{kid}{kind_suffix(k)}.pdf"
         plot_trace_heatmap(res[k], savepdf=str(Path(output_dir) / 'pdfs' / name), modelname=modelname)
 
+# %% ../nbs/10_tracing.ipynb #a8cabd7d
 def trace_knowns(mt, knowns, output_dir=None, kinds=(None, 'mlp', 'attn'), noise='s3', replace=False,
                  uniform_noise=False, samples:int=10, window:int=10, limit:int=None, expect:bool=True,
                  pdfs:int=0, modelname:str=None, engine:bool=True, verbose:bool=True):
@@ -381,6 +384,7 @@ def _bench_model(spec, device=None, dtype=None):
     if dtype is not None: mt.model.to(dtype)
     return mt
 
+# %% ../nbs/10_tracing.ipynb #b871d4fe
 def _bench_paths(mt, ti, noise, window, max_rows):
     "The reference path and the engine, each a function computing the three grids."
     args = (mt.model, mt.num_layers, ti.inp, ti.subject_range, ti.answers_t)

@@ -105,6 +105,7 @@ def plot_average_heatmap(avg:dict, savepdf:str=None, title:str=None, modelname:s
         cb.ax.set_xlabel('AIE', fontsize=9)
     if fig is not None: finish_figure(fig, savepdf)
 
+# %% ../nbs/11_tracing_averaged.ipynb #4be15de3
 _COLOR_ORDER = (0, 1, 2, 4, 5, 3)  # tab10 colours per bucket, as in the paper
 
 def plot_average_lines(avgs:dict, savepdf:str=None, modelname:str=None):
