@@ -127,6 +127,7 @@ def _recording_hooks(model, rec, kinds, slot, B):
         raise
     return hooks
 
+# %% ../nbs/09a_trace_engine.ipynb #b23d6571
 @torch.no_grad()
 def record_run(model, inp, tokens_to_mix, noise=0.1, uniform_noise=False, replace=False,
                kinds=('mlp', 'attn'), # modules whose outputs to record
@@ -348,6 +349,7 @@ def _close(got, want):
     tol = max(1e-4, 50 * torch.finfo(want.dtype).eps) * (1 + want.float().abs().max().item())
     return got.shape == want.shape and (got.float() - want.float()).abs().max().item() <= tol
 
+# %% ../nbs/09a_trace_engine.ipynb #7366210e
 class _Checks(_Patching):
     "Step 4a of `TraceEngine`: whether replaying the blocks reproduces the model."
 
@@ -499,9 +501,28 @@ class _Groups(_Cells):
             return split, self._last_block(h, t, sigs)
         with self._patches(j, sigs, t): return split, self._run_block(j, h, t)
 
+# %% ../nbs/09a_trace_engine.ipynb #ed3c91a2
+class _Plan(_Groups):
+    "Step 6b of `TraceEngine`: which cells run together, in chunks of at most `max_rows` rows."
+    def _first(self, c):
+        "The first position cell `c` is replayed at."
+        return min(c.first_token(self.ntoks), self.read) if self.positions else 0
+
+    def _chunks(self, order):
+        "[(cells, first position, whether windows join at one position)] for the sorted cells `order`."
+        per, chunks, i = max(1, self.max_rows // self.S), [], 0
+        while i < len(order):
+            t, n = self._first(order[i]), 1
+            while n < per and i + n < len(order) and self._first(order[i + n]) == t: n += 1
+            wins = sum(c.token is None and c.start < self.num_layers - 1 for c in order[i:i + n])
+            join = self.positions and self._saves(wins * self.S, self.ntoks - t - 1)
+            chunks.append((order[i:i + n], t, join))
+            i += n
+        return chunks
+
 # %% ../nbs/09a_trace_engine.ipynb #c8690770
-class _Chunks(_Groups):
-    "Step 6b of `TraceEngine`: run many restorations together, in chunks of at most `max_rows` rows."
+class _Chunks(_Plan):
+    "Step 6c of `TraceEngine`: run many restorations together, in chunks of at most `max_rows` rows."
     def _run_chunk(self, cells, t, windows=True):
         "{cell: score} for `cells` (sorted by start), run together at positions t.. (`windows`: join at one)"
         L, groups, h, k = self.num_layers, [], None, 0  # groups: cells sharing all states so far, S rows each
@@ -519,22 +540,6 @@ class _Chunks(_Groups):
         p = answer_probs(self._head(h), self.answers_t)
         p = p.view(len(groups), self.S, *p.shape[1:]).mean(1)
         return {c: p[i] for i, g in enumerate(groups) for c in g}
-
-    def _first(self, c):
-        "The first position cell `c` is replayed at."
-        return min(c.first_token(self.ntoks), self.read) if self.positions else 0
-
-    def _chunks(self, order):
-        "[(cells, first position, whether windows join at one position)] for the sorted cells `order`."
-        per, chunks, i = max(1, self.max_rows // self.S), [], 0
-        while i < len(order):
-            t, n = self._first(order[i]), 1
-            while n < per and i + n < len(order) and self._first(order[i + n]) == t: n += 1
-            wins = sum(c.token is None and c.start < self.num_layers - 1 for c in order[i:i + n])
-            join = self.positions and self._saves(wins * self.S, self.ntoks - t - 1)
-            chunks.append((order[i:i + n], t, join))
-            i += n
-        return chunks
 
     @torch.no_grad()
     def run(self, cells:list):
