@@ -11,8 +11,9 @@ import math, re
 from pathlib import Path
 import numpy as np
 import torch
-from .tracing import (known_facts, load_trace, calculate_severed, resolve_noise, plot_severed, _norm_kind,
-                             _kind_suffix, _PAPER_RC, _CMAPS, _KIND_NAMES, _finish, _layer_ticks)
+from .trace_reference import resolve_noise, norm_kind, kind_suffix
+from .trace_plots import PAPER_RC, CMAPS, KIND_NAMES, finish_figure, layer_ticks, plot_severed
+from .tracing import known_facts, load_trace, calculate_severed
 
 # %% ../nbs/11_tracing_averaged.ipynb #6a42ec34
 BUCKETS = ('First subject token', 'Middle subject tokens', 'Last subject token', 'First subsequent token',
@@ -22,13 +23,15 @@ def token_buckets(subject_range, # (b, e): the subject's tokens
                   ntoks:int):    # tokens in the prompt
     "Token indices of each of the six `BUCKETS` for one prompt."
     b, e = (int(x) for x in subject_range)
-    if not 0 <= b < e <= ntoks: raise ValueError(f"subject range {subject_range} does not fit a prompt of {ntoks} tokens")
+    if not 0 <= b < e <= ntoks:
+        raise ValueError(f"subject range {subject_range} does not fit a prompt of {ntoks} tokens")
     last = ntoks - 1
-    return [[b], list(range(b + 1, e - 1)), [e - 1], [e] if e < last else [], list(range(e + 1, last)), [last]]
+    after = [e] if e < last else []
+    return [[b], list(range(b + 1, e - 1)), [e - 1], after, list(range(e + 1, last)), [last]]
 
 # %% ../nbs/11_tracing_averaged.ipynb #d5860150
 def average_indirect_effects(results:list): # trace results of one kind
-    "Average indirect effect per token bucket and layer over `results`, with 95% intervals and summary figures."
+    "Average indirect effect per token bucket and layer over `results`, with 95% intervals and summaries."
     results = [r for r in results if r.get('correct_prediction', True)]
     if not results: raise ValueError("no traces to average (all facts skipped?)")
     kinds = {str(r.get('kind', '')) for r in results}
@@ -36,15 +39,18 @@ def average_indirect_effects(results:list): # trace results of one kind
     samples = [[] for _ in BUCKETS]
     for r in results:
         ie = np.asarray(torch.as_tensor(r['scores']).float()) - float(r['low_score'])
-        for i, toks in enumerate(token_buckets(r['subject_range'], len(ie))): samples[i] += [ie[t] for t in toks]
+        for i, toks in enumerate(token_buckets(r['subject_range'], len(ie))):
+            samples[i] += [ie[t] for t in toks]
     L = len(ie[0])
     stack = [np.stack(s) if s else np.full((1, L), np.nan) for s in samples]
     n = np.array([len(s) for s in samples])
     mean = np.stack([s.mean(0) for s in stack])
     std = np.stack([s.std(0) if len(s) > 1 else np.zeros(L) for s in stack])
-    high, low = np.array([float(r['high_score']) for r in results]), np.array([float(r['low_score']) for r in results])
-    return dict(kind=_norm_kind(kinds.pop()), labels=list(BUCKETS), count=len(results), n=n, mean=mean, std=std,
-                ci95=1.96 * std / np.sqrt(np.maximum(n, 1))[:, None], high_score=high.mean(), low_score=low.mean(),
+    high = np.array([float(r['high_score']) for r in results])
+    low = np.array([float(r['low_score']) for r in results])
+    return dict(kind=norm_kind(kinds.pop()), labels=list(BUCKETS), count=len(results), n=n, mean=mean,
+                std=std, ci95=1.96 * std / np.sqrt(np.maximum(n, 1))[:, None], high_score=high.mean(),
+                low_score=low.mean(),
                 total_effect=(high - low).mean(), window=int(results[0].get('window', 10)),
                 best_last_subject=(float(np.nanmax(mean[2])), int(np.nanargmax(mean[2]))),
                 best_last_token=(float(np.nanmax(mean[5])), int(np.nanargmax(mean[5]))))
@@ -57,7 +63,7 @@ def read_traces(dirname,        # an output folder of `rome_nb_trace` / `trace_k
     d = Path(dirname)
     if (d / 'cases').is_dir(): d = d / 'cases'
     if not d.is_dir(): raise FileNotFoundError(f"no traces folder at {dirname}")
-    suffix = _kind_suffix(_norm_kind(kind))
+    suffix = kind_suffix(norm_kind(kind))
     pat = re.compile(rf'knowledge_(\d+){suffix}\.npz$')
     files = sorted((int(m[1]), p) for p in d.iterdir() if (m := pat.match(p.name)))
     out = [load_trace(p) for _, p in files[:count]]
@@ -67,68 +73,83 @@ def read_traces(dirname,        # an output folder of `rome_nb_trace` / `trace_k
 def effect_summary(avgs:dict): # {kind: average_indirect_effects(...)}
     "A table of the headline averaged figures per kind."
     import pandas as pd
-    rows = [dict(kind=_KIND_NAMES.get(k, 'hidden'), prompts=a['count'], clean=a['high_score'], corrupted=a['low_score'],
-                 total_effect=a['total_effect'], best_IE_last_subject=a['best_last_subject'][0],
+    rows = [dict(kind=KIND_NAMES.get(k, 'hidden'), prompts=a['count'], clean=a['high_score'],
+                 corrupted=a['low_score'], total_effect=a['total_effect'],
+                 best_IE_last_subject=a['best_last_subject'][0],
                  layer_last_subject=a['best_last_subject'][1], best_IE_last_token=a['best_last_token'][0],
                  layer_last_token=a['best_last_token'][1]) for k, a in avgs.items()]
     return pd.DataFrame(rows).set_index('kind')
 
 # %% ../nbs/11_tracing_averaged.ipynb #4b529d5b
-_KIND_WHAT = {None: 'Indirect Effect of $h_i^{(l)}$', 'mlp': 'Indirect Effect of MLP', 'attn': 'Indirect Effect of Attn'}
+_KIND_WHAT = {None: 'Indirect Effect of $h_i^{(l)}$', 'mlp': 'Indirect Effect of MLP',
+              'attn': 'Indirect Effect of Attn'}
 
-def plot_average_heatmap(avg:dict, savepdf:str=None, title:str=None, modelname:str=None, vmax:float=None, ax=None):
+def plot_average_heatmap(avg:dict, savepdf:str=None, title:str=None, modelname:str=None, vmax:float=None,
+                         ax=None):
     "Heatmap of the average indirect effect per bucket and layer, in the paper's style."
     import matplotlib.pyplot as plt
     kind, mean = avg['kind'], np.clip(np.nan_to_num(avg['mean']), 0, None)
-    with plt.rc_context(rc=_PAPER_RC):
+    with plt.rc_context(rc=PAPER_RC):
         fig = None
         if ax is None: fig, ax = plt.subplots(figsize=(3.5, 2), dpi=200)
-        h = ax.pcolor(mean, cmap=_CMAPS[kind], vmin=0.0, vmax=vmax if vmax is not None else max(mean.max(), 1e-6))
+        top = vmax if vmax is not None else max(mean.max(), 1e-6)
+        h = ax.pcolor(mean, cmap=CMAPS[kind], vmin=0.0, vmax=top)
         ax.invert_yaxis()
-        ax.set_yticks([0.5 + i for i in range(len(mean))]); ax.set_yticklabels(avg['labels'])
-        _layer_ticks(ax, mean.shape[1])
+        ax.set_yticks([0.5 + i for i in range(len(mean))])
+        ax.set_yticklabels(avg['labels'])
+        layer_ticks(ax, mean.shape[1])
         ax.set_title(title or f"Avg {_KIND_WHAT[kind]} over {avg['count']} prompts", fontsize=9)
         ax.set_xlabel(f"single patched layer within {modelname or 'GPT'}" if kind is None else
-                      f"center of interval of {avg['window']} patched {_KIND_NAMES[kind]} layers")
+                      f"center of interval of {avg['window']} patched {KIND_NAMES[kind]} layers")
         cb = plt.colorbar(h, ax=ax)
         cb.ax.set_xlabel('AIE', fontsize=9)
-    if fig is not None: _finish(fig, savepdf)
+    if fig is not None: finish_figure(fig, savepdf)
 
+# %% ../nbs/11_tracing_averaged.ipynb #4be15de3
 _COLOR_ORDER = (0, 1, 2, 4, 5, 3)  # tab10 colours per bucket, as in the paper
 
 def plot_average_lines(avgs:dict, savepdf:str=None, modelname:str=None):
-    "Line plots of the average indirect effect per bucket with 95% bands, one panel per kind in `avgs` {kind: avg}."
+    "Line plots of the average indirect effect per bucket with 95% bands, a panel per kind in `avgs`."
     import matplotlib.pyplot as plt
     what = {None: 'single hidden vector', 'mlp': 'run of {} MLP lookups', 'attn': 'run of {} Attn modules'}
-    with plt.rc_context(rc=_PAPER_RC):
-        fig, axes = plt.subplots(1, len(avgs), figsize=(4.3 * len(avgs), 3.2), sharey=True, dpi=150, squeeze=False)
+    with plt.rc_context(rc=PAPER_RC):
+        fig, axes = plt.subplots(1, len(avgs), figsize=(4.3 * len(avgs), 3.2), sharey=True, dpi=150,
+                                 squeeze=False)
         cmap = plt.get_cmap('tab10')
         for ax, (kind, avg) in zip(axes[0], avgs.items()):
             x = np.arange(avg['mean'].shape[1])
             for i, label in enumerate(avg['labels']):
                 if avg['n'][i] == 0: continue
                 y, err, c = avg['mean'][i], avg['ci95'][i], cmap.colors[_COLOR_ORDER[i]]
-                ax.fill_between(x, y - err, y + err, alpha=0.3, color=c); ax.plot(x, y, label=label, color=c)
+                ax.fill_between(x, y - err, y + err, alpha=0.3, color=c)
+                ax.plot(x, y, label=label, color=c)
             ax.set_title(f"Average indirect effect of a {what[kind].format(avg['window'])}", fontsize=10)
-            ax.set_xlabel(f"Layer number in {modelname or 'the model'}"); ax.set_ylabel('Average indirect effect on p(o)')
+            ax.set_xlabel(f"Layer number in {modelname or 'the model'}")
+            ax.set_ylabel('Average indirect effect on p(o)')
             ax.set_xticks(x)
         axes[0][min(1, len(avgs) - 1)].legend(frameon=False, fontsize=8)
         fig.tight_layout()
-    _finish(fig, savepdf)
+    finish_figure(fig, savepdf)
 
 # %% ../nbs/11_tracing_averaged.ipynb #828f7a4a
-def average_severed(mt, knowns, samples:int=10, noise='s3', limit:int=None, expect:bool=True, engine:bool=True, verbose:bool=True):
-    "Average indirect effects at the last subject token, ordinary and with attention or MLP severed, over `knowns`."
+def average_severed(mt, knowns, samples:int=10, noise='s3', limit:int=None, expect:bool=True, engine:bool=True,
+                    verbose:bool=True):
+    "Average indirect effects at the last subject token, ordinary and with Attn or MLP severed, over `knowns`."
     from tqdm.auto import tqdm
     knowns = known_facts(knowns)
     level, uni = resolve_noise(mt, noise, [k['subject'] for k in knowns])
     curves, skipped, errors = {k: [] for k in ('ordinary', 'no_attn', 'no_mlp')}, [], []
     for fact in tqdm(knowns[:limit], disable=not verbose, desc='severing'):
         try:
-            r = calculate_severed(mt, fact['prompt'], fact['subject'], samples=samples, noise=level, uniform_noise=uni,
-                                  expect=fact.get('attribute') if expect else None, engine=engine)
-        except ValueError as e: errors.append((fact['known_id'], str(e))); continue
-        if not r['correct_prediction']: skipped.append(fact['known_id']); continue
+            r = calculate_severed(mt, fact['prompt'], fact['subject'], samples=samples, noise=level,
+                                  uniform_noise=uni, expect=fact.get('attribute') if expect else None,
+                                  engine=engine)
+        except ValueError as e:
+            errors.append((fact['known_id'], str(e)))
+            continue
+        if not r['correct_prediction']:
+            skipped.append(fact['known_id'])
+            continue
         for k in curves: curves[k].append(np.asarray(r[k], dtype=float))
     if not curves['ordinary']: raise ValueError("no fact could be traced (all skipped or failed)")
     out = dict(count=len(curves['ordinary']), skipped=skipped, errors=errors, token='last subject token')
