@@ -5,9 +5,7 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parents[1] / 'rome_nb'
 
 # Modules allowed, for now, to import private names of another module.
-KNOWN_PRIVATE_IMPORTS = {
-    'tracing_averaged',  # tracing room: removed by the tracing refactor
-}
+KNOWN_PRIVATE_IMPORTS = set()
 
 
 def _module(path):
