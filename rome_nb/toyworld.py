@@ -7,9 +7,10 @@ __all__ = ['FRAMES_TRAIN', 'FRAMES_HELD', 'REL_SPECS', 'ONSETS', 'VOWELS', 'CODA
            'PEOPLE', 'ADV', 'PVERB', 'DOC_KINDS', 'DEFAULT_MIX', 'TOY_TRAIN_DEFAULTS', 'Relation', 'make_relations',
            'check_prefixes', 'name_part', 'make_names', 'ToyWorld', 'make_world', 'world_to_dict', 'world_from_dict',
            'filler', 'statement', 'assoc_sentence', 'profile', 'toy_document', 'toy_corpus', 'train_toy_tokenizer',
-           'pack_corpus', 'fact_recall', 'train_toy_model', 'load_world', 'load_toy', 'toy_train_log', 'plot_train_log',
-           'recall_table', 'counterfact_record', 'toy_counterfact', 'toy_knowns', 'toy_attribute_snippets',
-           'toy_text_corpus', 'toy_stats_corpus', 'toy_zsre_raw', 'toy_zsre', 'toy_out_dir', 'toy_train']
+           'pack_corpus', 'fact_recall', 'train_toy_model', 'load_world', 'load_toy', 'toy_world_for', 'toy_train_log',
+           'plot_train_log', 'recall_table', 'counterfact_record', 'toy_counterfact', 'toy_knowns',
+           'toy_attribute_snippets', 'toy_text_corpus', 'toy_stats_corpus', 'toy_zsre_raw', 'toy_zsre', 'toy_out_dir',
+           'toy_train']
 
 # %% ../nbs/02_toyworld.ipynb #04dde568
 import hashlib, json, math, os, random, shutil, tempfile, time
@@ -18,7 +19,7 @@ from pathlib import Path
 import torch
 import pandas as pd
 from .cli import command
-from .models import ModelAndTokenizer, TOY_DIR, make_inputs, generate_fast
+from .models import ModelAndTokenizer, TOY_DIR, make_inputs, generate_fast, get_model, resolve_model_name
 
 # %% ../nbs/02_toyworld.ipynb #bddc6416
 FRAMES_TRAIN = ["The {k1} of {{}} is", "{{}}'s {k2} is", "What is the {k1} of {{}}?", "What is {{}}'s {k2}?"]
@@ -382,13 +383,21 @@ def load_world(path=None): # a model directory with world.json, or the JSON file
         why = f"{type(e).__name__}: {str(e)[:80]}"
         raise ValueError(f"{p} is not a toy world ({why}); {hint}") from None
 
+
+# %% ../nbs/02_toyworld.ipynb #08778d7a
 def load_toy(path=None,   # toy model directory (default: the packaged one, `TOY_DIR`)
              device=None): # where to put the model (default: CPU)
     "The toy model as a `ModelAndTokenizer` and its `ToyWorld`."
     p = Path(path) if path is not None else TOY_DIR
     world = load_world(p)
     name = str(p) if path is not None else 'toy'  # the packaged model by its alias, not a folder
-    return ModelAndTokenizer(name, device=device or 'cpu', torch_dtype=torch.float32), world
+    return get_model(name, device=device or 'cpu', torch_dtype=torch.float32), world
+
+def toy_world_for(model): # a model name, alias or directory; anything else (a loaded model) gives None
+    "The `ToyWorld` a toy model was trained on (its directory holds `world.json`), or None for other models."
+    if not isinstance(model, (str, Path)): return None
+    d = Path(resolve_model_name(str(model)))
+    return load_world(d) if (d / 'world.json').is_file() else None
 
 def toy_train_log(path=None): # toy model directory (default: the packaged one)
     "The training log saved with a toy model."
