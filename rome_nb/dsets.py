@@ -79,7 +79,8 @@ def _field(rec, path, where):
     "The value at dotted `path` of `rec`; a `MalformedRecordError` naming `where` and the field if missing."
     v, keys = rec, path.split('.')
     for i, k in enumerate(keys):
-        if not isinstance(v, dict): raise MalformedRecordError(f"{where}: field {'.'.join(keys[:i])!r} must be an object, got {v!r}")
+        if not isinstance(v,
+                          dict): raise MalformedRecordError(f"{where}: field {'.'.join(keys[:i])!r} must be an object, got {v!r}")
         if k not in v: raise MalformedRecordError(f"{where}: field {'.'.join(keys[:i + 1])!r} is missing")
         v = v[k]
     return v
@@ -96,28 +97,38 @@ def check_record(rec:dict,           # a dataset record
                  generation:bool=False): # also require what the generation tests read (relation and target ids)
     "Check that `rec` has the fields evaluation reads; returns it, or raises `MalformedRecordError` naming record and field."
     where = _where(rec, index)
-    if not isinstance(rec, dict): raise MalformedRecordError(f"{where}: a record must be a JSON object, got {type(rec).__name__}")
+    if not isinstance(rec,
+                      dict): raise MalformedRecordError(f"{where}: a record must be a JSON object, got {type(rec).__name__}")
     cid = _field(rec, 'case_id', where)
-    if not isinstance(cid, int) or isinstance(cid, bool): raise MalformedRecordError(f"{where}: field 'case_id' must be an integer, got {cid!r}")
+    if not isinstance(cid, int) or isinstance(cid,
+                                              bool): raise MalformedRecordError(f"{where}: field 'case_id' must be an integer, got {cid!r}")
     def text(path, template=False):
         v = _field(rec, path, where)
-        if not isinstance(v, str) or not v.strip(): raise MalformedRecordError(f"{where}: field {path!r} must be a non-empty string, got {v!r}")
-        if template and '{}' not in v: raise MalformedRecordError(f"{where}: field {path!r} must contain '{{}}' where the subject goes, got {v!r}")
+        if not isinstance(v,
+                          str) or not v.strip(): raise MalformedRecordError(f"{where}: field {path!r} must be a non-empty string, got {v!r}")
+        if template and '{}' not in v: raise MalformedRecordError(f"{where}: field {path!r} must contain "
+                                                                  f"'{{}}' where the subject goes, got {v!r}")
         return v
-    text('requested_rewrite.prompt', template=True); text('requested_rewrite.subject')
+    text('requested_rewrite.prompt', template=True)
+    text('requested_rewrite.subject')
     text('requested_rewrite.target_new.str')
     if kind == 'cf': text('requested_rewrite.target_true.str')
-    for k in ('paraphrase_prompts', 'neighborhood_prompts') + (('attribute_prompts', 'generation_prompts') if kind == 'cf' else ()):
+    for k in ('paraphrase_prompts', 'neighborhood_prompts') + (('attribute_prompts',
+                                                                'generation_prompts') if kind == 'cf' else ()):
         v = _field(rec, k, where)
-        if not isinstance(v, list): raise MalformedRecordError(f"{where}: field {k!r} must be a list, got {type(v).__name__}")
+        if not isinstance(v,
+                          list): raise MalformedRecordError(f"{where}: field {k!r} must be a list, got {type(v).__name__}")
         for j, p in enumerate(v):
             if kind == 'zsre' and k == 'neighborhood_prompts':
-                if not (isinstance(p, dict) and isinstance(p.get('prompt'), str) and isinstance(p.get('target'), str)):
-                    raise MalformedRecordError(f"{where}: field '{k}[{j}]' must be {{'prompt': str, 'target': str}}, got {p!r}")
+                if not (isinstance(p, dict) and isinstance(p.get('prompt'),
+                                                           str) and isinstance(p.get('target'), str)):
+                    raise MalformedRecordError(f"{where}: field '{k}[{j}]' must be "
+                                               f"{{'prompt': str, 'target': str}}, got {p!r}")
             elif not isinstance(p, str) or not p.strip():
                 raise MalformedRecordError(f"{where}: field '{k}[{j}]' must be a non-empty string, got {p!r}")
     if generation and kind == 'cf' and rec['generation_prompts']:
-        text('requested_rewrite.relation_id'); text('requested_rewrite.target_new.id')
+        text('requested_rewrite.relation_id')
+        text('requested_rewrite.target_new.id')
     return rec
 
 # %% ../nbs/40_dsets.ipynb #eb8a3f90
@@ -130,11 +141,13 @@ def _load_json(path):
 
 def _records(data, path, size):
     "The first `size` records of a JSON list read from `path`."
-    if not isinstance(data, list): raise MalformedRecordError(f"{path} must hold a JSON list of records, got {type(data).__name__}")
+    if not isinstance(data,
+                      list): raise MalformedRecordError(f"{path} must hold a JSON list of records, got {type(data).__name__}")
     return data if size is None else data[:size]
 
 # %% ../nbs/40_dsets.ipynb #666d4073
-_EASYEDIT_KEYS = ('case_id', 'prompt', 'subject', 'target_new', 'ground_truth', 'rephrase_prompt', 'locality_prompt')
+_EASYEDIT_KEYS = ('case_id', 'prompt', 'subject', 'target_new', 'ground_truth', 'rephrase_prompt',
+                  'locality_prompt')
 
 def _as_list(v): return v if isinstance(v, list) else [v]
 
@@ -147,7 +160,8 @@ def easyedit_to_counterfact(r:dict,    # an EasyEdit-format CounterFact record
         if k not in r: raise MalformedRecordError(f"{where}: EasyEdit field {k!r} is missing")
     prompt, subj = r['prompt'], r['subject']
     if not isinstance(prompt, str) or not isinstance(subj, str) or subj not in prompt:
-        raise MalformedRecordError(f"{where}: field 'prompt' ({prompt!r}) must contain field 'subject' ({subj!r})")
+        raise MalformedRecordError(f"{where}: field 'prompt' ({prompt!r}) must contain field 'subject' "
+                                   f"({subj!r})")
     return {"case_id": r['case_id'],
             "requested_rewrite": {"prompt": prompt.replace(subj, "{}", 1), "subject": subj,
                                   "target_new": {"str": r['target_new']}, "target_true": {"str": r['ground_truth']}},
@@ -171,13 +185,15 @@ def counterfact_from_easyedit(path,       # an EasyEdit-format file, or a folder
                               size:int=None): # keep the `size` records with the smallest case ids
     "CounterFact records (the reference's format) from EasyEdit-format files, sorted by case id, each case once."
     files = easyedit_files(path)
-    if not files: raise DataFileMissing(f"no EasyEdit-format CounterFact files (counterfact-*.json with 'rephrase_prompt') at {path}")
+    if not files: raise DataFileMissing("no EasyEdit-format CounterFact files (counterfact-*.json with "
+                                        f"'rephrase_prompt') at {path}")
     recs = {}
     for f in files:
         for i, r in enumerate(_records(_load_json(f), f, None)):
             rec = easyedit_to_counterfact(r, index=i)
             if rec['case_id'] in recs and recs[rec['case_id']] != rec:
-                raise MalformedRecordError(f"case_id {rec['case_id']} appears twice with different content ({f})")
+                raise MalformedRecordError(f"case_id {rec['case_id']} appears twice with different content "
+                                           f"({f})")
             recs[rec['case_id']] = rec
     data = [recs[k] for k in sorted(recs)]
     return data if size is None else data[:size]
@@ -234,14 +250,17 @@ def zsre_record(r:dict, i:int, tok): # a MEND-format zsRE record, its index (the
         if not isinstance(r[k], str):
             raise MalformedRecordError(f"{where}: zsRE field {k!r} must be a string, got {r[k]!r}")
     answers = _zsre_answers(r['answers'], where)
-    if "nq question: " not in r["loc"]: raise MalformedRecordError(f"{where}: field 'loc' must start with 'nq question: ', got {r['loc']!r}")
-    if r["subject"] not in r["src"]: raise MalformedRecordError(f"{where}: field 'src' ({r['src']!r}) must contain field 'subject' ({r['subject']!r})")
+    if "nq question: " not in r["loc"]: raise MalformedRecordError(f"{where}: field 'loc' must start with "
+                                                                   f"'nq question: ', got {r['loc']!r}")
+    if r["subject"] not in r["src"]: raise MalformedRecordError(f"{where}: field 'src' ({r['src']!r}) must "
+                                                                f"contain field 'subject' ({r['subject']!r})")
     ans = tok.encode(" " + r["loc_ans"], add_special_tokens=False)
     return {"case_id": i,
             "requested_rewrite": {"prompt": r["src"].replace(r["subject"], "{}"), "subject": r["subject"],
                                   "target_new": {"str": answers[0]}, "target_true": {"str": "<|endoftext|>"}},
             "paraphrase_prompts": [r["rephrase"]],
-            "neighborhood_prompts": [{"prompt": r["loc"] + "?" + tok.decode(ans[:j]), "target": tok.decode(ans[j])} for j in range(len(ans))],
+            "neighborhood_prompts": [{"prompt": r["loc"] + "?" + tok.decode(ans[:j]),
+                                      "target": tok.decode(ans[j])} for j in range(len(ans))],
             "attribute_prompts": [], "generation_prompts": []}
 
 class MENDQADataset:
@@ -251,7 +270,8 @@ class MENDQADataset:
                  tok=None,            # tokenizer (splits the neighborhood answers into tokens)
                  size:int=None,       # keep the first `size` records
                  *args, **kwargs):
-        if tok is None: raise ValueError("MENDQADataset needs the model's tokenizer: MENDQADataset(data_dir, tok=tok)")
+        if tok is None: raise ValueError("MENDQADataset needs the model's tokenizer: "
+                                         "MENDQADataset(data_dir, tok=tok)")
         self.path = fetch_data_file(self.fname, data_dir)
         raw = _records(_load_json(self.path), self.path, size)
         self._data = [check_record(zsre_record(r, i, tok), 'zsre', i) for i, r in enumerate(raw)]
@@ -269,7 +289,8 @@ class KnownsDataset(Dataset):
         for i, r in enumerate(self.data):
             for k in ('subject', 'attribute', 'prompt'):
                 if not isinstance(r, dict) or not isinstance(r.get(k), str):
-                    raise MalformedRecordError(f"{_where(r, i) if isinstance(r, dict) else f'record {i}'}: field {k!r} is missing or not a string")
+                    raise MalformedRecordError(f"{_where(r, i) if isinstance(r, dict) else f'record {i}'}: "
+                                               f"field {k!r} is missing or not a string")
     def __len__(self): return len(self.data)
     def __getitem__(self, item): return self.data[item]
     def __repr__(self): return f"KnownsDataset({len(self)} records from {self.path})"
@@ -287,7 +308,8 @@ class AttributeSnippets:
         snips = collections.defaultdict(lambda: collections.defaultdict(list))
         for i, el in enumerate(snippets_list):
             for k in ('relation_id', 'target_id', 'samples'):
-                if not isinstance(el, dict) or k not in el: raise MalformedRecordError(f"attribute snippet entry {i}: field {k!r} is missing")
+                if not isinstance(el,
+                                  dict) or k not in el: raise MalformedRecordError(f"attribute snippet entry {i}: field {k!r} is missing")
             ok = isinstance(el['samples'], list)
             is_snip = lambda x: isinstance(x, dict) and isinstance(x.get('text'), str)
             if not ok or not all(map(is_snip, el['samples'])):
@@ -311,7 +333,8 @@ def tfidf_vectorizer_from_stats(idf,   # IDF weight of each column
     col = lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v < len(idf)
     if not isinstance(vocab, dict) or not all(map(col, vocab.values())):
         raise ValueError(f"the TF-IDF vocabulary must map words to column numbers below {len(idf)}")
-    if len(vocab) != len(idf): raise ValueError(f"the vocabulary has {len(vocab)} words but there are {len(idf)} IDF weights")
+    if len(vocab) != len(idf): raise ValueError(f"the vocabulary has {len(vocab)} words but there are "
+                                                f"{len(idf)} IDF weights")
     vec = TfidfVectorizer()
     vec.vocabulary_ = {str(k): int(v) for k, v in vocab.items()}
     vec.idf_ = idf
@@ -324,7 +347,8 @@ def fit_tfidf_vectorizer(texts:list): # documents (e.g. the attribute snippets' 
 
 def save_tfidf_stats(vec, data_dir): # a fitted vectorizer, the folder to write `idf.npy` and `tfidf_vocab.json` to
     "Write the vectorizer's statistics in the reference's files (atomically)."
-    d = Path(data_dir); d.mkdir(parents=True, exist_ok=True)
+    d = Path(data_dir)
+    d.mkdir(parents=True, exist_ok=True)
     with atomic_path(d / 'idf.npy') as tmp:
         np.save(tmp, vec.idf_)
     vocab = {k: int(v) for k, v in vec.vocabulary_.items()}

@@ -38,7 +38,8 @@ class AlgRegistry(dict):
         if isinstance(v, str):
             mod, cls, fn = v.split(':')
             try: m = importlib.import_module(mod)
-            except ImportError as e: raise ImportError(f"{name} is registered as {v!r}, but {mod} cannot be imported: {e}") from e
+            except ImportError as e: raise ImportError(f"{name} is registered as {v!r}, but {mod} cannot be "
+                                                       f"imported: {e}") from e
             v = (getattr(m, cls), getattr(m, fn))
             super().__setitem__(name, v)
         return v
@@ -61,11 +62,14 @@ DS_DICT = {
 # %% ../nbs/42_evaluate.ipynb #c03a5463
 def new_run_dir(alg_dir): # results/<dir_name>
     "Create and return the next free `run_<NNN>` directory under `alg_dir`."
-    alg_dir = Path(alg_dir); alg_dir.mkdir(parents=True, exist_ok=True)
+    alg_dir = Path(alg_dir)
+    alg_dir.mkdir(parents=True, exist_ok=True)
     while True:
         ids = [int(x.name.split('_')[-1]) for x in alg_dir.iterdir() if x.name.split('_')[-1].isnumeric()]
         d = alg_dir / f"run_{str(max(ids) + 1 if ids else 0).zfill(3)}"
-        try: d.mkdir(); return d
+        try:
+            d.mkdir()
+            return d
         except FileExistsError: continue
 
 def write_json_atomic(obj, path, **kwargs): # what to write, where, `json.dump` options
@@ -262,7 +266,8 @@ def _prepare_run_dir(alg_dir, continue_from_run, info, rank, world_size):
         keys = ('alg_name', 'model_name', 'ds_name', 'num_edits')
         diff = {k: (old.get(k), v) for k, v in info.items() if k in keys and old.get(k) != v}
         if diff:
-            raise ValueError(f"{run_dir} was run with other settings (was, now): {diff}; start a new run instead")
+            raise ValueError(f"{run_dir} was run with other settings (was, now): {diff}; start a new run "
+                             "instead")
     return run_dir
 
 # %% ../nbs/42_evaluate.ipynb #ad55772d
@@ -349,7 +354,8 @@ def setup_run(cfg:EvalConfig, records:list=None, snips=None, vec=None, hparams=N
     rank, world_size, local_rank = dist_info()
     info = cfg.run_info()
     cont = None  # the run to continue, checked before anything is loaded
-    if cfg.continue_from_run: cont = _prepare_run_dir(cfg.alg_dir, cfg.continue_from_run, info, rank, world_size)
+    if cfg.continue_from_run: cont = _prepare_run_dir(cfg.alg_dir, cfg.continue_from_run, info, rank,
+                                                      world_size)
     hp, hp_path = (hparams, None) if hparams is not None else \
         _load_hparams(ALG_DICT[cfg.alg_name][0], cfg.alg_name, cfg.hparams_fname, cfg.model_name, cont)
     mt = get_model(cfg.model_name, _run_device(cfg, local_rank, world_size), cfg.device_map, cfg.torch_dtype)
@@ -357,7 +363,8 @@ def setup_run(cfg:EvalConfig, records:list=None, snips=None, vec=None, hparams=N
     gen = cfg.generation and snips is not None and vec is not None
     _check_records(records, 'zsre' if cfg.ds_name == 'zsre' else 'cf', snips if gen else None)
     run_dir = cont or _prepare_run_dir(cfg.alg_dir, None, info, rank, world_size)
-    run = EvalRun(cfg, mt, records, hp, run_dir, snips if gen else None, vec if gen else None, rank, world_size)
+    run = EvalRun(cfg, mt, records, hp, run_dir, snips if gen else None, vec if gen else None, rank,
+                  world_size)
     run.say(f"Results will be stored at {run_dir}")
     if rank == 0:
         _save_params(run_dir, hp, hp_path)

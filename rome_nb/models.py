@@ -28,9 +28,12 @@ TINY_CONFIGS = {
                     attention_types=[[['global', 'local'], 1]]),
     'gpt_neox': dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, intermediate_size=64),
     'llama': dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, intermediate_size=64),
-    'mistral': dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, num_key_value_heads=1, intermediate_size=64),
-    'qwen2': dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, num_key_value_heads=1, intermediate_size=64),
-    'gemma': dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, num_key_value_heads=1, intermediate_size=64, head_dim=16),
+    'mistral': dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, num_key_value_heads=1,
+                    intermediate_size=64),
+    'qwen2': dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, num_key_value_heads=1,
+                  intermediate_size=64),
+    'gemma': dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, num_key_value_heads=1,
+                  intermediate_size=64, head_dim=16),
     'phi': dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, intermediate_size=64),
     'opt': dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, ffn_dim=64, word_embed_proj_dim=32,
                 max_position_embeddings=64),
@@ -146,7 +149,8 @@ def layername_from_arch(arch:ModelArch, num:int, kind:str=None):
     if kind == 'ln_f': return arch.ln_f_module
     if kind == 'lm_head': return arch.lm_head_module
     if not isinstance(num, int) or not -arch.num_layers <= num < arch.num_layers:
-        raise ValueError(f"layer {num!r} out of range: the model has {arch.num_layers} layers (0..{arch.num_layers-1})")
+        raise ValueError(f"layer {num!r} out of range: the model has {arch.num_layers} layers "
+                         f"(0..{arch.num_layers-1})")
     num = num % arch.num_layers
     tmp = {None: arch.layer_module_tmp, 'attn': arch.attn_module_tmp, 'mlp': arch.mlp_module_tmp,
            'down_proj': arch.rewrite_module_tmp}[kind]
@@ -225,10 +229,13 @@ def _check_templates(model, t):
     names = _names(model)
     num_layers = 0
     while t['layer_module_tmp'].format(num_layers) in names: num_layers += 1
-    if num_layers == 0: raise ArchitectureError(f"layer_module_tmp={t['layer_module_tmp']!r} names no module of {type(model).__name__}")
+    if num_layers == 0: raise ArchitectureError(f"layer_module_tmp={t['layer_module_tmp']!r} names no "
+                                                f"module of {type(model).__name__}")
     for k in _TEMPLATE_FIELDS:
-        for n in dict.fromkeys([t[k].format(0), t[k].format(num_layers - 1)]):  # first layer first, deterministically
-            if n not in names: raise ArchitectureError(f"{k}={t[k]!r} names {n!r}, which {type(model).__name__} does not have")
+        for n in dict.fromkeys([t[k].format(0),
+                                t[k].format(num_layers - 1)]):  # first layer first, deterministically
+            if n not in names: raise ArchitectureError(f"{k}={t[k]!r} names {n!r}, which "
+                                                       f"{type(model).__name__} does not have")
     return num_layers
 
 # %% ../nbs/01_models.ipynb #534d53d2
@@ -244,14 +251,17 @@ def detect_arch(model:nn.Module, # a Hugging Face causal LM (or any model with a
         else: t['layer_module_tmp'] = blocks + '.{}'
     if 'layer_module_tmp' in t:
         if t['layer_module_tmp'].format(0) not in _names(model):
-            raise ArchitectureError(f"layer_module_tmp={t['layer_module_tmp']!r}: {type(model).__name__} has no module {t['layer_module_tmp'].format(0)!r}")
+            raise ArchitectureError(f"layer_module_tmp={t['layer_module_tmp']!r}: {type(model).__name__} "
+                                    f"has no module {t['layer_module_tmp'].format(0)!r}")
         _fill_block_parts(model, t, missing)
     _fill_model_parts(model, t, missing)
     if missing: raise _missing_error(model, missing)
     num_layers = _check_templates(model, t)
     dims = linear_dims(get_module(model, t['rewrite_module_tmp'].format(0)))
-    if dims is None: raise ArchitectureError(f"{t['rewrite_module_tmp'].format(0)} is not a linear layer (no 2-D weight)")
-    return ModelArch(**t, num_layers=num_layers, hidden_size=_hidden_size(model), mlp_width=dims[0], weight_orientation=dims[2])
+    if dims is None: raise ArchitectureError(f"{t['rewrite_module_tmp'].format(0)} is not a linear layer "
+                                             "(no 2-D weight)")
+    return ModelArch(**t, num_layers=num_layers, hidden_size=_hidden_size(model), mlp_width=dims[0],
+                     weight_orientation=dims[2])
 
 # %% ../nbs/01_models.ipynb #e36cda02
 def model_arch(model:nn.Module): # the model to describe
@@ -295,15 +305,18 @@ def tiny_tokenizer(style:str='bytelevel', # 'bytelevel' (GPT-2 like) or 'metaspa
         tr = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=['<|endoftext|>'],
                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
         tk.train_from_iterator([text], tr)
-        return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token='<|endoftext|>', bos_token='<|endoftext|>')
+        return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token='<|endoftext|>',
+                                       bos_token='<|endoftext|>')
     if style == 'metaspace':
         tk = Tokenizer(models.BPE(unk_token='<unk>'))
         tk.pre_tokenizer = pre_tokenizers.Metaspace()
         tk.decoder = decoders.Metaspace()
-        tr = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=['<unk>', '<s>', '</s>'], show_progress=False)
+        tr = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=['<unk>', '<s>', '</s>'],
+                                 show_progress=False)
         tk.train_from_iterator([text], tr)
         tk.post_processor = processors.TemplateProcessing(single='<s> $A', special_tokens=[('<s>', tk.token_to_id('<s>'))])
-        return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token='<s>', eos_token='</s>', unk_token='<unk>')
+        return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token='<s>', eos_token='</s>',
+                                       unk_token='<unk>')
     raise ValueError(f"unknown tokenizer style {style!r}; use 'bytelevel' or 'metaspace'")
 
 # %% ../nbs/01_models.ipynb #7e4b19eb
@@ -317,16 +330,19 @@ def _as_dtype(dtype):
     "A torch dtype from a dtype, its name ('float16', 'bf16', 'torch.float32') or None."
     if dtype is None or isinstance(dtype, torch.dtype): return dtype
     name = str(dtype).replace('torch.', '')
-    name = {'fp16': 'float16', 'half': 'float16', 'bf16': 'bfloat16', 'fp32': 'float32', 'float': 'float32'}.get(name, name)
+    name = {'fp16': 'float16', 'half': 'float16', 'bf16': 'bfloat16', 'fp32': 'float32',
+            'float': 'float32'}.get(name, name)
     d = getattr(torch, name, None)
-    if not isinstance(d, torch.dtype): raise ValueError(f"unknown dtype {dtype!r}; use e.g. 'float32', 'float16', 'bfloat16'")
+    if not isinstance(d,
+                      torch.dtype): raise ValueError(f"unknown dtype {dtype!r}; use e.g. 'float32', 'float16', 'bfloat16'")
     return d
 
 # %% ../nbs/01_models.ipynb #4b90a015
 def ensure_pad_token(tokenizer):
     "Give `tokenizer` a pad token (its EOS token) if it has none; returns the tokenizer."
     if tokenizer.pad_token is None:
-        if tokenizer.eos_token is None: raise ValueError("the tokenizer has neither a pad nor an eos token; set tokenizer.pad_token")
+        if tokenizer.eos_token is None: raise ValueError("the tokenizer has neither a pad nor an eos token; "
+                                                         "set tokenizer.pad_token")
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
@@ -336,7 +352,8 @@ MODEL_ALIASES = {'toy': TOY_DIR}  # short names resolved by `ModelAndTokenizer`
 
 def resolve_model_name(model_name): # hub name, local directory, or an alias in `MODEL_ALIASES`
     "What `from_pretrained` loads for `model_name`: an alias's directory (as a string), else `model_name` itself."
-    return str(MODEL_ALIASES[model_name]) if isinstance(model_name, str) and model_name in MODEL_ALIASES else model_name
+    return str(MODEL_ALIASES[model_name]) if isinstance(model_name,
+                                                        str) and model_name in MODEL_ALIASES else model_name
 
 # %% ../nbs/01_models.ipynb #7a3a9b3f
 def hub_reachable(endpoint:str=None,  # the hub's address (default: $HF_ENDPOINT or huggingface.co)
@@ -399,14 +416,16 @@ class ModelAndTokenizer:
         if tokenizer is None:
             if model_name is None: raise ValueError("a tokenizer is needed: pass tokenizer= or model_name=")
             from transformers import AutoTokenizer
-            tokenizer = AutoTokenizer.from_pretrained(model_name, revision=revision, trust_remote_code=trust_remote_code)
+            tokenizer = AutoTokenizer.from_pretrained(model_name, revision=revision,
+                                                      trust_remote_code=trust_remote_code)
         if model is None:
             model = load_causal_lm(model_name, torch_dtype=torch_dtype, device=device, device_map=device_map,
                                    revision=revision, low_cpu_mem_usage=low_cpu_mem_usage, trust_remote_code=trust_remote_code)
         elif device is not None: model = model.to(device)
         set_requires_grad(False, model)
         self.model, self.tokenizer = model.eval(), ensure_pad_token(tokenizer)
-        if self.model_name is None: self.model_name = getattr(model.config, '_name_or_path', None) or type(model).__name__
+        if self.model_name is None: self.model_name = getattr(model.config, '_name_or_path',
+                                                              None) or type(model).__name__
         self.arch = set_arch(model, **arch) if arch else model_arch(model)
         self.layer_names = [self.arch.layer_module_tmp.format(i) for i in range(self.arch.num_layers)]
         self.num_layers = len(self.layer_names)
@@ -460,10 +479,12 @@ def position_ids_from_mask(attention_mask:torch.Tensor): # [batch, seq] of 0/1
 # %% ../nbs/01_models.ipynb #6bc73c2d
 def _encode_all(tokenizer, prompts, add_special_tokens=True):
     "Token id lists for `prompts`, with a clear error for an empty or non-string prompt."
-    if isinstance(prompts, str): raise ValueError(f"prompts must be a list of strings, got the string {prompts!r}; wrap it in a list")
+    if isinstance(prompts,
+                  str): raise ValueError(f"prompts must be a list of strings, got the string {prompts!r}; wrap it in a list")
     out = []
     for i, p in enumerate(prompts):
-        if not isinstance(p, str): raise ValueError(f"prompt {i} is a {type(p).__name__}, not a string: {p!r}")
+        if not isinstance(p,
+                          str): raise ValueError(f"prompt {i} is a {type(p).__name__}, not a string: {p!r}")
         if not p.strip(): raise ValueError(f"prompt {i} is empty ({p!r}); give a non-empty prompt")
         out.append(tokenizer.encode(p, add_special_tokens=add_special_tokens))
     if not out: raise ValueError("no prompts given")
@@ -483,7 +504,8 @@ def make_inputs(tokenizer,               # a Hugging Face tokenizer
                 position_ids=True,       # include `position_ids` that skip the padding
                 add_special_tokens=True): # let the tokenizer add e.g. a BOS token, as `tokenizer.encode` does
     "Encode `prompts` into a padded batch: `input_ids`, `attention_mask` (and `position_ids`)."
-    if padding_side not in ('left', 'right'): raise ValueError(f"padding_side must be 'left' or 'right', not {padding_side!r}")
+    if padding_side not in ('left',
+                            'right'): raise ValueError(f"padding_side must be 'left' or 'right', not {padding_side!r}")
     toks = _encode_all(tokenizer, prompts, add_special_tokens)
     n, pad = max(len(t) for t in toks), pad_token_id(tokenizer)
     ids = [([pad] * (n - len(t)) + t) if padding_side == 'left' else (t + [pad] * (n - len(t))) for t in toks]
@@ -498,7 +520,8 @@ def target_token_ids(tokenizer,    # a Hugging Face tokenizer
                      target:str,   # the continuation, without leading space
                      sep:str=' '): # text between them
     "Token ids of the prompt and of `target` as read after it: `(prompt_ids, target_ids)`."
-    if not isinstance(target, str) or not target.strip(): raise ValueError(f"empty target {target!r} for prompt {prompt!r}; give the target text")
+    if not isinstance(target,
+                      str) or not target.strip(): raise ValueError(f"empty target {target!r} for prompt {prompt!r}; give the target text")
     p = _encode_all(tokenizer, [prompt])[0]
     joint = tokenizer.encode(prompt + sep + target)
     if joint[:len(p)] == p and len(joint) > len(p): return p, joint[len(p):]
@@ -540,13 +563,16 @@ def find_token_range(tokenizer,     # the tokenizer that produced `token_array`
                      substring:str, # the text to find, e.g. the subject
                      occurrence:int=0): # which occurrence: 0 the first, -1 the last
     "Token range `(start, end)` (end exclusive) of the tokens that spell `substring` in `token_array`."
-    if not substring or not substring.strip(): raise ValueError(f"empty substring {substring!r}: give the subject to find")
+    if not substring or not substring.strip(): raise ValueError(f"empty substring {substring!r}: give the "
+                                                                "subject to find")
     text, ends = token_char_ends(tokenizer, token_array)
     sub = substring if substring in text else substring.strip()
     locs = [m.start() for m in re.finditer(re.escape(sub), text)]
-    if not locs: raise ValueError(f"subject {substring!r} is not in the prompt {text!r}; the prompt must contain the subject exactly")
+    if not locs: raise ValueError(f"subject {substring!r} is not in the prompt {text!r}; the prompt must "
+                                  "contain the subject exactly")
     try: char_loc = locs[occurrence]
-    except IndexError: raise ValueError(f"{substring!r} occurs {len(locs)} times in {text!r}; occurrence={occurrence} does not exist") from None
+    except IndexError: raise ValueError(f"{substring!r} occurs {len(locs)} times in {text!r}; "
+                                        f"occurrence={occurrence} does not exist") from None
     start = next(i for i, e in enumerate(ends) if e > char_loc)
     end = next(i for i, e in enumerate(ends) if e >= char_loc + len(sub)) + 1
     return start, end

@@ -63,7 +63,8 @@ def trace_one(mt, world, out_dir=None, fact:int=0): # model, world, where to sav
     k = toy_knowns(world, mt, n=fact + 1)[fact]
     res = calculate_all_flows(mt, k['prompt'], k['subject'], samples=10, window=3, subjects=world.subjects)
     if out_dir is not None:
-        import matplotlib; matplotlib.use('Agg')
+        import matplotlib
+        matplotlib.use('Agg')
         plot_flows(res, savepdf=str(Path(out_dir) / 'trace.png'), modelname='toy')
     return k, res, mlp_trace_summary(res)
 
@@ -78,9 +79,11 @@ def edit_one(mt, world, case:int=0): # model, world, which toy CounterFact case
     kinds = ['edit prompt', 'paraphrase', 'neighbour', 'neighbour']
     before = predict_token(mt, prompts)
     before_w = {n: p.detach().clone() for n, p in mt.model.named_parameters()}
-    _, orig = apply_rome_to_model(mt.model, mt.tokenizer, [dict(rr, case_id=rec['case_id'])], hp, return_orig_weights=True)
+    _, orig = apply_rome_to_model(mt.model, mt.tokenizer, [dict(rr, case_id=rec['case_id'])], hp,
+                                  return_orig_weights=True)
     after = predict_token(mt, prompts)
-    gen = generate_fast(mt.model, mt.tokenizer, [rr['prompt'].format(rr['subject'])], max_out_len=30, top_k=1)[0]
+    gen = generate_fast(mt.model, mt.tokenizer, [rr['prompt'].format(rr['subject'])], max_out_len=30,
+                        top_k=1)[0]
     with torch.no_grad():
         for n, w in orig.items(): mt.model.get_parameter(n).copy_(w)
     exact = all(torch.equal(p, before_w[n]) for n, p in mt.model.named_parameters())
@@ -91,7 +94,8 @@ def edit_one(mt, world, case:int=0): # model, world, which toy CounterFact case
 def evaluate_rome(n_cases:int=50, results_dir='results', quiet=True): # cases, where results go, less output
     "Run `rome_nb.evaluate` for ROME on the first `n_cases` toy CounterFact cases (generation tests included) and summarise."
     from rome_nb.summarize import run_benchmark
-    return run_benchmark('ROME', 'toy', ds_name='cf', dataset_size_limit=n_cases, results_dir=results_dir, quiet=quiet)
+    return run_benchmark('ROME', 'toy', ds_name='cf', dataset_size_limit=n_cases, results_dir=results_dir,
+                         quiet=quiet)
 
 # %% ../nbs/90_quickstart.ipynb #e5c560f1
 def adapter_table():
@@ -121,8 +125,10 @@ def main(n_cases:int=10,          # toy CounterFact cases to evaluate ROME on
          quiet:bool=False):       # print less
     "Run the demo: locate, edit and evaluate facts of the embedded toy model."
     t0 = time.time()
-    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
-    pd.set_option('display.width', 200); pd.set_option('display.max_columns', 20)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pd.set_option('display.width', 200)
+    pd.set_option('display.max_columns', 20)
     print("rome_nb demo: locating and editing facts in the packaged toy model\n")
     mt, world = load_toy()
     print(f"1. The toy model: {mt.num_layers}-layer GPT-2, {sum(p.numel() for p in mt.model.parameters()):,} parameters, "
@@ -135,10 +141,12 @@ def main(n_cases:int=10,          # toy CounterFact cases to evaluate ROME on
           f"heatmaps in {out / 'trace.png'}")
     print(f"   {mlp_trace_sentence(summ, rome_layers())}\n")
     rr, df, gen, exact = edit_one(mt, world)
-    print(f"3. ROME: {rr['prompt'].format(rr['subject'])!r} {rr['target_true']['str']!r} -> {rr['target_new']['str']!r}")
+    print(f"3. ROME: {rr['prompt'].format(rr['subject'])!r} {rr['target_true']['str']!r} -> "
+          f"{rr['target_new']['str']!r}")
     print(df.to_string(index=False))
     print(f"   generation after the edit: {gen!r}\n   weights restored bit for bit: {exact}\n")
-    print(f"4. Evaluating ROME on {n_cases} toy CounterFact cases (rome_nb_evaluate), then the summary (rome_nb_summarize):")
+    print(f"4. Evaluating ROME on {n_cases} toy CounterFact cases (rome_nb_evaluate), then the summary "
+          "(rome_nb_summarize):")
     run, table = evaluate_rome(n_cases, out / 'results', quiet=quiet)
     print("\n5. The architecture adapter in ten model families (tiny random models, nothing downloaded):")
     print(adapter_table()[['model', 'rewritten', 'orientation']].to_string())

@@ -64,7 +64,8 @@ def demo_model_editing(model, tok,
     pre = [edit_table(model, tok, r, prob_prompts) for r in requests]
     model, orig = apply(model, tok, requests, hparams, return_orig_weights=True)
     post_gen = generate_fast(model, tok, generation_prompts, top_k=top_k, max_out_len=max_out_len, seed=seed)
-    tables = [pd.concat({'pre': t0, experiment_name: edit_table(model, tok, r, prob_prompts)}, axis=1) for r, t0 in zip(requests, pre)]
+    tables = [pd.concat({'pre': t0, experiment_name: edit_table(model, tok, r, prob_prompts)}, axis=1) for r,
+              t0 in zip(requests, pre)]
     if not quiet:
         for r, t in zip(requests, tables):
             r = check_request(r)
@@ -88,7 +89,8 @@ def edit_explorer(mt,                        # a `ModelAndTokenizer`
     new = W.Text(value=r['target_new']['str'], description='new target')
     true = W.Text(value=(r.get('target_true') or {}).get('str', ''), description='true target')
     layer = W.BoundedIntText(value=hparams.layers[0], min=0, max=mt.num_layers - 1, description='layer')
-    extra = W.Textarea(value='\n'.join(extra_prompts or []), description='prompts', placeholder='one prompt per line')
+    extra = W.Textarea(value='\n'.join(extra_prompts or []), description='prompts',
+                       placeholder='one prompt per line')
     apply_b, revert_b = W.Button(description='Apply', button_style='primary'), W.Button(description='Revert', disabled=True)
     out, state = W.Output(), {}
     def on_apply(_):
@@ -110,10 +112,14 @@ def edit_explorer(mt,                        # a `ModelAndTokenizer`
             except Exception as e: print(f"{type(e).__name__}: {e}")
     def on_revert(_):
         with out:
-            if state.get('orig'): restore_weights(mt.model, state.pop('orig')); print('reverted: original weights restored')
+            if state.get('orig'):
+                restore_weights(mt.model, state.pop('orig'))
+                print('reverted: original weights restored')
         revert_b.disabled = True
-    apply_b.on_click(on_apply); revert_b.on_click(on_revert)
-    box = W.VBox([W.HBox([prompt, subject]), W.HBox([new, true, layer]), extra, W.HBox([apply_b, revert_b]), out])
+    apply_b.on_click(on_apply)
+    revert_b.on_click(on_revert)
+    box = W.VBox([W.HBox([prompt, subject]), W.HBox([new, true, layer]), extra, W.HBox([apply_b, revert_b]),
+                  out])
     box.state = state  # the original weights while an edit is applied
     return box
 
@@ -124,7 +130,8 @@ def mlp_effect_by_layer(mt, knowns:list, limit:int=100, window:int=1, samples:in
     from rome_nb.tracing_averaged import average_indirect_effects
     res = trace_knowns(mt, knowns, kinds=('mlp',), window=window, samples=samples, limit=limit, verbose=False)
     avg = average_indirect_effects(res['results']['mlp'])
-    s = pd.Series(avg['mean'][2], name=f"MLP indirect effect at the last subject token ({avg['count']} facts)")
+    s = pd.Series(avg['mean'][2],
+                  name=f"MLP indirect effect at the last subject token ({avg['count']} facts)")
     s.index.name = 'layer'
     return s
 
@@ -141,7 +148,8 @@ def benchmark_counterfact(mt, records:list, hparams:ROMEHyperParams, results_dir
 def paper_row(table:pd.DataFrame, stage='post'):
     "S, ES, PS, NS (and their 95% half-widths) of one stage of a `summarize` table, with the number of cases and seconds per edit."
     row = table.xs(stage, level='stage').iloc[0]
-    return row[[c for c in ['n', 'S', 'S ±', 'ES', 'ES ±', 'PS', 'PS ±', 'NS', 'NS ±', 'time'] if c in row.index]]
+    return row[[c for c in ['n', 'S', 'S ±', 'ES', 'ES ±', 'PS', 'PS ±', 'NS', 'NS ±',
+                            'time'] if c in row.index]]
 
 # %% ../nbs/22_rome_in_use.ipynb #92560b57
 def mean_perplexity(model, tok, texts:list):
@@ -150,7 +158,8 @@ def mean_perplexity(model, tok, texts:list):
 
 def _success(model, tok, records):
     "Mean ES, PS, NS (0..1) of `model` on `records` (the reference's metrics and rules)."
-    rows = pd.DataFrame([case_metrics({'case_id': r['case_id'], 'post': compute_rewrite_quality_counterfact(model, tok, r)}) for r in records])
+    rows = pd.DataFrame([case_metrics({'case_id': r['case_id'],
+                                       'post': compute_rewrite_quality_counterfact(model, tok, r)}) for r in records])
     return {k: rows[f'post_{k}_success'].mean() for k in ('rewrite', 'paraphrase', 'neighborhood')}
 
 # %% ../nbs/22_rome_in_use.ipynb #d1ad268a
@@ -162,12 +171,14 @@ def benchmark_sequential(mt, records:list, hparams:ROMEHyperParams, texts:list, 
     try:
         for i, rec in enumerate(progress(records) if progress else records):
             info = []
-            _, o = apply_rome_to_model(mt.model, mt.tokenizer, [rec['requested_rewrite']], hparams, return_orig_weights=True, info=info)
+            _, o = apply_rome_to_model(mt.model, mt.tokenizer, [rec['requested_rewrite']], hparams,
+                                       return_orig_weights=True, info=info)
             for k, v in o.items(): orig.setdefault(k, v)
             li = next(iter(info[0].values()))
             r = rec['requested_rewrite']
             steps.append(dict(step=i + 1, update_rel=li['update_norm'] / w0[hparams.layers[0]],
-                              key_ratio=torch.dot(li['key_avg'], li['u']).item() / torch.dot(li['key_prompt'], li['u']).item(),
+                              key_ratio=torch.dot(li['key_avg'],
+                                                  li['u']).item() / torch.dot(li['key_prompt'], li['u']).item(),
                               ppl=mean_perplexity(mt.model, mt.tokenizer, texts),
                               holds_now=prefers_new(mt.model, mt.tokenizer, [fill(r['prompt'], r['subject'])], r['target_new']['str'], r['target_true']['str'])[0]))
         final = _success(mt.model, mt.tokenizer, records)
@@ -189,7 +200,8 @@ def summarize_sequential(steps:pd.DataFrame, final:dict, ppl0:float, blowup:floa
 def benchmark_timing(mt, requests:list, hparams:ROMEHyperParams):
     "Seconds per part of an edit: the first (cold caches) and the mean of the others, with and without reusing the lower layers; statistics apart."
     from rome_nb.stats import layer_stats
-    hparams = replace(hparams, stats_dir=tempfile.mkdtemp())  # statistics computed afresh, and the first edit inverts C
+    hparams = replace(hparams,
+                      stats_dir=tempfile.mkdtemp())  # statistics computed afresh, and the first edit inverts C
     t0, c0 = time.perf_counter(), time.process_time()
     for l in hparams.layers:  # computed once per layer and cached on disk; not part of an edit
         layer_stats(mt.model, mt.tokenizer, mt.arch.layer(l, 'down_proj'), hparams.stats_dir, hparams.mom2_dataset,
@@ -200,9 +212,11 @@ def benchmark_timing(mt, requests:list, hparams:ROMEHyperParams):
         rows = []
         for r in requests:
             t, c0 = {}, time.process_time()
-            model, orig = apply_rome_to_model(mt.model, mt.tokenizer, [r], hparams, return_orig_weights=True, timings=t, skip_lower=skip)
+            model, orig = apply_rome_to_model(mt.model, mt.tokenizer, [r], hparams, return_orig_weights=True,
+                                              timings=t, skip_lower=skip)
             restore_weights(model, orig)
-            rows.append({**{k: t.get(k, 0.0) for k in TIMING_PARTS}, 'total': sum(t.values()), 'total CPU': time.process_time() - c0})
+            rows.append({**{k: t.get(k, 0.0) for k in TIMING_PARTS}, 'total': sum(t.values()),
+                         'total CPU': time.process_time() - c0})
         df, lab = pd.DataFrame(rows), 'lower layers once' if skip else 'lower layers every step'
         out[(lab, 'first edit')] = df.iloc[0]
         if len(df) > 1: out[(lab, f'mean of next {len(df) - 1}')] = df.iloc[1:].mean()
@@ -214,11 +228,13 @@ def gpt2_small_shaped(stats_texts, sample_size:int=200):
     "A random model of GPT-2 small's shape (12 x 768, 50,257 tokens, context 1024) with the tiny tokenizer, and ROME hparams for its layer 6."
     model = tiny_model('gpt2', vocab_size=50257, n_layer=12, n_embd=768, n_head=12, n_positions=1024)
     mt = ModelAndTokenizer(model=model, tokenizer=tiny_tokenizer(), device='cpu')
-    return mt, ROMEHyperParams(layers=[6], mom2_dataset=stats_texts, mom2_n_samples=sample_size, stats_dir=tempfile.mkdtemp())
+    return mt, ROMEHyperParams(layers=[6], mom2_dataset=stats_texts, mom2_n_samples=sample_size,
+                               stats_dir=tempfile.mkdtemp())
 
 # %% ../nbs/22_rome_in_use.ipynb #3a3046ae
 def _print_table(title, df):
-    print(f"\n## {title}\n"); print(df.to_string(float_format=lambda x: f'{x:.3g}'), flush=True)
+    print(f"\n## {title}\n")
+    print(df.to_string(float_format=lambda x: f'{x:.3g}'), flush=True)
 
 @command('rome_nb_rome_bench')
 def main(n_cf:int=50,       # counterfactual edits, each on a fresh model (0: skip)
@@ -229,14 +245,17 @@ def main(n_cf:int=50,       # counterfactual edits, each on a fresh model (0: sk
          layer:int=None):   # edit this layer instead of toy.json's
     "Print the ROME figures on the toy model: the paper's table with and without C, sequential edits, time per edit."
     from rome_nb.toyworld import load_toy, toy_counterfact, toy_text_corpus, toy_knowns
-    pd.set_option('display.width', 250); pd.set_option('display.max_columns', 30)
+    pd.set_option('display.width', 250)
+    pd.set_option('display.max_columns', 30)
     t0, c0 = time.time(), time.process_time()
     mt, world = load_toy()
     records = toy_counterfact(world)
     hp = ROMEHyperParams.from_json(hparams_path('ROME', 'toy'))
     if layer is not None: hp = replace(hp, layers=[layer])
-    print(f"toy model {mt.model_name}: {mt.num_layers} layers; ROME at layer {hp.layers}; {len(records)} CounterFact records")
-    if trace: _print_table(f"MLP indirect effect at the last subject token ({trace} facts)", mlp_effect_by_layer(mt, toy_knowns(world), trace).to_frame())
+    print(f"toy model {mt.model_name}: {mt.num_layers} layers; ROME at layer {hp.layers}; {len(records)} "
+          "CounterFact records")
+    if trace: _print_table(f"MLP indirect effect at the last subject token ({trace} facts)",
+                           mlp_effect_by_layer(mt, toy_knowns(world), trace).to_frame())
     if n_cf:
         cf = {'ROME': benchmark_counterfact(mt, records[:n_cf], hp),
               'ROME without C (u = k)': benchmark_counterfact(mt, records[:n_cf], replace(hp, mom2_adjustment=False))}
@@ -251,7 +270,8 @@ def main(n_cf:int=50,       # counterfactual edits, each on a fresh model (0: sk
     if n_timing: tabs['toy'] = benchmark_timing(mt, [r['requested_rewrite'] for r in records[:n_timing]], hp)
     if gpt2_small:
         smt, shp = gpt2_small_shaped(toy_text_corpus(world, 200))
-        tabs['GPT-2-small-shaped (random)'] = benchmark_timing(smt, [r['requested_rewrite'] for r in records[:gpt2_small]], shp)
+        tabs['GPT-2-small-shaped (random)'] = benchmark_timing(smt,
+                                                               [r['requested_rewrite'] for r in records[:gpt2_small]], shp)
     if tabs: _print_table("seconds per edit, by part", pd.concat(tabs))
     print(f"\ndone in {time.time() - t0:.0f} s wall, {time.process_time() - c0:.0f} s CPU")
 

@@ -47,7 +47,8 @@ class SecondMoment(_RunningStat):
         "Add the rows of `x` (shape [n, d])."
         if len(x) == 0: return
         x = x.reshape(-1, x.shape[-1]).to(compute_dtype)
-        self._acc('mom2', x.T @ x); self.count += len(x)
+        self._acc('mom2', x.T @ x)
+        self.count += len(x)
     def moment(self): return self.data['mom2'] / self.count
 
 class Mean(_RunningStat):
@@ -56,7 +57,8 @@ class Mean(_RunningStat):
     def add(self, x, compute_dtype=torch.float32):
         if len(x) == 0: return
         x = x.reshape(-1, x.shape[-1]).to(compute_dtype)
-        self._acc('sum', x.sum(0)); self.count += len(x)
+        self._acc('sum', x.sum(0))
+        self.count += len(x)
     def mean(self): return self.data['sum'] / self.count
     moment = mean
 
@@ -66,7 +68,8 @@ class NormMean(_RunningStat):
     def add(self, x, compute_dtype=torch.float32):
         if len(x) == 0: return
         x = x.reshape(-1, x.shape[-1]).to(compute_dtype)
-        self._acc('sum', x.norm(dim=-1).sum()[None]); self.count += len(x)
+        self._acc('sum', x.norm(dim=-1).sum()[None])
+        self.count += len(x)
     def mean(self): return self.data['sum'][0] / self.count
     moment = mean
 
@@ -96,7 +99,8 @@ class CombinedStat:
 def make_stat(to_collect): # names among `STAT_TYPES`
     "An empty `CombinedStat` collecting `to_collect`."
     bad = [k for k in to_collect if k not in STAT_TYPES]
-    if bad or not to_collect: raise ValueError(f"unknown statistics {bad or to_collect}; choose among {list(STAT_TYPES)}")
+    if bad or not to_collect: raise ValueError(f"unknown statistics {bad or to_collect}; choose among "
+                                               f"{list(STAT_TYPES)}")
     return CombinedStat(**{k: STAT_TYPES[k]() for k in to_collect})
 
 # %% ../nbs/20_stats.ipynb #b62d9ae2
@@ -163,7 +167,8 @@ def _hf_texts(name, download=True):
     try:
         from datasets import load_dataset
         ds = load_dataset(hub, cfg, split='train', streaming=True)
-        it = iter(ds); first = next(it)
+        it = iter(ds)
+        first = next(it)
     except Exception as e:
         raise RuntimeError(f"could not load the Hugging Face dataset {hub!r} ({type(e).__name__}: {str(e)[:200]}); "
                            f"this machine may be offline. Instead, {hint}") from None
@@ -182,7 +187,8 @@ def dataset_texts(ds_name, # local file/folder, list of strings, 'toy', or a Hug
         texts = [t for t in ds_name if isinstance(t, str) and t.strip()]
         if not texts: raise ValueError("the list of texts is empty")
         return f"texts-{_sha(*texts)[:10]}", iter(texts)
-    if not isinstance(ds_name, (str, Path)): raise TypeError(f"ds_name must be a name, a path or a list of texts, not {type(ds_name).__name__}")
+    if not isinstance(ds_name, (str,
+                                Path)): raise TypeError(f"ds_name must be a name, a path or a list of texts, not {type(ds_name).__name__}")
     if Path(ds_name).exists():
         files = _local_files(ds_name)
         h = hashlib.sha1()
@@ -220,7 +226,9 @@ def pack_batches(token_lists:list, # token id lists
         n = len(token_lists[i])
         if n == 0: continue
         longest = len(token_lists[cur[0]]) if cur else n
-        if cur and (len(cur) + 1) * longest > batch_tokens: batches.append(cur); cur = []
+        if cur and (len(cur) + 1) * longest > batch_tokens:
+            batches.append(cur)
+            cur = []
         cur.append(i)
     if cur: batches.append(cur)
     return [[token_lists[i] for i in b] for b in batches]
@@ -238,7 +246,8 @@ def _is_oom(e):
     return isinstance(e, getattr(torch.cuda, 'OutOfMemoryError', ())) or 'out of memory' in str(e).lower()
 
 @torch.no_grad()
-def collect_batch(model, layer_name:str, rows:list, stat:CombinedStat, pad_id:int=0, compute_dtype=torch.float32):
+def collect_batch(model, layer_name:str, rows:list, stat:CombinedStat, pad_id:int=0,
+                  compute_dtype=torch.float32):
     "Run the rows of token ids (right-padded) up to `layer_name` and add the layer's inputs to `stat`."
     dev, n = _input_device(model), max(len(r) for r in rows)
     ids = torch.tensor([r + [pad_id] * (n - len(r)) for r in rows], device=dev)
@@ -248,7 +257,8 @@ def collect_batch(model, layer_name:str, rows:list, stat:CombinedStat, pad_id:in
             model(input_ids=ids, attention_mask=mask, use_cache=False)
     except RuntimeError as e:
         if not _is_oom(e): raise
-        if len(rows) == 1: raise RuntimeError(f"one text of {n} tokens does not fit in memory at {layer_name}; lower maxlen") from e
+        if len(rows) == 1: raise RuntimeError(f"one text of {n} tokens does not fit in memory at "
+                                              f"{layer_name}; lower maxlen") from e
         if torch.cuda.is_available(): torch.cuda.empty_cache()
         h = len(rows) // 2
         collect_batch(model, layer_name, rows[:h], stat, pad_id, compute_dtype)
@@ -260,8 +270,10 @@ def collect_batch(model, layer_name:str, rows:list, stat:CombinedStat, pad_id:in
 def _param_sample(p, n=64):
     "A small, position-spread sample of a tensor's values (for fingerprints)."
     flat = p.detach().reshape(-1)
-    k = min(n, flat.numel())  # evenly spread indices, in integers (float32 steps overshoot the end of tensors of ~10^7 values)
-    idx = torch.div(torch.arange(k, device=flat.device) * (flat.numel() - 1), max(k - 1, 1), rounding_mode='floor')
+    k = min(n,
+            flat.numel())  # evenly spread indices, in integers (float32 steps overshoot the end of tensors of ~10^7 values)
+    idx = torch.div(torch.arange(k, device=flat.device) * (flat.numel() - 1), max(k - 1, 1),
+                    rounding_mode='floor')
     return flat[idx].float().cpu().numpy().tobytes()
 
 def weights_fingerprint(model, layer_name:str=None): # the module whose input keys are measured
@@ -287,9 +299,11 @@ def tokenizer_fingerprint(tokenizer):
 # %% ../nbs/20_stats.ipynb #f041455f
 def model_label(model, tokenizer, layer_name, model_name=None, revision=None):
     "`(directory name, weights fingerprint or None)` for `model`'s statistics: a hub name (and revision) as is; otherwise a name, a tokenizer hash and a weights fingerprint."
-    if model_name is not None: return str(model_name).replace('/', '_') + (f"@{revision}" if revision else ''), None
+    if model_name is not None: return str(model_name).replace('/',
+                                                              '_') + (f"@{revision}" if revision else ''), None
     src = getattr(getattr(model, 'config', None), '_name_or_path', '') or ''
-    if src and not Path(src).exists(): return src.replace('/', '_') + (f"@{revision}" if revision else ''), None  # a hub name
+    if src and not Path(src).exists(): return src.replace('/',
+                                                          '_') + (f"@{revision}" if revision else ''), None  # a hub name
     # a local directory or a model built in memory: the name says nothing about the weights
     base = re.sub(r'[^A-Za-z0-9_.-]', '_', Path(src).name if src else type(model).__name__)
     return f"{base}-{tokenizer_fingerprint(tokenizer)}", weights_fingerprint(model, layer_name)
@@ -313,7 +327,9 @@ def _psd_problem(M:torch.Tensor, tol:float):
     if float((M - M.T).abs().max()) > tol * scale: return "its second moment is not symmetric"
     if bool((M.diagonal() < 0).any()): return "its second moment has negative diagonal entries"
     v = torch.ones(len(M), dtype=M.dtype)  # power iteration (fixed start): the largest eigenvalue
-    for _ in range(50): v = M @ v; v = v / v.norm().clamp_min(1e-300)
+    for _ in range(50):
+        v = M @ v
+        v = v / v.norm().clamp_min(1e-300)
     lam = max(float(v @ M @ v), float(M.diagonal().max()))
     _, info = torch.linalg.cholesky_ex((M + M.T) / 2 + tol * lam * torch.eye(len(M), dtype=M.dtype))
     if int(info) != 0:
@@ -451,7 +467,8 @@ def _layer_width(model, layer_name):
     w = get_module(model, layer_name).weight
     return w.shape[0] if type(get_module(model, layer_name)).__name__ == 'Conv1D' else w.shape[1]
 
-def _stats_key(model, tokenizer, layer_name, ds_id, to_collect, sample_size, precision, maxlen, model_name, revision):
+def _stats_key(model, tokenizer, layer_name, ds_id, to_collect, sample_size, precision, maxlen, model_name,
+               revision):
     label, wfp = model_label(model, tokenizer, layer_name, model_name, revision)
     return dict(format='rome_nb.stats/1', model=label, weights=wfp, layer=layer_name, dataset=ds_id, to_collect=sorted(to_collect), sample_size=sample_size,
                 precision=precision, maxlen=maxlen)
@@ -482,11 +499,13 @@ def _compute(model, tokenizer, layer_name, texts, stat, path, key, sample_size, 
         group = list(itertools.islice(texts, batch_size))
         if not group: break
         toks = [ids[:maxlen] for ids in tokenizer(group, add_special_tokens=True)['input_ids']]
-        for rows in pack_batches(toks, batch_tokens): collect_batch(model, layer_name, rows, stat, pad, compute_dtype)
+        for rows in pack_batches(toks, batch_tokens): collect_batch(model, layer_name, rows, stat, pad,
+                                                                    compute_dtype)
         done += len(group)
         if bar is not None: bar.update(len(group))
         if checkpoint_every is not None and time.time() - last_save >= checkpoint_every:
-            save_stats(part, stat, key, np.float64, **{'rome_nb.texts_done': done}); last_save = time.time()
+            save_stats(part, stat, key, np.float64, **{'rome_nb.texts_done': done})
+            last_save = time.time()
     if bar is not None: bar.close()
     if stat.count == 0: raise ValueError(f"no tokens were read from the dataset {key['dataset']!r}")
     return stat, part
@@ -514,8 +533,10 @@ def layer_stats(model,                # the causal LM
     progress = _progress_factory(progress)
     to_collect = [to_collect] if isinstance(to_collect, str) else list(to_collect)
     precision = precision or 'float64'
-    if precision not in ('float64', 'float32', 'float16'): raise ValueError(f"precision must be float64, float32 or float16, not {precision!r}")
-    if sample_size is not None and int(sample_size) <= 0: raise ValueError(f"sample_size must be positive, got {sample_size}")
+    if precision not in ('float64', 'float32',
+                         'float16'): raise ValueError(f"precision must be float64, float32 or float16, not {precision!r}")
+    if sample_size is not None and int(sample_size) <= 0: raise ValueError("sample_size must be positive, "
+                                                                           f"got {sample_size}")
     make_stat(to_collect)  # validates the names
     model_len = model_max_len(model)
     maxlen = maxlen or min(model_len or MAX_LEN, MAX_LEN)
@@ -525,8 +546,10 @@ def layer_stats(model,                # the causal LM
     if isinstance(ds_name, (str, Path)) and not Path(ds_name).exists() and ds_name not in DATASET_ALIASES:
         ds_id, texts = str(ds_name), None
     else: ds_id, texts = dataset_texts(ds_name, download)
-    key = _stats_key(model, tokenizer, layer_name, ds_id, to_collect, sample_size, precision, maxlen, model_name, revision)
-    path = stats_filename(stats_dir, key['model'], ds_id, layer_name, to_collect, sample_size, precision, maxlen, model_len, key['weights'])
+    key = _stats_key(model, tokenizer, layer_name, ds_id, to_collect, sample_size, precision, maxlen,
+                     model_name, revision)
+    path = stats_filename(stats_dir, key['model'], ds_id, layer_name, to_collect, sample_size, precision,
+                          maxlen, model_len, key['weights'])
     width = _layer_width(model, layer_name)
     if not force_recompute:
         if not path.exists() and download and not _offline() and texts is None and ds_id in HF_DATASETS:
@@ -536,7 +559,8 @@ def layer_stats(model,                # the causal LM
             if stat is not None: return stat
             warnings.warn(f"recomputing {path}: {why}")
     if texts is None: ds_id, texts = dataset_texts(ds_name, download)
-    dtype = {'float64': np.float64, 'float32': np.float32, 'float16': np.float32}[precision]  # fp16 sums overflow: stored as fp32
+    dtype = {'float64': np.float64, 'float32': np.float32,
+             'float16': np.float32}[precision]  # fp16 sums overflow: stored as fp32
     compute_dtype = torch.float64 if precision == 'float64' else torch.float32
     was = [p.requires_grad for p in model.parameters()]
     set_requires_grad(False, model)

@@ -62,7 +62,8 @@ class Relation:
 def make_relations(n_objects:int=12, # objects per relation (at most 12)
                    n_relations:int=8): # how many of the eight relations
     "The world's relations, with training and held-out templates."
-    if not 1 <= n_relations <= len(REL_SPECS): raise ValueError(f"n_relations must be in 1..{len(REL_SPECS)}, got {n_relations}")
+    if not 1 <= n_relations <= len(REL_SPECS): raise ValueError("n_relations must be in "
+                                                                f"1..{len(REL_SPECS)}, got {n_relations}")
     if not 2 <= n_objects <= 12: raise ValueError(f"n_objects must be in 2..12, got {n_objects}")
     rels = []
     for rid, name, (k1, k2), verbal, objs in REL_SPECS[:n_relations]:
@@ -75,14 +76,16 @@ def make_relations(n_objects:int=12, # objects per relation (at most 12)
 # %% ../nbs/02_toyworld.ipynb #ced7ffa5
 def check_prefixes(rels:list): # relations
     "Raise if any template (training or held out) is a word-level prefix of another one."
-    ts = [(r.relation_id, t) for r in rels for t in r.templates + r.question_templates + r.paraphrase_templates]
+    ts = [(r.relation_id,
+           t) for r in rels for t in r.templates + r.question_templates + r.paraphrase_templates]
     for r1, t1 in ts:
         for r2, t2 in ts:
             w1, w2 = t1.split(), t2.split()
             if t1 != t2 and w2[:len(w1)] == w1: raise ValueError(f"{t1!r} ({r1}) is a prefix of {t2!r} ({r2})")
 
 # %% ../nbs/02_toyworld.ipynb #8f0afe35
-ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "kr", "st", "th", "sh"]
+ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "kr", "st", "th",
+          "sh"]
 VOWELS = ["a", "e", "i", "o", "u", "ai", "ei", "ou"]
 CODAS = ["", "", "", "n", "r", "l", "s", "m"]
 
@@ -95,12 +98,15 @@ def name_part(rng:random.Random, # random source
 def make_names(rng:random.Random, # random source
                n_first:int, n_last:int, n_subjects:int): # first-name pool, last-name pool, people
     "`n_subjects` distinct 'First Last' names drawn from the grid of `n_first` x `n_last` invented parts."
-    if n_subjects > n_first * n_last: raise ValueError(f"{n_subjects} subjects need n_first * n_last >= {n_subjects}")
+    if n_subjects > n_first * n_last: raise ValueError(f"{n_subjects} subjects need n_first * n_last >= "
+                                                       f"{n_subjects}")
     parts = set()
     def fresh(n_syl):
         while True:
             p = name_part(rng, n_syl)
-            if p not in parts and len(p) >= 4: parts.add(p); return p
+            if p not in parts and len(p) >= 4:
+                parts.add(p)
+                return p
     first, last = [fresh(2) for _ in range(n_first)], [fresh(3) for _ in range(n_last)]
     grid = [f"{a} {b}" for a in first for b in last]
     rng.shuffle(grid)
@@ -131,7 +137,8 @@ class ToyWorld:
 
     def fact_list(self):
         "All facts as (subject, relation_id, object) triples."
-        return [(s, r.relation_id, self.facts[(s, r.relation_id)]) for s in self.subjects for r in self.relations]
+        return [(s, r.relation_id, self.facts[(s,
+                                               r.relation_id)]) for s in self.subjects for r in self.relations]
 
     def __repr__(self):
         return f"ToyWorld({len(self.subjects)} subjects, {len(self.relations)} relations, {len(self.facts)} facts, params={self.params})"
@@ -155,7 +162,8 @@ def make_world(seed:int=0,        # random seed: the same seed gives the same wo
         rng.shuffle(order)
         for i, s in enumerate(order): facts[(s, r.relation_id)] = r.objects[i % len(r.objects)]
     assoc = {o: rng.sample(ASSOC, 3) for o in sorted(oid)}
-    params = dict(seed=seed, n_first=n_first, n_last=n_last, n_subjects=n_subjects, n_objects=n_objects, n_relations=n_relations)
+    params = dict(seed=seed, n_first=n_first, n_last=n_last, n_subjects=n_subjects, n_objects=n_objects,
+                  n_relations=n_relations)
     return ToyWorld(params, subjects, rels, facts, oid, assoc, first, last)
 
 # %% ../nbs/02_toyworld.ipynb #abb1a70e
@@ -173,11 +181,14 @@ def world_from_dict(d:dict):
     except (KeyError, TypeError, ValueError) as e: raise ValueError(f"not a toy world file: {e!r}") from e
 
 # %% ../nbs/02_toyworld.ipynb #11c028f9
-ADJ = ["old", "quiet", "small", "bright", "green", "cold", "busy", "narrow", "wide", "warm", "dark", "new", "long", "tall", "calm", "open"]
+ADJ = ["old", "quiet", "small", "bright", "green", "cold", "busy", "narrow", "wide", "warm", "dark", "new",
+       "long", "tall", "calm", "open"]
 NOUN = ["river", "town", "market", "road", "garden", "bridge", "house", "ship", "forest", "hill", "school", "library", "harbour",
         "station", "village", "tower", "field", "lake", "street", "valley"]
-VERB = ["runs past", "stands near", "opens onto", "leads to", "faces", "hides behind", "sits beside", "looks over"]
-TIME = ["In the morning,", "Every winter,", "At night,", "In the summer,", "On most days,", "Long ago,", "Today,"]
+VERB = ["runs past", "stands near", "opens onto", "leads to", "faces", "hides behind", "sits beside",
+        "looks over"]
+TIME = ["In the morning,", "Every winter,", "At night,", "In the summer,", "On most days,", "Long ago,",
+        "Today,"]
 PEOPLE = ["Many people", "Some visitors", "The children", "Old friends", "The workers", "Travellers"]
 ADV = ["usually", "often", "always", "rarely", "mostly"]
 PVERB = ["walk to", "talk about", "remember", "visit", "write about", "like", "paint", "photograph"]
@@ -249,7 +260,8 @@ def train_toy_tokenizer(texts:list,           # training texts
                              initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tk.train_from_iterator(texts, tr)
     eos = "<|endoftext|>"
-    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token=eos, eos_token=eos, unk_token=eos, pad_token=eos)
+    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token=eos, eos_token=eos, unk_token=eos,
+                                   pad_token=eos)
 
 # %% ../nbs/02_toyworld.ipynb #9098d20c
 def pack_corpus(tok, texts:list, n_ctx:int=128): # tokenizer, documents, row length
@@ -297,7 +309,8 @@ def _save_toy(model, tok, world, log, out_dir):
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp", dir=out.parent))
     try:
-        model.save_pretrained(tmp); tok.save_pretrained(tmp)
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
         (tmp / 'world.json').write_text(json.dumps(world_to_dict(world)))
         (tmp / 'train_log.json').write_text(json.dumps(log, indent=1))
         old = out.with_name(f".{out.name}.old")
@@ -306,7 +319,8 @@ def _save_toy(model, tok, world, log, out_dir):
         tmp.rename(out)
         if old.exists(): shutil.rmtree(old)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True); raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return out
 
 # %% ../nbs/02_toyworld.ipynb #7957277a
@@ -316,11 +330,13 @@ def train_toy_model(out_dir=None,       # where to save the model directory (Non
                     **kw):              # overrides of `TOY_TRAIN_DEFAULTS`
     "Generate a world, train its tokenizer and a GPT-2 on its corpus; returns `(ModelAndTokenizer, world, log)`."
     unknown = set(kw) - set(TOY_TRAIN_DEFAULTS)
-    if unknown: raise TypeError(f"unknown training options {sorted(unknown)}; known: {sorted(TOY_TRAIN_DEFAULTS)}")
+    if unknown: raise TypeError(f"unknown training options {sorted(unknown)}; known: "
+                                f"{sorted(TOY_TRAIN_DEFAULTS)}")
     cfg = {**TOY_TRAIN_DEFAULTS, **kw}
     if threads: torch.set_num_threads(threads)
     t0, c0 = time.time(), time.process_time()
-    world = make_world(cfg['seed'], cfg['n_first'], cfg['n_last'], cfg['n_subjects'], cfg['n_objects'], cfg['n_relations'])
+    world = make_world(cfg['seed'], cfg['n_first'], cfg['n_last'], cfg['n_subjects'], cfg['n_objects'],
+                       cfg['n_relations'])
     texts = toy_corpus(world, cfg['n_docs'], cfg['seed'], cfg['mix'])
     tok = train_toy_tokenizer(texts[:20000], cfg['vocab_size'])
     data = pack_corpus(tok, texts, cfg['n_ctx'])
@@ -331,13 +347,15 @@ def train_toy_model(out_dir=None,       # where to save the model directory (Non
     log.update(wall_s=time.time() - t0, cpu_s=time.process_time() - c0, threads=torch.get_num_threads())
     model.eval()
     if out_dir is not None: _save_toy(model, tok, world, log, out_dir)
-    return ModelAndTokenizer(model=model, tokenizer=tok, model_name=str(out_dir) if out_dir else 'toy (unsaved)'), world, log
+    return ModelAndTokenizer(model=model, tokenizer=tok,
+                             model_name=str(out_dir) if out_dir else 'toy (unsaved)'), world, log
 
 # %% ../nbs/02_toyworld.ipynb #67d48ae7
 def _train_loop(model, tok, world, data, cfg, log, progress):
     "AdamW over shuffled packed rows, logging loss and recall."
     from tqdm.auto import tqdm
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg['lr'], betas=(0.9, 0.98), weight_decay=cfg['weight_decay'])
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg['lr'], betas=(0.9, 0.98),
+                            weight_decay=cfg['weight_decay'])
     erng = random.Random(cfg['seed'] + 2)
     facts = [(s, r.relation_id) for s in world.subjects for r in world.relations]
     evset = erng.sample(facts, min(cfg['n_eval'], len(facts)))
@@ -348,19 +366,25 @@ def _train_loop(model, tok, world, data, cfg, log, progress):
     for step in bar:
         for gr in opt.param_groups: gr['lr'] = _lr_at(step, cfg['steps'], cfg['lr'], cfg['warmup'])
         if ptr + B > len(data): perm, ptr = torch.randperm(len(data), generator=g), 0
-        x = data[perm[ptr:ptr + B]]; ptr += B
+        x = data[perm[ptr:ptr + B]]
+        ptr += B
         loss = model(input_ids=x, attention_mask=torch.ones_like(x), labels=x).loss
-        if not torch.isfinite(loss): raise FloatingPointError(f"training diverged at step {step} (loss {loss.item()}); try a lower lr")
+        if not torch.isfinite(loss): raise FloatingPointError(f"training diverged at step {step} (loss "
+                                                              f"{loss.item()}); try a lower lr")
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step(); opt.zero_grad(set_to_none=True)
-        log['steps'].append(step + 1); log['loss'].append(round(loss.item(), 4))
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        log['steps'].append(step + 1)
+        log['loss'].append(round(loss.item(), 4))
         if (step + 1) % cfg['eval_every'] == 0 or step + 1 == cfg['steps']:
             model.eval()
             ev = dict(step=step + 1, train=fact_recall(model, tok, world, evset, lambda r: r.templates[0]),
                       paraphrase=fact_recall(model, tok, world, evset, lambda r: r.paraphrase_templates[0]))
-            model.train(); log['evals'].append(ev)
-            bar.set_postfix(loss=f"{loss.item():.3f}", recall=f"{ev['train']:.2f}", para=f"{ev['paraphrase']:.2f}")
+            model.train()
+            log['evals'].append(ev)
+            bar.set_postfix(loss=f"{loss.item():.3f}", recall=f"{ev['train']:.2f}",
+                            para=f"{ev['paraphrase']:.2f}")
 
 # %% ../nbs/02_toyworld.ipynb #a1a5ad5f
 from .files import read_json
@@ -409,11 +433,13 @@ def plot_train_log(log:dict, ax=None): # a training log, an optional pair of axe
     "Loss and recall curves of a toy training run."
     import matplotlib.pyplot as plt
     if ax is None: _, ax = plt.subplots(1, 2, figsize=(10, 3.2))
-    ax[0].plot(log['steps'], log['loss'], lw=0.6); ax[0].set(xlabel='step', ylabel='loss', title='training loss', yscale='log')
+    ax[0].plot(log['steps'], log['loss'], lw=0.6)
+    ax[0].set(xlabel='step', ylabel='loss', title='training loss', yscale='log')
     st = [e['step'] for e in log['evals']]
     ax[1].plot(st, [e['train'] for e in log['evals']], 'o-', label='training template')
     ax[1].plot(st, [e['paraphrase'] for e in log['evals']], 's-', label='held-out paraphrase')
-    ax[1].set(xlabel='step', ylabel='top-1 recall', ylim=(0, 1.02), title='fact recall'); ax[1].legend()
+    ax[1].set(xlabel='step', ylabel='top-1 recall', ylim=(0, 1.02), title='fact recall')
+    ax[1].legend()
     return ax
 
 # %% ../nbs/02_toyworld.ipynb #728f6db7
@@ -451,14 +477,16 @@ def _with_object(world, rid, o, exclude, rng, k=10):
 
 def counterfact_record(world:ToyWorld, case_id:int, s:str, rid:str, rng:random.Random): # world, id, subject, relation, random source
     "A CounterFact record (the reference's full schema) that rewrites the fact (s, rid)."
-    r = world.relation(rid); true = world.facts[(s, rid)]
+    r = world.relation(rid)
+    true = world.facts[(s, rid)]
     new = rng.choice([o for o in r.objects if o != true])
     oid = world.object_ids
     tmpl = lambda: rng.choice(r.templates + r.question_templates)
     return {"case_id": case_id, "pararel_idx": world.subjects.index(s) * len(world.relations) + world.relations.index(r),
             "requested_rewrite": {"prompt": r.templates[0], "relation_id": rid, "target_new": {"str": new, "id": oid[new]},
                                   "target_true": {"str": true, "id": oid[true]}, "subject": s},
-            "paraphrase_prompts": [filler(rng) + " " + r.paraphrase_templates[0].format(s), r.paraphrase_templates[1].format(s)],
+            "paraphrase_prompts": [filler(rng) + " " + r.paraphrase_templates[0].format(s),
+                                   r.paraphrase_templates[1].format(s)],
             "neighborhood_prompts": [tmpl().format(n) for n in _with_object(world, rid, true, s, rng)],
             "attribute_prompts": [tmpl().format(n) for n in _with_object(world, rid, new, s, rng)],
             "generation_prompts": [rng.choice(world.relation(q).templates).format(s)
@@ -476,7 +504,8 @@ def toy_knowns(world:ToyWorld, mt=None, n:int=None, seed:int=0): # world, model 
     "Known-facts records (`known_id`, `subject`, `attribute`, `template`, `prediction`, `prompt`, `relation_id`)."
     facts, out = _fact_order(world, seed), []
     for s, rid in facts:
-        r = world.relation(rid); o = world.facts[(s, rid)]
+        r = world.relation(rid)
+        o = world.facts[(s, rid)]
         out.append({"known_id": len(out), "subject": s, "attribute": o, "template": r.templates[0], "prediction": " " + o,
                     "prompt": r.templates[0].format(s), "relation_id": rid})
     if mt is None: return out[:n]
@@ -519,7 +548,8 @@ def toy_zsre_raw(world:ToyWorld, n:int=None, seed:int=0): # world, keep the firs
     "zsRE records in MEND's format, one per fact."
     rng, out = random.Random(seed + 5), []
     for s, rid in _fact_order(world, seed)[:n]:
-        r = world.relation(rid); true = world.facts[(s, rid)]
+        r = world.relation(rid)
+        true = world.facts[(s, rid)]
         new = rng.choice([o for o in r.objects if o != true])
         ls, lr = rng.choice([x for x in world.subjects if x != s]), rng.choice(world.relations)
         src = r.question_templates[0].format(s)
@@ -565,7 +595,8 @@ def toy_train(out_dir:str=None,  # folder to write the model to (default: ./toy_
               quiet:bool=False): # no progress bar
     "Train a toy model from scratch, save it (default: ./toy_model) and print its recall table."
     out = toy_out_dir(out_dir, overwrite_packaged)
-    kw = {k: v for k, v in dict(steps=steps, n_layer=n_layer, lr=lr, seed=seed, n_docs=n_docs, eval_every=eval_every).items() if v is not None}
+    kw = {k: v for k, v in dict(steps=steps, n_layer=n_layer, lr=lr, seed=seed, n_docs=n_docs,
+                                eval_every=eval_every).items() if v is not None}
     mt, world, log = train_toy_model(out, progress=not quiet, threads=threads, **kw)
     tab, _ = recall_table(mt, world)
     print(f"trained {log['config']['steps']} steps in {log['wall_s']:.0f} s wall ({log['cpu_s']:.0f} s CPU, {log['threads']} threads); "
