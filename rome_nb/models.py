@@ -454,10 +454,10 @@ def load_causal_lm(model_name, torch_dtype=None, device=None, device_map=None, r
     return model.eval()
 
 # %% ../nbs/01_models.ipynb #cc586a4a
-MODEL_ALIAS_OPTIONS = {'toy': dict(device='cpu', torch_dtype=torch.float32)}  # an alias's loading defaults
+MODEL_ALIAS_OPTIONS = {'toy': dict(torch_dtype=torch.float32)}  # an alias's loading defaults
 
 def get_model(model,            # hub name, local directory, alias, `ModelAndTokenizer` or (model, tokenizer)
-              device=None,      # where to put it (default: the alias's, else CUDA if available)
+              device=None,      # where to put it (default: CUDA if available)
               device_map=None,  # e.g. 'auto' to spread a large model over GPUs
               torch_dtype=None, # e.g. 'bfloat16' (default: the alias's, else the checkpoint's)
               **kwargs):        # more `ModelAndTokenizer` options (revision, trust_remote_code, arch, ...)

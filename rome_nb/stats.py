@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 from .cli import command
 from .nethook import Trace, get_module, set_requires_grad
-from .models import model_arch, ModelAndTokenizer
+from .models import model_arch, ModelAndTokenizer, get_model
 from .toyworld import toy_stats_corpus
 
 # %% ../nbs/20_stats.ipynb #09955786
@@ -601,7 +601,7 @@ def main(model_name:str='gpt2-xl', # hub name, local directory or alias (e.g. 't
          maxlen:int=None):         # tokens read per text
     "Compute (or find) and cache the key statistics of some layers of a model."
     layer_ids = _layer_list(layers)
-    mt = ModelAndTokenizer(model_name, device=device, revision=revision)
+    mt = get_model(model_name, device=device, revision=revision)
     for layer in layer_ids:
         lname = mt.arch.layer(layer, 'down_proj')
         print(f"layer {layer} ({lname}) of {model_name}: inputs of the MLP down-projection over "

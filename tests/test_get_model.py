@@ -9,7 +9,7 @@ from rome_nb import evaluate as E, stats as S, dsets as D, files as F
 
 def test_get_model_toy_is_load_toy():
     mt, world = load_toy()
-    got = get_model('toy')
+    got = get_model('toy', device='cpu')
     assert got.model_name == mt.model_name == 'toy' and str(got.device) == 'cpu'
     for (n, p), (_, q) in zip(mt.model.named_parameters(), got.model.named_parameters()):
         assert torch.equal(p, q), n
