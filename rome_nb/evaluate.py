@@ -354,21 +354,22 @@ def setup_run(cfg:EvalConfig, records:list=None, snips=None, vec=None, hparams=N
     rank, world_size, local_rank = dist_info()
     info = cfg.run_info()
     cont = None  # the run to continue, checked before anything is loaded
-    if cfg.continue_from_run: cont = _prepare_run_dir(cfg.alg_dir, cfg.continue_from_run, info, rank,
-                                                      world_size)
+    if cfg.continue_from_run:
+        cont = _prepare_run_dir(cfg.alg_dir, cfg.continue_from_run, info, rank, world_size)
     hp, hp_path = (hparams, None) if hparams is not None else \
         _load_hparams(ALG_DICT[cfg.alg_name][0], cfg.alg_name, cfg.hparams_fname, cfg.model_name, cont)
     mt = get_model(cfg.model_name, _run_device(cfg, local_rank, world_size), cfg.device_map, cfg.torch_dtype)
     records, snips, vec = _run_data(cfg, mt, records, snips, vec)
     gen = cfg.generation and snips is not None and vec is not None
-    _check_records(records, 'zsre' if cfg.ds_name == 'zsre' else 'cf', snips if gen else None)
+    snips, vec = (snips, vec) if gen else (None, None)
+    _check_records(records, 'zsre' if cfg.ds_name == 'zsre' else 'cf', snips)
     run_dir = cont or _prepare_run_dir(cfg.alg_dir, None, info, rank, world_size)
-    run = EvalRun(cfg, mt, records, hp, run_dir, snips if gen else None, vec if gen else None, rank,
-                  world_size)
+    run = EvalRun(cfg, mt, records, hp, run_dir, snips, vec, rank, world_size)
     run.say(f"Results will be stored at {run_dir}")
     if rank == 0:
         _save_params(run_dir, hp, hp_path)
-        if not (run_dir / 'run_info.json').exists(): write_json_atomic(info, run_dir / 'run_info.json', indent=1)
+        if not (run_dir / 'run_info.json').exists():
+            write_json_atomic(info, run_dir / 'run_info.json', indent=1)
     return run
 
 # %% ../nbs/42_evaluate.ipynb #d5e4606a

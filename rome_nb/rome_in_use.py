@@ -64,8 +64,8 @@ def demo_model_editing(model, tok,
     pre = [edit_table(model, tok, r, prob_prompts) for r in requests]
     model, orig = apply(model, tok, requests, hparams, return_orig_weights=True)
     post_gen = generate_fast(model, tok, generation_prompts, top_k=top_k, max_out_len=max_out_len, seed=seed)
-    tables = [pd.concat({'pre': t0, experiment_name: edit_table(model, tok, r, prob_prompts)}, axis=1) for r,
-              t0 in zip(requests, pre)]
+    tables = [pd.concat({'pre': t0, experiment_name: edit_table(model, tok, r, prob_prompts)},
+                        axis=1) for r, t0 in zip(requests, pre)]
     if not quiet:
         for r, t in zip(requests, tables):
             r = check_request(r)
