@@ -9,7 +9,7 @@ __all__ = ['STAT_TYPES', 'HF_DATASETS', 'DATASET_ALIASES', 'MAX_LEN', 'STATS_DIR
            'check_stat_arrays', 'save_stats', 'read_stats', 'stats_url', 'quiet_stats', 'layer_stats', 'main']
 
 # %% ../nbs/20_stats.ipynb #82c6d722
-import os, re, json, time, hashlib, warnings, itertools, zipfile, contextlib
+import os, re, json, time, hashlib, warnings, itertools, zipfile, contextlib, dataclasses
 from pathlib import Path
 import numpy as np
 import torch
@@ -474,41 +474,88 @@ def _stats_key(model, tokenizer, layer_name, ds_id, to_collect, sample_size, pre
                 precision=precision, maxlen=maxlen)
 
 # %% ../nbs/20_stats.ipynb #cb17a123
-def _compute(model, tokenizer, layer_name, texts, stat, path, key, sample_size, maxlen, batch_tokens,
-             compute_dtype, progress, checkpoint_every, batch_size=100):
-    "Stream `texts` through the model up to `layer_name`, adding to `stat`, with checkpoints next to `path`."
-    part = path.with_name(path.name[:-4] + '.partial.npz')
+@dataclasses.dataclass
+class _Job:
+    "One statistics computation: which layer, which file, how much, how."
+    layer_name: str        # the module whose inputs are measured
+    path: Path             # the statistics file
+    key: dict              # what the file must match
+    sample_size: int       # texts to read (None: all)
+    maxlen: int            # tokens read per text
+    batch_tokens: int      # token budget per batch
+    compute_dtype: object  # torch.float64 or torch.float32
+    progress: object       # a bar factory, or None
+    checkpoint_every: float # seconds between checkpoints (None: never)
+
+def _resume(part, stat, key, sample_size):
+    "The statistics and the number of texts done from checkpoint `part`; `(stat, 0)` if there is none to use."
+    if not part.exists(): return stat, 0
+    got, why = read_stats(part, list(stat.keys()), key, require_digest=True)
     done = 0
-    if part.exists():
-        got, why = read_stats(part, list(stat.keys()), key, require_digest=True)
-        if got is not None:
-            with np.load(part, allow_pickle=False) as z: done = int(z['rome_nb.texts_done'])
-            if done < 0 or (sample_size is not None and done > sample_size):
-                got, why = None, f"it says {done} texts are done"
-        if got is not None:
-            stat = got
-            _note(f"resuming from {part.name}: {done} texts done")
-        else:
-            done = 0
-            warnings.warn(f"ignoring the checkpoint {part}: {why}; computing from the start")
-    texts = itertools.islice(texts, done, sample_size)
-    total = (sample_size - done) if sample_size is not None else None
-    bar = progress(total=total, desc=f"stats {layer_name}", unit='text') if progress else None
-    pad, last_save = (tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)), time.time()
-    while True:
-        group = list(itertools.islice(texts, batch_size))
-        if not group: break
-        toks = [ids[:maxlen] for ids in tokenizer(group, add_special_tokens=True)['input_ids']]
-        for rows in pack_batches(toks, batch_tokens): collect_batch(model, layer_name, rows, stat, pad,
-                                                                    compute_dtype)
+    if got is not None:
+        with np.load(part, allow_pickle=False) as z: done = int(z['rome_nb.texts_done'])
+        if done < 0 or (sample_size is not None and done > sample_size):
+            got, why = None, f"it says {done} texts are done"
+    if got is None:
+        warnings.warn(f"ignoring the checkpoint {part}: {why}; computing from the start")
+        return stat, 0
+    _note(f"resuming from {part.name}: {done} texts done")
+    return got, done
+
+# %% ../nbs/20_stats.ipynb #46150458
+def _compute(model, tokenizer, texts, stat, job:_Job, batch_size=100):
+    "Stream `texts` through the model up to the job's layer, adding to `stat`, with checkpoints beside its file."
+    part = job.path.with_name(job.path.name[:-4] + '.partial.npz')
+    stat, done = _resume(part, stat, job.key, job.sample_size)
+    texts = itertools.islice(texts, done, job.sample_size)
+    total = (job.sample_size - done) if job.sample_size is not None else None
+    bar = job.progress(total=total, desc=f"stats {job.layer_name}", unit='text') if job.progress else None
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    last_save = time.time()
+    while group := list(itertools.islice(texts, batch_size)):
+        toks = [ids[:job.maxlen] for ids in tokenizer(group, add_special_tokens=True)['input_ids']]
+        for rows in pack_batches(toks, job.batch_tokens):
+            collect_batch(model, job.layer_name, rows, stat, pad, job.compute_dtype)
         done += len(group)
         if bar is not None: bar.update(len(group))
-        if checkpoint_every is not None and time.time() - last_save >= checkpoint_every:
-            save_stats(part, stat, key, np.float64, **{'rome_nb.texts_done': done})
+        if job.checkpoint_every is not None and time.time() - last_save >= job.checkpoint_every:
+            save_stats(part, stat, job.key, np.float64, **{'rome_nb.texts_done': done})
             last_save = time.time()
     if bar is not None: bar.close()
-    if stat.count == 0: raise ValueError(f"no tokens were read from the dataset {key['dataset']!r}")
+    if stat.count == 0: raise ValueError(f"no tokens were read from the dataset {job.key['dataset']!r}")
     return stat, part
+
+def _compute_and_save(model, tokenizer, texts, to_collect, job:_Job, precision, width):
+    "Compute with the model's gradients off, save, and read back what later calls will get."
+    was = [p.requires_grad for p in model.parameters()]
+    set_requires_grad(False, model)
+    try: stat, part = _compute(model, tokenizer, texts, make_stat(to_collect), job)
+    finally:
+        for p, w in zip(model.parameters(), was): p.requires_grad_(w)
+    dtype = {'float64': np.float64, 'float32': np.float32, 'float16': np.float32}[precision]  # fp16 sums overflow
+    save_stats(job.path, stat, job.key, dtype)
+    if part.exists(): part.unlink()
+    stat, why = read_stats(job.path, to_collect, job.key, width)  # in the stored precision
+    if stat is None: raise RuntimeError(f"the statistics just written to {job.path} do not read back: {why}")
+    return stat
+
+def _check_args(to_collect, precision, sample_size):
+    "`(to_collect, precision)` as lists and names, checked."
+    to_collect = [to_collect] if isinstance(to_collect, str) else list(to_collect)
+    precision = precision or 'float64'
+    if precision not in ('float64', 'float32', 'float16'):
+        raise ValueError(f"precision must be float64, float32 or float16, not {precision!r}")
+    if sample_size is not None and int(sample_size) <= 0:
+        raise ValueError(f"sample_size must be positive, got {sample_size}")
+    make_stat(to_collect)  # validates the names
+    return to_collect, precision
+
+def _token_limits(model, maxlen, batch_tokens):
+    "`(maxlen, batch_tokens, model_len)`: tokens read per text and per batch, and the model's context length."
+    model_len = model_max_len(model)
+    maxlen = maxlen or min(model_len or MAX_LEN, MAX_LEN)
+    if batch_tokens is not None and batch_tokens < maxlen: maxlen = batch_tokens
+    return maxlen, batch_tokens or 3 * maxlen, model_len
 
 # %% ../nbs/20_stats.ipynb #0f43bde1
 def layer_stats(model,                # the causal LM
@@ -530,21 +577,11 @@ def layer_stats(model,                # the causal LM
                 device=None):         # unused; kept so that calls written for other versions still work
     "Second-moment (and other) statistics of the inputs of `layer_name` over a text dataset, cached."
     layer_name = _resolve_layer(model, layer_name)
-    progress = _progress_factory(progress)
-    to_collect = [to_collect] if isinstance(to_collect, str) else list(to_collect)
-    precision = precision or 'float64'
-    if precision not in ('float64', 'float32',
-                         'float16'): raise ValueError(f"precision must be float64, float32 or float16, not {precision!r}")
-    if sample_size is not None and int(sample_size) <= 0: raise ValueError("sample_size must be positive, "
-                                                                           f"got {sample_size}")
-    make_stat(to_collect)  # validates the names
-    model_len = model_max_len(model)
-    maxlen = maxlen or min(model_len or MAX_LEN, MAX_LEN)
-    if batch_tokens is not None and batch_tokens < maxlen: maxlen = batch_tokens
-    batch_tokens = batch_tokens or 3 * maxlen
-    stats_dir = Path(stats_dir or STATS_DIR)
+    to_collect, precision = _check_args(to_collect, precision, sample_size)
+    maxlen, batch_tokens, model_len = _token_limits(model, maxlen, batch_tokens)
+    stats_dir, progress = Path(stats_dir or STATS_DIR), _progress_factory(progress)
     if isinstance(ds_name, (str, Path)) and not Path(ds_name).exists() and ds_name not in DATASET_ALIASES:
-        ds_id, texts = str(ds_name), None
+        ds_id, texts = str(ds_name), None  # a hub dataset: opened only if the statistics must be computed
     else: ds_id, texts = dataset_texts(ds_name, download)
     key = _stats_key(model, tokenizer, layer_name, ds_id, to_collect, sample_size, precision, maxlen,
                      model_name, revision)
@@ -559,21 +596,9 @@ def layer_stats(model,                # the causal LM
             if stat is not None: return stat
             warnings.warn(f"recomputing {path}: {why}")
     if texts is None: ds_id, texts = dataset_texts(ds_name, download)
-    dtype = {'float64': np.float64, 'float32': np.float32,
-             'float16': np.float32}[precision]  # fp16 sums overflow: stored as fp32
     compute_dtype = torch.float64 if precision == 'float64' else torch.float32
-    was = [p.requires_grad for p in model.parameters()]
-    set_requires_grad(False, model)
-    try:
-        stat, part = _compute(model, tokenizer, layer_name, texts, make_stat(to_collect), path, key, sample_size,
-                              maxlen, batch_tokens, compute_dtype, progress, checkpoint_every)
-    finally:
-        for p, w in zip(model.parameters(), was): p.requires_grad_(w)
-    save_stats(path, stat, key, dtype)
-    if part.exists(): part.unlink()
-    stat, why = read_stats(path, to_collect, key, width)  # what later calls will get, in the stored precision
-    if stat is None: raise RuntimeError(f"the statistics just written to {path} do not read back: {why}")
-    return stat
+    job = _Job(layer_name, path, key, sample_size, maxlen, batch_tokens, compute_dtype, progress, checkpoint_every)
+    return _compute_and_save(model, tokenizer, texts, to_collect, job, precision, width)
 
 # %% ../nbs/20_stats.ipynb #89af7767
 def _opt_int(x): return None if x is None or str(x) in ('all', 'any', 'None', '') else int(x)
