@@ -234,6 +234,7 @@ def run_info(self:EvalConfig):
                 dataset_size_limit=self.dataset_size_limit, num_edits=self.num_edits,
                 skip_generation_tests=self.skip_generation_tests)
 
+# %% ../nbs/42_evaluate.ipynb #472a3746
 @patch
 def check(self:EvalConfig):
     "Raise on settings that cannot work, before anything is loaded."
