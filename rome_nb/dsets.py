@@ -20,7 +20,8 @@ REMOTE_ROOT_URL = "https://rome.baulab.info"
 MEMIT_ROOT_URL = "https://memit.baulab.info"
 DATA_DIR = Path(os.environ.get('ROME_NB_DATA_DIR', 'data'))
 DATA_URLS = {f: f"{REMOTE_ROOT_URL}/data/dsets/{f}" for f in
-             ('counterfact.json', 'zsre_mend_eval.json', 'known_1000.json', 'attribute_snippets.json', 'idf.npy', 'tfidf_vocab.json')}
+             ('counterfact.json', 'zsre_mend_eval.json', 'known_1000.json', 'attribute_snippets.json',
+              'idf.npy', 'tfidf_vocab.json')}
 DATA_URLS['multi_counterfact.json'] = f"{MEMIT_ROOT_URL}/data/dsets/multi_counterfact.json"
 
 # %% ../nbs/40_dsets.ipynb #be897f1d
@@ -79,8 +80,8 @@ def _field(rec, path, where):
     "The value at dotted `path` of `rec`; a `MalformedRecordError` naming `where` and the field if missing."
     v, keys = rec, path.split('.')
     for i, k in enumerate(keys):
-        if not isinstance(v,
-                          dict): raise MalformedRecordError(f"{where}: field {'.'.join(keys[:i])!r} must be an object, got {v!r}")
+        if not isinstance(v, dict):
+            raise MalformedRecordError(f"{where}: field {'.'.join(keys[:i])!r} must be an object, got {v!r}")
         if k not in v: raise MalformedRecordError(f"{where}: field {'.'.join(keys[:i + 1])!r} is missing")
         v = v[k]
     return v
@@ -97,17 +98,18 @@ def check_record(rec:dict,           # a dataset record
                  generation:bool=False): # also require what the generation tests read (relation and target ids)
     "Check that `rec` has the fields evaluation reads; returns it, or raises `MalformedRecordError` naming record and field."
     where = _where(rec, index)
-    if not isinstance(rec,
-                      dict): raise MalformedRecordError(f"{where}: a record must be a JSON object, got {type(rec).__name__}")
+    if not isinstance(rec, dict):
+        raise MalformedRecordError(f"{where}: a record must be a JSON object, got {type(rec).__name__}")
     cid = _field(rec, 'case_id', where)
-    if not isinstance(cid, int) or isinstance(cid,
-                                              bool): raise MalformedRecordError(f"{where}: field 'case_id' must be an integer, got {cid!r}")
+    if not isinstance(cid, int) or isinstance(cid, bool):
+        raise MalformedRecordError(f"{where}: field 'case_id' must be an integer, got {cid!r}")
     def text(path, template=False):
         v = _field(rec, path, where)
-        if not isinstance(v,
-                          str) or not v.strip(): raise MalformedRecordError(f"{where}: field {path!r} must be a non-empty string, got {v!r}")
-        if template and '{}' not in v: raise MalformedRecordError(f"{where}: field {path!r} must contain "
-                                                                  f"'{{}}' where the subject goes, got {v!r}")
+        if not isinstance(v, str) or not v.strip():
+            raise MalformedRecordError(f"{where}: field {path!r} must be a non-empty string, got {v!r}")
+        if template and '{}' not in v:
+            raise MalformedRecordError(f"{where}: field {path!r} must contain '{{}}' where the subject "
+                                       f"goes, got {v!r}")
         return v
     text('requested_rewrite.prompt', template=True)
     text('requested_rewrite.subject')
@@ -116,8 +118,8 @@ def check_record(rec:dict,           # a dataset record
     for k in ('paraphrase_prompts', 'neighborhood_prompts') + (('attribute_prompts',
                                                                 'generation_prompts') if kind == 'cf' else ()):
         v = _field(rec, k, where)
-        if not isinstance(v,
-                          list): raise MalformedRecordError(f"{where}: field {k!r} must be a list, got {type(v).__name__}")
+        if not isinstance(v, list):
+            raise MalformedRecordError(f"{where}: field {k!r} must be a list, got {type(v).__name__}")
         for j, p in enumerate(v):
             if kind == 'zsre' and k == 'neighborhood_prompts':
                 if not (isinstance(p, dict) and isinstance(p.get('prompt'),
@@ -141,8 +143,8 @@ def _load_json(path):
 
 def _records(data, path, size):
     "The first `size` records of a JSON list read from `path`."
-    if not isinstance(data,
-                      list): raise MalformedRecordError(f"{path} must hold a JSON list of records, got {type(data).__name__}")
+    if not isinstance(data, list):
+        raise MalformedRecordError(f"{path} must hold a JSON list of records, got {type(data).__name__}")
     return data if size is None else data[:size]
 
 # %% ../nbs/40_dsets.ipynb #666d4073
@@ -160,8 +162,8 @@ def easyedit_to_counterfact(r:dict,    # an EasyEdit-format CounterFact record
         if k not in r: raise MalformedRecordError(f"{where}: EasyEdit field {k!r} is missing")
     prompt, subj = r['prompt'], r['subject']
     if not isinstance(prompt, str) or not isinstance(subj, str) or subj not in prompt:
-        raise MalformedRecordError(f"{where}: field 'prompt' ({prompt!r}) must contain field 'subject' "
-                                   f"({subj!r})")
+        raise MalformedRecordError(f"{where}: field 'prompt' ({prompt!r}) must contain "
+                                   f"field 'subject' ({subj!r})")
     return {"case_id": r['case_id'],
             "requested_rewrite": {"prompt": prompt.replace(subj, "{}", 1), "subject": subj,
                                   "target_new": {"str": r['target_new']}, "target_true": {"str": r['ground_truth']}},
@@ -185,8 +187,9 @@ def counterfact_from_easyedit(path,       # an EasyEdit-format file, or a folder
                               size:int=None): # keep the `size` records with the smallest case ids
     "CounterFact records (the reference's format) from EasyEdit-format files, sorted by case id, each case once."
     files = easyedit_files(path)
-    if not files: raise DataFileMissing("no EasyEdit-format CounterFact files (counterfact-*.json with "
-                                        f"'rephrase_prompt') at {path}")
+    if not files:
+        raise DataFileMissing("no EasyEdit-format CounterFact files (counterfact-*.json with "
+                              f"'rephrase_prompt') at {path}")
     recs = {}
     for f in files:
         for i, r in enumerate(_records(_load_json(f), f, None)):
@@ -234,26 +237,26 @@ def _zsre_answers(a, where):
     "zsRE answers as a list of strings: a single string is one answer (not a list of characters)."
     if isinstance(a, str): a = [a]
     if not isinstance(a, list) or not a or not all(isinstance(x, str) and x.strip() for x in a):
-        raise MalformedRecordError(f"{where}: field 'answers' must be a non-empty list of "
-                                   f"non-empty strings, got {a!r}")
+        raise MalformedRecordError(f"{where}: field 'answers' must be a non-empty list of non-empty "
+                                   f"strings, got {a!r}")
     return a
 
 def zsre_record(r:dict, i:int, tok): # a MEND-format zsRE record, its index (the case id), a tokenizer
     "A zsRE evaluation record (the reference's format) from a MEND-format record."
     where = f"record {i}"
     if not isinstance(r, dict):
-        raise MalformedRecordError(f"{where}: a zsRE record must be a JSON object, got "
-                                   f"{type(r).__name__}")
+        raise MalformedRecordError(f"{where}: a zsRE record must be a JSON object, got {type(r).__name__}")
     for k in _ZSRE_KEYS:
         if k not in r: raise MalformedRecordError(f"{where}: zsRE field {k!r} is missing")
     for k in ('src', 'subject', 'rephrase', 'loc', 'loc_ans'):
         if not isinstance(r[k], str):
             raise MalformedRecordError(f"{where}: zsRE field {k!r} must be a string, got {r[k]!r}")
     answers = _zsre_answers(r['answers'], where)
-    if "nq question: " not in r["loc"]: raise MalformedRecordError(f"{where}: field 'loc' must start with "
-                                                                   f"'nq question: ', got {r['loc']!r}")
-    if r["subject"] not in r["src"]: raise MalformedRecordError(f"{where}: field 'src' ({r['src']!r}) must "
-                                                                f"contain field 'subject' ({r['subject']!r})")
+    if "nq question: " not in r["loc"]:
+        raise MalformedRecordError(f"{where}: field 'loc' must start with 'nq question: ', got {r['loc']!r}")
+    if r["subject"] not in r["src"]:
+        raise MalformedRecordError(f"{where}: field 'src' ({r['src']!r}) must contain field 'subject' "
+                                   f"({r['subject']!r})")
     ans = tok.encode(" " + r["loc_ans"], add_special_tokens=False)
     return {"case_id": i,
             "requested_rewrite": {"prompt": r["src"].replace(r["subject"], "{}"), "subject": r["subject"],
@@ -270,8 +273,8 @@ class MENDQADataset:
                  tok=None,            # tokenizer (splits the neighborhood answers into tokens)
                  size:int=None,       # keep the first `size` records
                  *args, **kwargs):
-        if tok is None: raise ValueError("MENDQADataset needs the model's tokenizer: "
-                                         "MENDQADataset(data_dir, tok=tok)")
+        if tok is None:
+            raise ValueError("MENDQADataset needs the model's tokenizer: MENDQADataset(data_dir, tok=tok)")
         self.path = fetch_data_file(self.fname, data_dir)
         raw = _records(_load_json(self.path), self.path, size)
         self._data = [check_record(zsre_record(r, i, tok), 'zsre', i) for i, r in enumerate(raw)]
@@ -308,13 +311,13 @@ class AttributeSnippets:
         snips = collections.defaultdict(lambda: collections.defaultdict(list))
         for i, el in enumerate(snippets_list):
             for k in ('relation_id', 'target_id', 'samples'):
-                if not isinstance(el,
-                                  dict) or k not in el: raise MalformedRecordError(f"attribute snippet entry {i}: field {k!r} is missing")
+                if not isinstance(el, dict) or k not in el:
+                    raise MalformedRecordError(f"attribute snippet entry {i}: field {k!r} is missing")
             ok = isinstance(el['samples'], list)
             is_snip = lambda x: isinstance(x, dict) and isinstance(x.get('text'), str)
             if not ok or not all(map(is_snip, el['samples'])):
-                raise MalformedRecordError(f"attribute snippet entry {i}: field 'samples' must "
-                                           f"be a list of {{'name', 'text'}} objects")
+                raise MalformedRecordError(f"attribute snippet entry {i}: field 'samples' must be a list of "
+                                           f"{{'name', 'text'}} objects")
             snips[el['relation_id']][el['target_id']].extend(el['samples'])
         self._data, self.snippets_list = snips, snippets_list
 
@@ -333,8 +336,8 @@ def tfidf_vectorizer_from_stats(idf,   # IDF weight of each column
     col = lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v < len(idf)
     if not isinstance(vocab, dict) or not all(map(col, vocab.values())):
         raise ValueError(f"the TF-IDF vocabulary must map words to column numbers below {len(idf)}")
-    if len(vocab) != len(idf): raise ValueError(f"the vocabulary has {len(vocab)} words but there are "
-                                                f"{len(idf)} IDF weights")
+    if len(vocab) != len(idf):
+        raise ValueError(f"the vocabulary has {len(vocab)} words but there are {len(idf)} IDF weights")
     vec = TfidfVectorizer()
     vec.vocabulary_ = {str(k): int(v) for k, v in vocab.items()}
     vec.idf_ = idf
@@ -370,12 +373,11 @@ def _load_idf(path):
     "The IDF weights in `path` (`.npy`, no pickle): finite, non-negative floats, else an error."
     try: idf = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
-        raise MalformedRecordError(f"{path} is not a readable .npy array ({str(e)[:100]}); "
-                                   f"delete it to fetch or fit it again") from None
+        raise MalformedRecordError(f"{path} is not a readable .npy array ({str(e)[:100]}); delete it to "
+                                   "fetch or fit it again") from None
     if idf.ndim != 1 or idf.dtype.kind != 'f' or not np.isfinite(idf).all() or (idf < 0).any():
-        raise MalformedRecordError(f"{path} must hold finite non-negative IDF weights (a float "
-                                   f"vector), got {idf.dtype} of shape {idf.shape}; delete it to "
-                                   f"fetch or fit it again")
+        raise MalformedRecordError(f"{path} must hold finite non-negative IDF weights (a float vector), got "
+                                   f"{idf.dtype} of shape {idf.shape}; delete it to fetch or fit it again")
     return idf
 
 def get_tfidf_vectorizer(data_dir=None): # data directory with (or to receive) `idf.npy` and `tfidf_vocab.json`

@@ -32,14 +32,15 @@ class UnknownNameError(ValueError, KeyError):
 class AlgRegistry(dict):
     "`ALG_DICT`: method name -> `(HyperParams class, apply function)`; 'module:Class:function' entries are imported on first use."
     def __getitem__(self, name):
-        if name not in self: raise UnknownNameError(f"unknown editing method {name!r}; registered: {sorted(self)}. "
-                                                    f"Register one with ALG_DICT[{name!r}] = (HyperParams, apply_fn)")
+        if name not in self:
+            raise UnknownNameError(f"unknown editing method {name!r}; registered: {sorted(self)}. Register "
+                                   f"one with ALG_DICT[{name!r}] = (HyperParams, apply_fn)")
         v = super().__getitem__(name)
         if isinstance(v, str):
             mod, cls, fn = v.split(':')
             try: m = importlib.import_module(mod)
-            except ImportError as e: raise ImportError(f"{name} is registered as {v!r}, but {mod} cannot be "
-                                                       f"imported: {e}") from e
+            except ImportError as e:
+                raise ImportError(f"{name} is registered as {v!r}, but {mod} cannot be imported: {e}") from e
             v = (getattr(m, cls), getattr(m, fn))
             super().__setitem__(name, v)
         return v
@@ -91,8 +92,7 @@ def finished_cases(run_dir, num_edits=1): # run directory, edits applied at once
         try: why = case_result_problem(json.loads(f.read_text(encoding='utf-8')), cid, num_edits)
         except (ValueError, OSError) as e: why = f"it is unreadable ({type(e).__name__})"
         if why:
-            warnings.warn(f"{f} is not a complete result file ({why}); case {cid} will be "
-                          f"evaluated again")
+            warnings.warn(f"{f} is not a complete result file ({why}); case {cid} will be evaluated again")
         else: done.add(cid)
     return done
 
@@ -122,15 +122,18 @@ def case_result_problem(data,            # a case file's content
 @torch.no_grad()
 def weights_checksum(model): # the model
     "Per parameter: the sum and the Euclidean norm of its values, computed in float64, to detect any change."
-    return {n: torch.stack([p.sum(dtype=torch.float64), torch.linalg.vector_norm(p, dtype=torch.float64)]).cpu()
+    return {n: torch.stack([p.sum(dtype=torch.float64),
+                            torch.linalg.vector_norm(p, dtype=torch.float64)]).cpu()
             for n, p in model.named_parameters()}
 
 def check_weights(model, checksum:dict, context:str=''): # model, `weights_checksum` taken before editing, what just happened
     "Raise if any parameter of `model` differs from its `checksum`."
     now = weights_checksum(model)
     bad = [n for n in checksum if not torch.equal(now[n], checksum[n])]
-    if bad: raise RuntimeError(f"{context}the model's weights were not restored: {len(bad)} parameters differ from the "
-                               f"original: {bad[:5]}. The editing method must return every weight it changes.")
+    if bad:
+        raise RuntimeError(f"{context}the model's weights were not restored: {len(bad)} parameters differ "
+                           f"from the original: {bad[:5]}. The editing method must return "
+                           "every weight it changes.")
 
 # %% ../nbs/42_evaluate.ipynb #73ac36e6
 def dist_info():
@@ -244,8 +247,7 @@ def check(self:EvalConfig):
     if self.num_edits < 1: raise ValueError(f"num_edits must be >= 1, got {self.num_edits}")
     d = self.data_dir
     if d is not None and Path(d).suffix and not Path(d).exists():
-        raise FileNotFoundError(f"no such data file: {d}; give an existing dataset file "
-                                "or a data directory")
+        raise FileNotFoundError(f"no such data file: {d}; give an existing dataset file or a data directory")
     if self.num_edits > 1 and self.ds_name == 'cf':
         raise ValueError("cf does not support multiple edits at once; use mcf (MultiCounterFact)")
     return self
@@ -262,13 +264,12 @@ def _prepare_run_dir(alg_dir, continue_from_run, info, rank, world_size):
     if (run_dir / 'run_info.json').exists():
         old = read_json(run_dir / 'run_info.json', "fix it, or start a new run")
         if not isinstance(old, dict):
-            raise ValueError(f"{run_dir / 'run_info.json'} is not a JSON object; fix it, or start "
-                             f"a new run")
+            raise ValueError(f"{run_dir / 'run_info.json'} is not a JSON object; fix it, or start a new run")
         keys = ('alg_name', 'model_name', 'ds_name', 'num_edits')
         diff = {k: (old.get(k), v) for k, v in info.items() if k in keys and old.get(k) != v}
         if diff:
-            raise ValueError(f"{run_dir} was run with other settings (was, now): {diff}; start a new run "
-                             "instead")
+            raise ValueError(f"{run_dir} was run with other settings (was, now): "
+                             f"{diff}; start a new run instead")
     return run_dir
 
 # %% ../nbs/42_evaluate.ipynb #ad55772d
@@ -291,9 +292,8 @@ def _save_params(run_dir, hparams, path):
 def _check_records(records, kind, snips=None):
     "Check every record before anything is edited: some records, fields, unique ids, snippets."
     if not records:
-        raise ValueError("the dataset holds no records (an empty file, or dataset_size_limit 0); "
-                         "nothing to evaluate, and no run folder was made: give a dataset with "
-                         "records")
+        raise ValueError("the dataset holds no records (an empty file, or dataset_size_limit 0); nothing to "
+                         "evaluate, and no run folder was made: give a dataset with records")
     ids = set()
     for i, r in enumerate(records):
         check_record(r, kind, i, generation=snips is not None)
@@ -304,8 +304,8 @@ def _check_records(records, kind, snips=None):
             rw = r['requested_rewrite']
             if not snips[rw['relation_id']][rw['target_new']['id']]:
                 raise ValueError(f"record {i} (case_id {r['case_id']}): no attribute snippets for relation "
-                                 f"{rw['relation_id']!r} and object {rw['target_new']['id']!r}; the reference "
-                                 "score needs them (or skip the generation tests)")
+                                 f"{rw['relation_id']!r} and object {rw['target_new']['id']!r}; the "
+                                 "reference score needs them (or skip the generation tests)")
 
 # %% ../nbs/42_evaluate.ipynb #8a6210ba
 def _run_data(cfg:EvalConfig, mt, records=None, snips=None, vec=None):
@@ -315,8 +315,9 @@ def _run_data(cfg:EvalConfig, mt, records=None, snips=None, vec=None):
         return (records[:limit] if limit is not None else records), snips, vec
     world = toy_world_for(cfg.model_name) if cfg.data_dir is None else None  # a data_dir given is used
     if world is not None: recs, s2, v2 = toy_sources(world, cfg.ds_name, cfg.dataset_size_limit)
-    else: recs, s2, v2 = load_sources(cfg.ds_name, cfg.data_dir, mt.tokenizer, cfg.dataset_size_limit,
-                                      generation=cfg.generation)
+    else:
+        recs, s2, v2 = load_sources(cfg.ds_name, cfg.data_dir, mt.tokenizer, cfg.dataset_size_limit,
+                                    generation=cfg.generation)
     return recs, (s2 if snips is None else snips), (v2 if vec is None else vec)
 
 # %% ../nbs/42_evaluate.ipynb #a4e1c027
@@ -412,8 +413,8 @@ def run_cases(run:EvalRun):
     done = finished_cases(run.run_dir, ne)
     todo = [c for c in chunks if not all(r['case_id'] in done for r in c)]
     n_done = len(mine) - sum(len(c) for c in todo)
-    run.say(f"{len(run.records)} cases; this process ({run.rank + 1} of {run.world_size}): {len(mine)}, "
-            f"{n_done} already done")
+    run.say(f"{len(run.records)} cases; this process ({run.rank + 1} of {run.world_size}): "
+            f"{len(mine)}, {n_done} already done")
     fp = weights_checksum(run.mt.model) if cfg.check_weights_restored else None
     gen_ids, bar = _generation_ids(run), _progress_bar(run, len(mine), n_done)
     for chunk in todo:
@@ -422,7 +423,8 @@ def run_cases(run:EvalRun):
                                       with_pre=ne == 1)
         for r in chunk:
             if r['case_id'] in done: continue
-            write_json_atomic(case_record(r, chunk, t, post, pre, ne), case_file(run.run_dir, r['case_id'], ne), indent=1)
+            write_json_atomic(case_record(r, chunk, t, post, pre, ne),
+                              case_file(run.run_dir, r['case_id'], ne), indent=1)
             bar.update(1)
         bar.set_postfix(edit=f"{t:.2f}s")
     bar.close()

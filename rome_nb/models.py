@@ -35,7 +35,8 @@ TINY_CONFIGS = {
     'gemma': dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, num_key_value_heads=1,
                   intermediate_size=64, head_dim=16),
     'phi': dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, intermediate_size=64),
-    'opt': dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, ffn_dim=64, word_embed_proj_dim=32,
+    'opt': dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, ffn_dim=64,
+                word_embed_proj_dim=32,
                 max_position_embeddings=64),
 }
 
@@ -191,7 +192,8 @@ def _fill_block_parts(model, t, missing):
         a = _child_by(block0, _ATTN_RE, ('Attention',))
         if a is None: missing.append(f'the attention module inside {lt.format(0)} (attn_module_tmp)')
         else: t['attn_module_tmp'] = f'{lt}.{a}'
-    mlp_rel = _rel(t['mlp_module_tmp'], lt) if 'mlp_module_tmp' in t else _child_by(block0, _MLP_RE, ('MLP', 'FeedForward'))
+    mlp_rel = _rel(t['mlp_module_tmp'],
+                   lt) if 'mlp_module_tmp' in t else _child_by(block0, _MLP_RE, ('MLP', 'FeedForward'))
     if 'rewrite_module_tmp' not in t:
         dp = _find_down_proj(block0, mlp_rel, _rel(t.get('attn_module_tmp'), lt), _hidden_size(model))
         if dp is None: missing.append(f'the MLP output projection inside {lt.format(0)} (rewrite_module_tmp)')
@@ -204,11 +206,13 @@ def _fill_block_parts(model, t, missing):
 def _fill_model_parts(model, t, missing):
     "Add the embedding, unembedding and final-norm names."
     if 'embed_module' not in t:
-        e = _module_name(model, model.get_input_embeddings() if hasattr(model, 'get_input_embeddings') else None)
+        e = _module_name(model,
+                         model.get_input_embeddings() if hasattr(model, 'get_input_embeddings') else None)
         if e is None: missing.append('the token embedding (embed_module)')
         else: t['embed_module'] = e
     if 'lm_head_module' not in t:
-        h = _module_name(model, model.get_output_embeddings() if hasattr(model, 'get_output_embeddings') else None)
+        h = _module_name(model,
+                         model.get_output_embeddings() if hasattr(model, 'get_output_embeddings') else None)
         if h is None: missing.append('the unembedding (lm_head_module)')
         else: t['lm_head_module'] = h
     if 'ln_f_module' not in t:
@@ -221,21 +225,23 @@ def _missing_error(model, missing):
     example = ", ".join(f"{k}='...'" for k in _TEMPLATE_FIELDS)
     return ArchitectureError(
         f"could not recognise the structure of {type(model).__name__}: did not find " + "; ".join(missing) +
-        f". Pass the module names explicitly, with '{{}}' for the layer number, e.g. "
-        f"ModelAndTokenizer(..., arch=dict({example})) or set_arch(model, {example}).")
+        f". Pass the module names explicitly, with '{{}}' for the layer number, e.g. ModelAndTokenizer(..., "
+        f"arch=dict({example})) or set_arch(model, {example}).")
 
 def _check_templates(model, t):
     "Number of layers; raises if a template names a module the model does not have."
     names = _names(model)
     num_layers = 0
     while t['layer_module_tmp'].format(num_layers) in names: num_layers += 1
-    if num_layers == 0: raise ArchitectureError(f"layer_module_tmp={t['layer_module_tmp']!r} names no "
-                                                f"module of {type(model).__name__}")
+    if num_layers == 0:
+        raise ArchitectureError(f"layer_module_tmp={t['layer_module_tmp']!r} names no module "
+                                f"of {type(model).__name__}")
     for k in _TEMPLATE_FIELDS:
         for n in dict.fromkeys([t[k].format(0),
                                 t[k].format(num_layers - 1)]):  # first layer first, deterministically
-            if n not in names: raise ArchitectureError(f"{k}={t[k]!r} names {n!r}, which "
-                                                       f"{type(model).__name__} does not have")
+            if n not in names:
+                raise ArchitectureError(f"{k}={t[k]!r} names {n!r}, which "
+                                        f"{type(model).__name__} does not have")
     return num_layers
 
 # %% ../nbs/01_models.ipynb #534d53d2
@@ -258,8 +264,8 @@ def detect_arch(model:nn.Module, # a Hugging Face causal LM (or any model with a
     if missing: raise _missing_error(model, missing)
     num_layers = _check_templates(model, t)
     dims = linear_dims(get_module(model, t['rewrite_module_tmp'].format(0)))
-    if dims is None: raise ArchitectureError(f"{t['rewrite_module_tmp'].format(0)} is not a linear layer "
-                                             "(no 2-D weight)")
+    if dims is None:
+        raise ArchitectureError(f"{t['rewrite_module_tmp'].format(0)} is not a linear layer (no 2-D weight)")
     return ModelArch(**t, num_layers=num_layers, hidden_size=_hidden_size(model), mlp_width=dims[0],
                      weight_orientation=dims[2])
 
@@ -287,9 +293,9 @@ def layername(model:nn.Module, # the model
     return layername_from_arch(model_arch(model), num, kind)
 
 # %% ../nbs/01_models.ipynb #13b4a1fa
-_TINY_TEXT = ("The Eiffel Tower is located in the city of Paris. LeBron James plays the sport of basketball. "
-              "Danielle Darrieux's mother tongue is French. Toko Yasuda plays the guitar. "
-              "The capital of France is Paris, and the capital of Italy is Rome. Megan Rapinoe plays soccer. ")
+_TINY_TEXT = ("The Eiffel Tower is located in the city of Paris. LeBron James plays the sport of "
+              "basketball. Danielle Darrieux's mother tongue is French. Toko Yasuda plays the guitar. The "
+              "capital of France is Paris, and the capital of Italy is Rome. Megan Rapinoe plays soccer. ")
 
 def tiny_tokenizer(style:str='bytelevel', # 'bytelevel' (GPT-2 like) or 'metaspace' (Llama like, adds a BOS token)
                    text:str=None,         # training text (default: a few sentences about famous facts)
@@ -314,7 +320,8 @@ def tiny_tokenizer(style:str='bytelevel', # 'bytelevel' (GPT-2 like) or 'metaspa
         tr = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=['<unk>', '<s>', '</s>'],
                                  show_progress=False)
         tk.train_from_iterator([text], tr)
-        tk.post_processor = processors.TemplateProcessing(single='<s> $A', special_tokens=[('<s>', tk.token_to_id('<s>'))])
+        tk.post_processor = processors.TemplateProcessing(single='<s> $A',
+                                                          special_tokens=[('<s>', tk.token_to_id('<s>'))])
         return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token='<s>', eos_token='</s>',
                                        unk_token='<unk>')
     raise ValueError(f"unknown tokenizer style {style!r}; use 'bytelevel' or 'metaspace'")
@@ -333,16 +340,16 @@ def _as_dtype(dtype):
     name = {'fp16': 'float16', 'half': 'float16', 'bf16': 'bfloat16', 'fp32': 'float32',
             'float': 'float32'}.get(name, name)
     d = getattr(torch, name, None)
-    if not isinstance(d,
-                      torch.dtype): raise ValueError(f"unknown dtype {dtype!r}; use e.g. 'float32', 'float16', 'bfloat16'")
+    if not isinstance(d, torch.dtype):
+        raise ValueError(f"unknown dtype {dtype!r}; use e.g. 'float32', 'float16', 'bfloat16'")
     return d
 
 # %% ../nbs/01_models.ipynb #4b90a015
 def ensure_pad_token(tokenizer):
     "Give `tokenizer` a pad token (its EOS token) if it has none; returns the tokenizer."
     if tokenizer.pad_token is None:
-        if tokenizer.eos_token is None: raise ValueError("the tokenizer has neither a pad nor an eos token; "
-                                                         "set tokenizer.pad_token")
+        if tokenizer.eos_token is None:
+            raise ValueError("the tokenizer has neither a pad nor an eos token; set tokenizer.pad_token")
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
@@ -377,21 +384,20 @@ def check_model_source(model_name,         # hub name, local directory or alias
     if Path(name).expanduser().is_dir(): return 'local'
     pathlike = name.startswith(('/', '.', '~')) or '\\' in name or name.count('/') > 1
     if pathlike or Path(name).exists():
-        raise FileNotFoundError(f"no model directory {name}: give a model directory, a hub name "
-                                f"or an alias ({aliases})")
+        raise FileNotFoundError(f"no model directory {name}: give a model directory, a hub "
+                                f"name or an alias ({aliases})")
     from huggingface_hub import constants, try_to_load_from_cache
     try: cached = try_to_load_from_cache(name, 'config.json', revision=revision)
     except ValueError:
-        raise ValueError(f"{name!r} is neither a model directory, an alias ({aliases}) "
-                         "nor a hub name") from None
+        raise ValueError(f"{name!r} is neither a model directory, an alias ({aliases}) nor a hub name") from None
     if isinstance(cached, str): return 'cache'
-    where = (f"model {name!r} is not a local directory, an alias ({aliases}) or in the local "
-             "Hugging Face cache")
+    where = (f"model {name!r} is not a local directory, an alias ({aliases}) or in the "
+             "local Hugging Face cache")
     if constants.HF_HUB_OFFLINE:
         raise OSError(f"{where}, and HF_HUB_OFFLINE is set; unset it or give a local model")
     if not hub_reachable(endpoint):
-        raise OSError(f"{where}, and the hub ({endpoint or constants.ENDPOINT}) cannot be reached; "
-                      "connect to the internet or give a local model directory")
+        raise OSError(f"{where}, and the hub ({endpoint or constants.ENDPOINT}) cannot be reached; connect "
+                      "to the internet or give a local model directory")
     return 'hub'
 
 # %% ../nbs/01_models.ipynb #12d28d50
@@ -424,8 +430,8 @@ class ModelAndTokenizer:
         elif device is not None: model = model.to(device)
         set_requires_grad(False, model)
         self.model, self.tokenizer = model.eval(), ensure_pad_token(tokenizer)
-        if self.model_name is None: self.model_name = getattr(model.config, '_name_or_path',
-                                                              None) or type(model).__name__
+        if self.model_name is None:
+            self.model_name = getattr(model.config, '_name_or_path', None) or type(model).__name__
         self.arch = set_arch(model, **arch) if arch else model_arch(model)
         self.layer_names = [self.arch.layer_module_tmp.format(i) for i in range(self.arch.num_layers)]
         self.num_layers = len(self.layer_names)
@@ -435,7 +441,8 @@ class ModelAndTokenizer:
 
     def __repr__(self):
         return (f"ModelAndTokenizer(model={type(self.model).__name__}, name={self.model_name!r}, "
-                f"layers={self.num_layers}, device={self.device}, dtype={next(self.model.parameters()).dtype})")
+                f"layers={self.num_layers}, device={self.device}, "
+                f"dtype={next(self.model.parameters()).dtype})")
 
 # %% ../nbs/01_models.ipynb #1a81319b
 def load_causal_lm(model_name, torch_dtype=None, device=None, device_map=None, revision=None,
@@ -479,12 +486,12 @@ def position_ids_from_mask(attention_mask:torch.Tensor): # [batch, seq] of 0/1
 # %% ../nbs/01_models.ipynb #6bc73c2d
 def _encode_all(tokenizer, prompts, add_special_tokens=True):
     "Token id lists for `prompts`, with a clear error for an empty or non-string prompt."
-    if isinstance(prompts,
-                  str): raise ValueError(f"prompts must be a list of strings, got the string {prompts!r}; wrap it in a list")
+    if isinstance(prompts, str):
+        raise ValueError(f"prompts must be a list of strings, got the string {prompts!r}; wrap it in a list")
     out = []
     for i, p in enumerate(prompts):
-        if not isinstance(p,
-                          str): raise ValueError(f"prompt {i} is a {type(p).__name__}, not a string: {p!r}")
+        if not isinstance(p, str):
+            raise ValueError(f"prompt {i} is a {type(p).__name__}, not a string: {p!r}")
         if not p.strip(): raise ValueError(f"prompt {i} is empty ({p!r}); give a non-empty prompt")
         out.append(tokenizer.encode(p, add_special_tokens=add_special_tokens))
     if not out: raise ValueError("no prompts given")
@@ -504,8 +511,8 @@ def make_inputs(tokenizer,               # a Hugging Face tokenizer
                 position_ids=True,       # include `position_ids` that skip the padding
                 add_special_tokens=True): # let the tokenizer add e.g. a BOS token, as `tokenizer.encode` does
     "Encode `prompts` into a padded batch: `input_ids`, `attention_mask` (and `position_ids`)."
-    if padding_side not in ('left',
-                            'right'): raise ValueError(f"padding_side must be 'left' or 'right', not {padding_side!r}")
+    if padding_side not in ('left', 'right'):
+        raise ValueError(f"padding_side must be 'left' or 'right', not {padding_side!r}")
     toks = _encode_all(tokenizer, prompts, add_special_tokens)
     n, pad = max(len(t) for t in toks), pad_token_id(tokenizer)
     ids = [([pad] * (n - len(t)) + t) if padding_side == 'left' else (t + [pad] * (n - len(t))) for t in toks]
@@ -520,8 +527,8 @@ def target_token_ids(tokenizer,    # a Hugging Face tokenizer
                      target:str,   # the continuation, without leading space
                      sep:str=' '): # text between them
     "Token ids of the prompt and of `target` as read after it: `(prompt_ids, target_ids)`."
-    if not isinstance(target,
-                      str) or not target.strip(): raise ValueError(f"empty target {target!r} for prompt {prompt!r}; give the target text")
+    if not isinstance(target, str) or not target.strip():
+        raise ValueError(f"empty target {target!r} for prompt {prompt!r}; give the target text")
     p = _encode_all(tokenizer, [prompt])[0]
     joint = tokenizer.encode(prompt + sep + target)
     if joint[:len(p)] == p and len(joint) > len(p): return p, joint[len(p):]
@@ -548,7 +555,8 @@ def target_logprobs(model, tokenizer, prompts:list, targets:list, sep=' '):
 # %% ../nbs/01_models.ipynb #db8ac2ae
 def decode_tokens(tokenizer, token_array):
     "Each token of `token_array` (ids; or a batch of them) decoded on its own, as in the reference."
-    if hasattr(token_array, 'shape') and len(token_array.shape) > 1: return [decode_tokens(tokenizer, r) for r in token_array]
+    if hasattr(token_array,
+               'shape') and len(token_array.shape) > 1: return [decode_tokens(tokenizer, r) for r in token_array]
     return [tokenizer.decode([int(t)]) for t in token_array]
 
 def token_char_ends(tokenizer, token_ids):
@@ -563,16 +571,18 @@ def find_token_range(tokenizer,     # the tokenizer that produced `token_array`
                      substring:str, # the text to find, e.g. the subject
                      occurrence:int=0): # which occurrence: 0 the first, -1 the last
     "Token range `(start, end)` (end exclusive) of the tokens that spell `substring` in `token_array`."
-    if not substring or not substring.strip(): raise ValueError(f"empty substring {substring!r}: give the "
-                                                                "subject to find")
+    if not substring or not substring.strip():
+        raise ValueError(f"empty substring {substring!r}: give the subject to find")
     text, ends = token_char_ends(tokenizer, token_array)
     sub = substring if substring in text else substring.strip()
     locs = [m.start() for m in re.finditer(re.escape(sub), text)]
-    if not locs: raise ValueError(f"subject {substring!r} is not in the prompt {text!r}; the prompt must "
-                                  "contain the subject exactly")
+    if not locs:
+        raise ValueError(f"subject {substring!r} is not in the prompt {text!r}; the prompt must "
+                         "contain the subject exactly")
     try: char_loc = locs[occurrence]
-    except IndexError: raise ValueError(f"{substring!r} occurs {len(locs)} times in {text!r}; "
-                                        f"occurrence={occurrence} does not exist") from None
+    except IndexError:
+        raise ValueError(f"{substring!r} occurs {len(locs)} times in {text!r}; "
+                         f"occurrence={occurrence} does not exist") from None
     start = next(i for i, e in enumerate(ends) if e > char_loc)
     end = next(i for i, e in enumerate(ends) if e >= char_loc + len(sub)) + 1
     return start, end
@@ -625,7 +635,8 @@ def generate_fast(model,               # a causal LM
     dev = next(model.parameters()).device
     inp = make_inputs(tok, [p for p in prompts for _ in range(n_gen_per_prompt)], device=dev)
     ids, mask = inp['input_ids'], inp['attention_mask']
-    limit = getattr(model.config, 'max_position_embeddings', None) or getattr(model.config, 'n_positions', None)
+    limit = getattr(model.config, 'max_position_embeddings',
+                    None) or getattr(model.config, 'n_positions', None)
     max_len = min(max_out_len, limit) if limit else max_out_len
     gen = torch.Generator(device=dev).manual_seed(seed) if seed is not None else None
     eos, pad = tok.eos_token_id, pad_token_id(tok)

@@ -131,8 +131,9 @@ def main(n_cases:int=10,          # toy CounterFact cases to evaluate ROME on
     pd.set_option('display.max_columns', 20)
     print("rome_nb demo: locating and editing facts in the packaged toy model\n")
     mt, world = load_toy()
-    print(f"1. The toy model: {mt.num_layers}-layer GPT-2, {sum(p.numel() for p in mt.model.parameters()):,} parameters, "
-          f"{len(world.subjects)} invented people x {len(world.relations)} relations = {len(world.facts)} facts")
+    print(f"1. The toy model: {mt.num_layers}-layer GPT-2, "
+          f"{sum(p.numel() for p in mt.model.parameters()):,} parameters, {len(world.subjects)} invented "
+          f"people x {len(world.relations)} relations = {len(world.facts)} facts")
     _say(quiet, facts_table(world, 4).to_string(), "\n")
     tab, _ = recall_table(mt, world, progress=not quiet)
     print("   top-1 recall of the true object (%):\n" + (tab * 100).round(1).to_string(), "\n")
@@ -145,8 +146,8 @@ def main(n_cases:int=10,          # toy CounterFact cases to evaluate ROME on
           f"{rr['target_new']['str']!r}")
     print(df.to_string(index=False))
     print(f"   generation after the edit: {gen!r}\n   weights restored bit for bit: {exact}\n")
-    print(f"4. Evaluating ROME on {n_cases} toy CounterFact cases (rome_nb_evaluate), then the summary "
-          "(rome_nb_summarize):")
+    print(f"4. Evaluating ROME on {n_cases} toy CounterFact cases (rome_nb_evaluate), then the "
+          "summary (rome_nb_summarize):")
     run, table = evaluate_rome(n_cases, out / 'results', quiet=quiet)
     print("\n5. The architecture adapter in ten model families (tiny random models, nothing downloaded):")
     print(adapter_table()[['model', 'rewritten', 'orientation']].to_string())

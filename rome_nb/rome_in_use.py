@@ -57,7 +57,8 @@ def demo_model_editing(model, tok,
                        max_out_len:int=40, top_k:int=1, seed:int=0, quiet=False):
     "Edit `model` in place, print target probabilities and generations before and after; `(model, orig_weights)`."
     HP, apply = _alg(alg_name)
-    if hparams is None: hparams = HP.from_json(hparams_path(alg_name, getattr(model.config, '_name_or_path', '')))
+    if hparams is None: hparams = HP.from_json(hparams_path(alg_name,
+                                                            getattr(model.config, '_name_or_path', '')))
     requests = [requests] if isinstance(requests, dict) else requests
     prob_prompts = generation_prompts if prob_prompts is None else prob_prompts
     pre_gen = generate_fast(model, tok, generation_prompts, top_k=top_k, max_out_len=max_out_len, seed=seed)
@@ -85,13 +86,15 @@ def edit_explorer(mt,                        # a `ModelAndTokenizer`
     import ipywidgets as W
     from IPython.display import display
     r = request or {'prompt': '{} plays the sport of', 'subject': '', 'target_new': {'str': ''}}
-    prompt, subject = W.Text(value=r['prompt'], description='prompt'), W.Text(value=r['subject'], description='subject')
+    prompt, subject = W.Text(value=r['prompt'],
+                             description='prompt'), W.Text(value=r['subject'], description='subject')
     new = W.Text(value=r['target_new']['str'], description='new target')
     true = W.Text(value=(r.get('target_true') or {}).get('str', ''), description='true target')
     layer = W.BoundedIntText(value=hparams.layers[0], min=0, max=mt.num_layers - 1, description='layer')
     extra = W.Textarea(value='\n'.join(extra_prompts or []), description='prompts',
                        placeholder='one prompt per line')
-    apply_b, revert_b = W.Button(description='Apply', button_style='primary'), W.Button(description='Revert', disabled=True)
+    apply_b, revert_b = W.Button(description='Apply',
+                                 button_style='primary'), W.Button(description='Revert', disabled=True)
     out, state = W.Output(), {}
     def on_apply(_):
         out.clear_output()
@@ -101,10 +104,16 @@ def edit_explorer(mt,                        # a `ModelAndTokenizer`
                 if true.value.strip(): req['target_true'] = {'str': true.value}
                 prompts, gen_p = [l for l in extra.value.splitlines() if l.strip()], [fill(req['prompt'], req['subject'])]
                 if state.get('orig'): restore_weights(mt.model, state.pop('orig'))
-                pre, g0 = edit_table(mt.model, mt.tokenizer, req, prompts), generate_fast(mt.model, mt.tokenizer, gen_p, top_k=1, max_out_len=30)
+                pre, g0 = edit_table(mt.model, mt.tokenizer, req,
+                                     prompts), generate_fast(mt.model, mt.tokenizer, gen_p, top_k=1,
+                                                             max_out_len=30)
                 t0 = time.time()
-                _, state['orig'] = apply_rome_to_model(mt.model, mt.tokenizer, [req], replace(hparams, layers=[int(layer.value)]), return_orig_weights=True)
-                post, g1 = edit_table(mt.model, mt.tokenizer, req, prompts), generate_fast(mt.model, mt.tokenizer, gen_p, top_k=1, max_out_len=30)
+                _, state['orig'] = apply_rome_to_model(mt.model, mt.tokenizer, [req],
+                                                       replace(hparams,
+                                                               layers=[int(layer.value)]), return_orig_weights=True)
+                post, g1 = edit_table(mt.model, mt.tokenizer, req,
+                                      prompts), generate_fast(mt.model, mt.tokenizer, gen_p, top_k=1,
+                                                              max_out_len=30)
                 print(f"edited {list(state['orig'])} in {time.time() - t0:.1f} s")
                 display(pd.concat({'before': pre, 'after': post}, axis=1).style.format('{:.3f}'))
                 print(f"before: {g0[0]}\nafter:  {g1[0]}")
@@ -141,7 +150,8 @@ def benchmark_counterfact(mt, records:list, hparams:ROMEHyperParams, results_dir
     from rome_nb.evaluate import evaluate
     from rome_nb.summarize import summarize
     results_dir = results_dir or tempfile.mkdtemp()
-    run = evaluate('ROME', model_name=mt, records=records, hparams=hparams, skip_generation_tests=True, results_dir=results_dir,
+    run = evaluate('ROME', model_name=mt, records=records, hparams=hparams, skip_generation_tests=True,
+                   results_dir=results_dir,
                    dir_name=name, quiet=True)
     return summarize(run)
 
@@ -180,7 +190,9 @@ def benchmark_sequential(mt, records:list, hparams:ROMEHyperParams, texts:list, 
                               key_ratio=torch.dot(li['key_avg'],
                                                   li['u']).item() / torch.dot(li['key_prompt'], li['u']).item(),
                               ppl=mean_perplexity(mt.model, mt.tokenizer, texts),
-                              holds_now=prefers_new(mt.model, mt.tokenizer, [fill(r['prompt'], r['subject'])], r['target_new']['str'], r['target_true']['str'])[0]))
+                              holds_now=prefers_new(mt.model, mt.tokenizer,
+                                                    [fill(r['prompt'],
+                                                          r['subject'])], r['target_new']['str'], r['target_true']['str'])[0]))
         final = _success(mt.model, mt.tokenizer, records)
     finally:
         restore_weights(mt.model, orig)
@@ -189,7 +201,8 @@ def benchmark_sequential(mt, records:list, hparams:ROMEHyperParams, texts:list, 
 def summarize_sequential(steps:pd.DataFrame, final:dict, ppl0:float, blowup:float=2.0):
     "One row: efficacy at edit time and at the end, neighbourhood, perplexity, update sizes, disabling edits."
     jumps = steps['ppl'] / steps['ppl'].shift(1, fill_value=ppl0)
-    return {'edits': len(steps), 'ES at edit time': 100 * steps['holds_now'].mean(), 'ES at the end': 100 * final['rewrite'],
+    return {'edits': len(steps), 'ES at edit time': 100 * steps['holds_now'].mean(),
+            'ES at the end': 100 * final['rewrite'],
             'PS at the end': 100 * final['paraphrase'], 'NS at the end': 100 * final['neighborhood'],
             'ppl before': ppl0, 'ppl after': steps['ppl'].iloc[-1], 'max |dW|/|W|': steps['update_rel'].max(),
             'median |dW|/|W|': steps['update_rel'].median(),
@@ -204,7 +217,8 @@ def benchmark_timing(mt, requests:list, hparams:ROMEHyperParams):
                       stats_dir=tempfile.mkdtemp())  # statistics computed afresh, and the first edit inverts C
     t0, c0 = time.perf_counter(), time.process_time()
     for l in hparams.layers:  # computed once per layer and cached on disk; not part of an edit
-        layer_stats(mt.model, mt.tokenizer, mt.arch.layer(l, 'down_proj'), hparams.stats_dir, hparams.mom2_dataset,
+        layer_stats(mt.model, mt.tokenizer, mt.arch.layer(l, 'down_proj'), hparams.stats_dir,
+                    hparams.mom2_dataset,
                     sample_size=hparams.mom2_n_samples, precision=hparams.mom2_dtype, progress=None)
     stats = dict(wall=time.perf_counter() - t0, cpu=time.process_time() - c0)
     out = {}
@@ -254,16 +268,20 @@ def main(n_cf:int=50,       # counterfactual edits, each on a fresh model (0: sk
     if layer is not None: hp = replace(hp, layers=[layer])
     print(f"toy model {mt.model_name}: {mt.num_layers} layers; ROME at layer {hp.layers}; {len(records)} "
           "CounterFact records")
-    if trace: _print_table(f"MLP indirect effect at the last subject token ({trace} facts)",
-                           mlp_effect_by_layer(mt, toy_knowns(world), trace).to_frame())
+    if trace:
+        _print_table(f"MLP indirect effect at the last subject token ({trace} facts)",
+                     mlp_effect_by_layer(mt, toy_knowns(world), trace).to_frame())
     if n_cf:
         cf = {'ROME': benchmark_counterfact(mt, records[:n_cf], hp),
-              'ROME without C (u = k)': benchmark_counterfact(mt, records[:n_cf], replace(hp, mom2_adjustment=False))}
+              'ROME without C (u = k)': benchmark_counterfact(mt, records[:n_cf],
+                                                              replace(hp, mom2_adjustment=False))}
         _print_table(f"{n_cf} counterfactual edits, each on a fresh model (percent, 95% half-widths)",
-                     pd.DataFrame({'unedited': paper_row(cf['ROME'], 'pre'), **{k: paper_row(v) for k, v in cf.items()}}).T)
+                     pd.DataFrame({'unedited': paper_row(cf['ROME'], 'pre'),
+                                   **{k: paper_row(v) for k, v in cf.items()}}).T)
     if n_seq:
         texts = toy_text_corpus(world, 40)
-        t = {lab: summarize_sequential(*benchmark_sequential(mt, records[:n_seq], replace(hp, key_mode=m), texts))
+        t = {lab: summarize_sequential(*benchmark_sequential(mt, records[:n_seq], replace(hp, key_mode=m),
+                                                             texts))
              for m, lab in (('prompt', 'reference (prompt key)'), ('averaged', 'r-ROME fix (averaged key)'))}
         _print_table(f"{n_seq} edits in a row", pd.DataFrame(t).T)
     tabs = {}

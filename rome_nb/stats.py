@@ -99,14 +99,15 @@ class CombinedStat:
 def make_stat(to_collect): # names among `STAT_TYPES`
     "An empty `CombinedStat` collecting `to_collect`."
     bad = [k for k in to_collect if k not in STAT_TYPES]
-    if bad or not to_collect: raise ValueError(f"unknown statistics {bad or to_collect}; choose among "
-                                               f"{list(STAT_TYPES)}")
+    if bad or not to_collect:
+        raise ValueError(f"unknown statistics {bad or to_collect}; choose among {list(STAT_TYPES)}")
     return CombinedStat(**{k: STAT_TYPES[k]() for k in to_collect})
 
 # %% ../nbs/20_stats.ipynb #b62d9ae2
 from .files import read_json
 
-HF_DATASETS = {'wikipedia': ('wikimedia/wikipedia', '20231101.en'), 'wikitext': ('Salesforce/wikitext', 'wikitext-103-raw-v1')}
+HF_DATASETS = {'wikipedia': ('wikimedia/wikipedia', '20231101.en'),
+               'wikitext': ('Salesforce/wikitext', 'wikitext-103-raw-v1')}
 _TEXT_EXTS = ('.txt', '.raw', '.text', '.tokens', '.json', '.jsonl')
 
 def _sha(*parts):
@@ -153,14 +154,16 @@ def _file_texts(f):
 # %% ../nbs/20_stats.ipynb #40ace2d8
 def _offline():
     "True when downloads are switched off ($ROME_NB_OFFLINE, $HF_DATASETS_OFFLINE or $HF_HUB_OFFLINE set)."
-    return any(os.environ.get(v, '0') not in ('0', '', 'false', 'False') for v in ('ROME_NB_OFFLINE', 'HF_DATASETS_OFFLINE', 'HF_HUB_OFFLINE'))
+    return any(os.environ.get(v, '0') not in ('0', '', 'false',
+                                              'False') for v in ('ROME_NB_OFFLINE', 'HF_DATASETS_OFFLINE',
+                                                                 'HF_HUB_OFFLINE'))
 
 def _hf_texts(name, download=True):
     "Texts of the train split of Hugging Face dataset `name`, streamed; a clear error when it cannot be reached."
     hub, cfg = HF_DATASETS.get(name, (name, None))
     offline = _offline()
-    hint = ("pass a local text or JSON file or folder as the dataset (e.g. a copy of wikitext-2-raw/wiki.test.raw), "
-            "a list of strings, or 'toy' for the toy world's corpus")
+    hint = ("pass a local text or JSON file or folder as the dataset (e.g. a copy of "
+            "wikitext-2-raw/wiki.test.raw), a list of strings, or 'toy' for the toy world's corpus")
     if offline or not download:
         raise RuntimeError(f"the dataset {name!r} ({hub}) must be downloaded from the Hugging Face hub, but "
                            f"{'downloads are off (download=False)' if not download else 'the hub is set offline'}; {hint}")
@@ -170,8 +173,8 @@ def _hf_texts(name, download=True):
         it = iter(ds)
         first = next(it)
     except Exception as e:
-        raise RuntimeError(f"could not load the Hugging Face dataset {hub!r} ({type(e).__name__}: {str(e)[:200]}); "
-                           f"this machine may be offline. Instead, {hint}") from None
+        raise RuntimeError(f"could not load the Hugging Face dataset {hub!r} ({type(e).__name__}: "
+                           f"{str(e)[:200]}); this machine may be offline. Instead, {hint}") from None
     def gen():
         for r in itertools.chain([first], it):
             t = r.get('text') if isinstance(r, dict) else None
@@ -187,8 +190,8 @@ def dataset_texts(ds_name, # local file/folder, list of strings, 'toy', or a Hug
         texts = [t for t in ds_name if isinstance(t, str) and t.strip()]
         if not texts: raise ValueError("the list of texts is empty")
         return f"texts-{_sha(*texts)[:10]}", iter(texts)
-    if not isinstance(ds_name, (str,
-                                Path)): raise TypeError(f"ds_name must be a name, a path or a list of texts, not {type(ds_name).__name__}")
+    if not isinstance(ds_name, (str, Path)):
+        raise TypeError(f"ds_name must be a name, a path or a list of texts, not {type(ds_name).__name__}")
     if Path(ds_name).exists():
         files = _local_files(ds_name)
         h = hashlib.sha1()
@@ -202,8 +205,8 @@ def dataset_texts(ds_name, # local file/folder, list of strings, 'toy', or a Hug
         ds_id, texts = DATASET_ALIASES[ds_name]()
         return ds_id, iter(texts)
     if re.search(r'[\\/]', str(ds_name)) and not re.fullmatch(r'[\w.-]+/[\w.-]+', str(ds_name)):
-        raise FileNotFoundError(f"no such file or folder: {ds_name}; give a text file, a folder of "
-                                "texts, 'wikipedia', 'wikitext', 'toy' or a hub dataset name")
+        raise FileNotFoundError(f"no such file or folder: {ds_name}; give a text file, a folder of texts, "
+                                "'wikipedia', 'wikitext', 'toy' or a hub dataset name")
     return str(ds_name), _hf_texts(str(ds_name), download)
 
 # %% ../nbs/20_stats.ipynb #c26fabac
@@ -257,8 +260,8 @@ def collect_batch(model, layer_name:str, rows:list, stat:CombinedStat, pad_id:in
             model(input_ids=ids, attention_mask=mask, use_cache=False)
     except RuntimeError as e:
         if not _is_oom(e): raise
-        if len(rows) == 1: raise RuntimeError(f"one text of {n} tokens does not fit in memory at "
-                                              f"{layer_name}; lower maxlen") from e
+        if len(rows) == 1:
+            raise RuntimeError(f"one text of {n} tokens does not fit in memory at {layer_name}; lower maxlen") from e
         if torch.cuda.is_available(): torch.cuda.empty_cache()
         h = len(rows) // 2
         collect_batch(model, layer_name, rows[:h], stat, pad_id, compute_dtype)
@@ -299,11 +302,11 @@ def tokenizer_fingerprint(tokenizer):
 # %% ../nbs/20_stats.ipynb #f041455f
 def model_label(model, tokenizer, layer_name, model_name=None, revision=None):
     "`(directory name, weights fingerprint or None)` for `model`'s statistics: a hub name (and revision) as is; otherwise a name, a tokenizer hash and a weights fingerprint."
-    if model_name is not None: return str(model_name).replace('/',
-                                                              '_') + (f"@{revision}" if revision else ''), None
+    if model_name is not None:
+        return str(model_name).replace('/', '_') + (f"@{revision}" if revision else ''), None
     src = getattr(getattr(model, 'config', None), '_name_or_path', '') or ''
-    if src and not Path(src).exists(): return src.replace('/',
-                                                          '_') + (f"@{revision}" if revision else ''), None  # a hub name
+    if src and not Path(src).exists():
+        return src.replace('/', '_') + (f"@{revision}" if revision else ''), None  # a hub name
     # a local directory or a model built in memory: the name says nothing about the weights
     base = re.sub(r'[^A-Za-z0-9_.-]', '_', Path(src).name if src else type(model).__name__)
     return f"{base}-{tokenizer_fingerprint(tokenizer)}", weights_fingerprint(model, layer_name)
@@ -333,8 +336,7 @@ def _psd_problem(M:torch.Tensor, tol:float):
     lam = max(float(v @ M @ v), float(M.diagonal().max()))
     _, info = torch.linalg.cholesky_ex((M + M.T) / 2 + tol * lam * torch.eye(len(M), dtype=M.dtype))
     if int(info) != 0:
-        return (f"its second moment is not positive semi-definite "
-                f"(to {tol:g} of its largest eigenvalue)")
+        return (f"its second moment is not positive semi-definite (to {tol:g} of its largest eigenvalue)")
     return None
 
 def check_stat_arrays(arrays:dict, # a statistics file's arrays ('mom2.mom2', 'mom2.count', ...)
@@ -413,9 +415,9 @@ def read_stats(path, to_collect=('mom2',), key:dict=None, width:int=None,
         if (why := check_stat_arrays(arrays, to_collect)):
             return None, f"it has no digest and {why}"
         warn_once(('rome_nb.stats', str(Path(path).resolve())),
-                  f"{path} was read unverified: it has no rome_nb digest (a reference file, or one "
-                  f"written before digests); it passed the checks that can be made (counts, "
-                  f"symmetric, positive semi-definite)")
+                  f"{path} was read unverified: it has no rome_nb digest (a reference file, or one written "
+                  "before digests); it passed the checks that can be made (counts, "
+                  "symmetric, positive semi-definite)")
     return make_stat(list(to_collect)).load_state_dict(arrays), None
 
 # %% ../nbs/20_stats.ipynb #10a910e5
@@ -470,7 +472,8 @@ def _layer_width(model, layer_name):
 def _stats_key(model, tokenizer, layer_name, ds_id, to_collect, sample_size, precision, maxlen, model_name,
                revision):
     label, wfp = model_label(model, tokenizer, layer_name, model_name, revision)
-    return dict(format='rome_nb.stats/1', model=label, weights=wfp, layer=layer_name, dataset=ds_id, to_collect=sorted(to_collect), sample_size=sample_size,
+    return dict(format='rome_nb.stats/1', model=label, weights=wfp, layer=layer_name, dataset=ds_id,
+                to_collect=sorted(to_collect), sample_size=sample_size,
                 precision=precision, maxlen=maxlen)
 
 # %% ../nbs/20_stats.ipynb #cb17a123
@@ -532,7 +535,8 @@ def _compute_and_save(model, tokenizer, texts, to_collect, job:_Job, precision, 
     try: stat, part = _compute(model, tokenizer, texts, make_stat(to_collect), job)
     finally:
         for p, w in zip(model.parameters(), was): p.requires_grad_(w)
-    dtype = {'float64': np.float64, 'float32': np.float32, 'float16': np.float32}[precision]  # fp16 sums overflow
+    dtype = {'float64': np.float64, 'float32': np.float32,
+             'float16': np.float32}[precision]  # fp16 sums overflow
     save_stats(job.path, stat, job.key, dtype)
     if part.exists(): part.unlink()
     stat, why = read_stats(job.path, to_collect, job.key, width)  # in the stored precision
@@ -597,7 +601,8 @@ def layer_stats(model,                # the causal LM
             warnings.warn(f"recomputing {path}: {why}")
     if texts is None: ds_id, texts = dataset_texts(ds_name, download)
     compute_dtype = torch.float64 if precision == 'float64' else torch.float32
-    job = _Job(layer_name, path, key, sample_size, maxlen, batch_tokens, compute_dtype, progress, checkpoint_every)
+    job = _Job(layer_name, path, key, sample_size, maxlen, batch_tokens, compute_dtype, progress,
+               checkpoint_every)
     return _compute_and_save(model, tokenizer, texts, to_collect, job, precision, width)
 
 # %% ../nbs/20_stats.ipynb #89af7767
@@ -607,8 +612,7 @@ def _layer_list(layers):
     "Block numbers from the comma-separated `--layers`; a clear error for anything else."
     xs = [x.strip() for x in str(layers).split(',') if x.strip()]
     if not xs or not all(x.lstrip('-').isdigit() for x in xs):
-        raise ValueError(f"--layers must be comma-separated block numbers such as 17 or 5,6,7, "
-                         f"got {layers!r}")
+        raise ValueError(f"--layers must be comma-separated block numbers such as 17 or 5,6,7, got {layers!r}")
     return [int(x) for x in xs]
 
 @command('rome_nb_layer_stats')
@@ -634,5 +638,6 @@ def main(model_name:str='gpt2-xl', # hub name, local directory or alias (e.g. 't
         st = layer_stats(mt.model, mt.tokenizer, lname, stats_dir, dataset, to_collect.split(','),
                          sample_size=_opt_int(sample_size), precision=precision, batch_tokens=_opt_int(batch_tokens),
                          download=bool(download), revision=revision, maxlen=maxlen)
-        print(f"  {st.count} tokens; mom2 trace / width = {st.mom2.moment().double().diagonal().mean().item():.4g}"
+        print(f"  {st.count} tokens; mom2 trace / width = "
+              f"{st.mom2.moment().double().diagonal().mean().item():.4g}"
               if 'mom2' in st.keys() else f"  {st.count} tokens")
