@@ -5,20 +5,24 @@
 # %% auto #0
 __all__ = ['ALG_DICT', 'DS_DICT', 'UnknownNameError', 'AlgRegistry', 'new_run_dir', 'write_json_atomic', 'case_file',
            'finished_cases', 'case_result_problem', 'weights_checksum', 'check_weights', 'dist_info', 'shard',
-           'agree_on_run_dir', 'load_model', 'toy_sources', 'load_sources', 'edit_and_score', 'evaluate', 'main']
+           'agree_on_run_dir', 'toy_sources', 'load_sources', 'edit_and_score', 'EvalConfig', 'EvalRun', 'setup_run',
+           'case_record', 'run_cases', 'evaluate', 'main']
 
 # %% ../nbs/42_evaluate.ipynb #6033750c
 import json, os, sys, time, shutil, importlib, inspect, warnings, dataclasses
 from pathlib import Path
 import torch
+from fastcore.basics import patch
 from .cli import command
 from .nethook import get_parameter
-from .models import ModelAndTokenizer, default_device
+from .models import ModelAndTokenizer, default_device, get_model
+from .toyworld import toy_world_for
+from .stats import quiet_stats
 from .dsets import (CounterFactDataset, MultiCounterFactDataset, MENDQADataset, AttributeSnippets,
                            get_tfidf_vectorizer, fit_tfidf_vectorizer, check_record, DATA_DIR)
 from .metrics import compute_rewrite_quality_counterfact, compute_rewrite_quality_zsre
 from .editing import HPARAMS_DIR, default_hparams_fname, hparams_path, restore_weights
-from .files import atomic_path, write_text_atomic
+from .files import atomic_path, write_text_atomic, read_json
 
 # %% ../nbs/42_evaluate.ipynb #88b010b1
 class UnknownNameError(ValueError, KeyError):
@@ -28,13 +32,15 @@ class UnknownNameError(ValueError, KeyError):
 class AlgRegistry(dict):
     "`ALG_DICT`: method name -> `(HyperParams class, apply function)`; 'module:Class:function' entries are imported on first use."
     def __getitem__(self, name):
-        if name not in self: raise UnknownNameError(f"unknown editing method {name!r}; registered: {sorted(self)}. "
-                                                    f"Register one with ALG_DICT[{name!r}] = (HyperParams, apply_fn)")
+        if name not in self:
+            raise UnknownNameError(f"unknown editing method {name!r}; registered: {sorted(self)}. Register "
+                                   f"one with ALG_DICT[{name!r}] = (HyperParams, apply_fn)")
         v = super().__getitem__(name)
         if isinstance(v, str):
             mod, cls, fn = v.split(':')
             try: m = importlib.import_module(mod)
-            except ImportError as e: raise ImportError(f"{name} is registered as {v!r}, but {mod} cannot be imported: {e}") from e
+            except ImportError as e:
+                raise ImportError(f"{name} is registered as {v!r}, but {mod} cannot be imported: {e}") from e
             v = (getattr(m, cls), getattr(m, fn))
             super().__setitem__(name, v)
         return v
@@ -57,11 +63,14 @@ DS_DICT = {
 # %% ../nbs/42_evaluate.ipynb #c03a5463
 def new_run_dir(alg_dir): # results/<dir_name>
     "Create and return the next free `run_<NNN>` directory under `alg_dir`."
-    alg_dir = Path(alg_dir); alg_dir.mkdir(parents=True, exist_ok=True)
+    alg_dir = Path(alg_dir)
+    alg_dir.mkdir(parents=True, exist_ok=True)
     while True:
         ids = [int(x.name.split('_')[-1]) for x in alg_dir.iterdir() if x.name.split('_')[-1].isnumeric()]
         d = alg_dir / f"run_{str(max(ids) + 1 if ids else 0).zfill(3)}"
-        try: d.mkdir(); return d
+        try:
+            d.mkdir()
+            return d
         except FileExistsError: continue
 
 def write_json_atomic(obj, path, **kwargs): # what to write, where, `json.dump` options
@@ -83,8 +92,7 @@ def finished_cases(run_dir, num_edits=1): # run directory, edits applied at once
         try: why = case_result_problem(json.loads(f.read_text(encoding='utf-8')), cid, num_edits)
         except (ValueError, OSError) as e: why = f"it is unreadable ({type(e).__name__})"
         if why:
-            warnings.warn(f"{f} is not a complete result file ({why}); case {cid} will be "
-                          f"evaluated again")
+            warnings.warn(f"{f} is not a complete result file ({why}); case {cid} will be evaluated again")
         else: done.add(cid)
     return done
 
@@ -114,15 +122,18 @@ def case_result_problem(data,            # a case file's content
 @torch.no_grad()
 def weights_checksum(model): # the model
     "Per parameter: the sum and the Euclidean norm of its values, computed in float64, to detect any change."
-    return {n: torch.stack([p.sum(dtype=torch.float64), torch.linalg.vector_norm(p, dtype=torch.float64)]).cpu()
+    return {n: torch.stack([p.sum(dtype=torch.float64),
+                            torch.linalg.vector_norm(p, dtype=torch.float64)]).cpu()
             for n, p in model.named_parameters()}
 
 def check_weights(model, checksum:dict, context:str=''): # model, `weights_checksum` taken before editing, what just happened
     "Raise if any parameter of `model` differs from its `checksum`."
     now = weights_checksum(model)
     bad = [n for n in checksum if not torch.equal(now[n], checksum[n])]
-    if bad: raise RuntimeError(f"{context}the model's weights were not restored: {len(bad)} parameters differ from the "
-                               f"original: {bad[:5]}. The editing method must return every weight it changes.")
+    if bad:
+        raise RuntimeError(f"{context}the model's weights were not restored: {len(bad)} parameters differ "
+                           f"from the original: {bad[:5]}. The editing method must return "
+                           "every weight it changes.")
 
 # %% ../nbs/42_evaluate.ipynb #73ac36e6
 def dist_info():
@@ -145,18 +156,6 @@ def agree_on_run_dir(alg_dir, rank:int, world_size:int): # results/<dir_name>, r
     return Path(obj[0])
 
 # %% ../nbs/42_evaluate.ipynb #543eb29f
-def load_model(model_name, device=None, device_map=None, torch_dtype=None): # name, path, 'toy', ModelAndTokenizer or (model, tok)
-    "The model to edit as a `ModelAndTokenizer`, and the toy world if `model_name` is 'toy' (else None)."
-    if isinstance(model_name, ModelAndTokenizer): return model_name, None
-    if isinstance(model_name, (tuple, list)): return ModelAndTokenizer(model=model_name[0], tokenizer=model_name[1], device=device), None
-    if model_name == 'toy':
-        try: from rome_nb.toyworld import load_toy
-        except ImportError as e: raise ImportError(f"--model_name toy needs the toy world (rome_nb.toyworld): {e}") from e
-        mt, world = load_toy()
-        if device is not None: mt.model.to(device)
-        return mt, world
-    return ModelAndTokenizer(model_name, device=device, device_map=device_map, torch_dtype=torch_dtype), None
-
 def toy_sources(world, ds_name:str, size:int=None): # the toy world, 'cf', 'mcf' or 'zsre', keep the first `size` records
     "Records, attribute snippets and TF-IDF vectorizer of the toy world."
     from rome_nb import toyworld as tw
@@ -199,27 +198,81 @@ def edit_and_score(model, tok, records:list, apply_algo, hparams, ds_eval, snips
     pre = {r["case_id"]: score(model, r) for r in records} if with_pre else {}
     return exec_time, post, pre
 
-# %% ../nbs/42_evaluate.ipynb #98b83cc4
-def _run_info(alg_name, model_name, ds_name, dataset_size_limit, num_edits, skip_generation_tests):
-    return dict(alg_name=alg_name, model_name=model_name if isinstance(model_name, str) else getattr(model_name, 'model_name', str(type(model_name))),
-                ds_name=ds_name, dataset_size_limit=dataset_size_limit, num_edits=num_edits, skip_generation_tests=skip_generation_tests)
+# %% ../nbs/42_evaluate.ipynb #6377d29a
+@dataclasses.dataclass
+class EvalConfig:
+    "Everything that sets an evaluation run (one field per `rome_nb_evaluate` option)."
+    alg_name: str = 'ROME'               # editing method, a key of `ALG_DICT`
+    model_name: object = 'toy'           # anything `get_model` takes
+    hparams_fname: str = None            # hyperparameter file (default: <model_name>.json)
+    ds_name: str = 'cf'                  # a key of `DS_DICT`: 'cf', 'mcf' or 'zsre'
+    dataset_size_limit: int = None       # evaluate only the first n records
+    continue_from_run: str = None        # finish this run (e.g. 'run_003') instead of starting one
+    skip_generation_tests: bool = False  # only the fast probability tests
+    conserve_memory: bool = False        # keep the original weights on the CPU during an edit
+    dir_name: str = None                 # results subfolder (default: alg_name)
+    results_dir: object = 'results'      # where runs are written
+    data_dir: object = None              # data directory or dataset file
+    device: str = None                   # default: a GPU if there is one; cuda:<LOCAL_RANK> when sharded
+    device_map: str = None               # 'auto' to spread a large model over the GPUs
+    torch_dtype: str = None              # e.g. 'bfloat16' (default: the checkpoint's)
+    num_edits: int = 1                   # edits applied at once (MEMIT)
+    generation_test_interval: int = 1    # generation tests on every n-th case only (-1: never)
+    check_weights_restored: bool = True  # check after each case that the model is the original again
+    quiet: bool = False                  # no progress bars, no notes
 
+# %% ../nbs/42_evaluate.ipynb #5597a8f6
+@patch(as_prop=True)
+def alg_dir(self:EvalConfig): return Path(self.results_dir) / (self.dir_name or self.alg_name)
+
+@patch(as_prop=True)
+def generation(self:EvalConfig): return not self.skip_generation_tests and self.generation_test_interval != -1
+
+@patch
+def run_info(self:EvalConfig):
+    "What `run_info.json` records about the run (a continued run must match it)."
+    m = self.model_name
+    name = str(m) if isinstance(m, (str, Path)) else getattr(m, 'model_name', str(type(m)))
+    return dict(alg_name=self.alg_name, model_name=name, ds_name=self.ds_name,
+                dataset_size_limit=self.dataset_size_limit, num_edits=self.num_edits,
+                skip_generation_tests=self.skip_generation_tests)
+
+# %% ../nbs/42_evaluate.ipynb #472a3746
+@patch
+def check(self:EvalConfig):
+    "Raise on settings that cannot work, before anything is loaded."
+    ALG_DICT[self.alg_name]  # an unknown method: the error lists the known ones
+    if self.ds_name not in DS_DICT:
+        raise UnknownNameError(f"unknown dataset {self.ds_name!r}; known: {sorted(DS_DICT)}")
+    if self.num_edits < 1: raise ValueError(f"num_edits must be >= 1, got {self.num_edits}")
+    d = self.data_dir
+    if d is not None and Path(d).suffix and not Path(d).exists():
+        raise FileNotFoundError(f"no such data file: {d}; give an existing dataset file or a data directory")
+    if self.num_edits > 1 and self.ds_name == 'cf':
+        raise ValueError("cf does not support multiple edits at once; use mcf (MultiCounterFact)")
+    return self
+
+# %% ../nbs/42_evaluate.ipynb #98b83cc4
 def _prepare_run_dir(alg_dir, continue_from_run, info, rank, world_size):
     "The run directory: the one to continue (checked against `info`) or a new one."
     if continue_from_run is None: return agree_on_run_dir(alg_dir, rank, world_size)
     run_dir = alg_dir / continue_from_run
     if not run_dir.is_dir():
         runs = sorted(p.name for p in alg_dir.iterdir() if p.is_dir()) if alg_dir.is_dir() else []
-        raise FileNotFoundError(f"cannot continue run {continue_from_run!r}: {run_dir} does not exist; runs in {alg_dir}: {runs}")
+        raise FileNotFoundError(f"cannot continue run {continue_from_run!r}: {run_dir} does not exist; "
+                                f"runs in {alg_dir}: {runs}")
     if (run_dir / 'run_info.json').exists():
         old = read_json(run_dir / 'run_info.json', "fix it, or start a new run")
         if not isinstance(old, dict):
-            raise ValueError(f"{run_dir / 'run_info.json'} is not a JSON object; fix it, or start "
-                             f"a new run")
-        diff = {k: (old.get(k), v) for k, v in info.items() if k in ('alg_name', 'model_name', 'ds_name', 'num_edits') and old.get(k) != v}
-        if diff: raise ValueError(f"{run_dir} was run with other settings (was, now): {diff}; start a new run instead")
+            raise ValueError(f"{run_dir / 'run_info.json'} is not a JSON object; fix it, or start a new run")
+        keys = ('alg_name', 'model_name', 'ds_name', 'num_edits')
+        diff = {k: (old.get(k), v) for k, v in info.items() if k in keys and old.get(k) != v}
+        if diff:
+            raise ValueError(f"{run_dir} was run with other settings (was, now): "
+                             f"{diff}; start a new run instead")
     return run_dir
 
+# %% ../nbs/42_evaluate.ipynb #ad55772d
 def _load_hparams(params_class, alg_name, hparams_fname, model_name, run_dir=None):
     "Hyperparameters and the file they came from: a continued run's `params.json`, else the named (or default) file."
     if run_dir is not None and (run_dir / 'params.json').exists(): path = run_dir / 'params.json'
@@ -229,14 +282,99 @@ def _load_hparams(params_class, alg_name, hparams_fname, model_name, run_dir=Non
 def _save_params(run_dir, hparams, path):
     "Write the run's `params.json` (a copy of the hyperparameter file, as the reference) unless it exists."
     if (run_dir / 'params.json').exists(): return
-    if path is None:
-        write_json_atomic(dataclasses.asdict(hparams) if dataclasses.is_dataclass(hparams) else vars(hparams), run_dir / 'params.json', indent=1)
-    else:
+    if path is not None:
         with atomic_path(run_dir / 'params.json') as tmp: shutil.copyfile(path, tmp)
+        return
+    fields = dataclasses.asdict(hparams) if dataclasses.is_dataclass(hparams) else vars(hparams)
+    write_json_atomic(fields, run_dir / 'params.json', indent=1)
 
 # %% ../nbs/42_evaluate.ipynb #084d2f34
-from .files import read_json
+def _check_records(records, kind, snips=None):
+    "Check every record before anything is edited: some records, fields, unique ids, snippets."
+    if not records:
+        raise ValueError("the dataset holds no records (an empty file, or dataset_size_limit 0); nothing to "
+                         "evaluate, and no run folder was made: give a dataset with records")
+    ids = set()
+    for i, r in enumerate(records):
+        check_record(r, kind, i, generation=snips is not None)
+        if r['case_id'] in ids:
+            raise ValueError(f"case_id {r['case_id']} appears twice in the dataset (record {i})")
+        ids.add(r['case_id'])
+        if snips is not None and r.get('generation_prompts'):
+            rw = r['requested_rewrite']
+            if not snips[rw['relation_id']][rw['target_new']['id']]:
+                raise ValueError(f"record {i} (case_id {r['case_id']}): no attribute snippets for relation "
+                                 f"{rw['relation_id']!r} and object {rw['target_new']['id']!r}; the "
+                                 "reference score needs them (or skip the generation tests)")
 
+# %% ../nbs/42_evaluate.ipynb #8a6210ba
+def _run_data(cfg:EvalConfig, mt, records=None, snips=None, vec=None):
+    "Records, attribute snippets and TF-IDF vectorizer of the run: those given, else the toy world's or the dataset's."
+    if records is not None:
+        limit = cfg.dataset_size_limit
+        return (records[:limit] if limit is not None else records), snips, vec
+    world = toy_world_for(cfg.model_name) if cfg.data_dir is None else None  # a data_dir given is used
+    if world is not None: recs, s2, v2 = toy_sources(world, cfg.ds_name, cfg.dataset_size_limit)
+    else:
+        recs, s2, v2 = load_sources(cfg.ds_name, cfg.data_dir, mt.tokenizer, cfg.dataset_size_limit,
+                                    generation=cfg.generation)
+    return recs, (s2 if snips is None else snips), (v2 if vec is None else vec)
+
+# %% ../nbs/42_evaluate.ipynb #a4e1c027
+@dataclasses.dataclass
+class EvalRun:
+    "An evaluation run once it is set up: what `run_cases` works with."
+    cfg: EvalConfig       # the settings
+    mt: ModelAndTokenizer # the model to edit
+    records: list         # all the records (each process takes its share)
+    hparams: object       # the method's hyperparameters
+    run_dir: Path         # where the case files go
+    snips: object = None  # attribute snippets for the generation tests (None: no generation tests)
+    vec: object = None    # their TF-IDF vectorizer
+    rank: int = 0         # this process
+    world_size: int = 1   # the number of processes
+
+    @property
+    def apply_algo(self): return ALG_DICT[self.cfg.alg_name][1]
+
+    @property
+    def ds_eval(self): return DS_DICT[self.cfg.ds_name][1]
+
+    def say(self, *args):
+        "Print, unless quiet or not the first process."
+        if not self.cfg.quiet and self.rank == 0: print(*args)
+
+# %% ../nbs/42_evaluate.ipynb #49955e02
+def _run_device(cfg:EvalConfig, local_rank:int, world_size:int):
+    "The device to load the model on: the one asked for, this process's GPU when sharded, else the default."
+    if cfg.device is not None or cfg.device_map is not None: return cfg.device
+    return f'cuda:{local_rank}' if world_size > 1 and torch.cuda.is_available() else default_device()
+
+def setup_run(cfg:EvalConfig, records:list=None, snips=None, vec=None, hparams=None):
+    "Check `cfg`, load the model, hyperparameters and records, make the run directory: an `EvalRun`."
+    cfg.check()
+    rank, world_size, local_rank = dist_info()
+    info = cfg.run_info()
+    cont = None  # the run to continue, checked before anything is loaded
+    if cfg.continue_from_run:
+        cont = _prepare_run_dir(cfg.alg_dir, cfg.continue_from_run, info, rank, world_size)
+    hp, hp_path = (hparams, None) if hparams is not None else \
+        _load_hparams(ALG_DICT[cfg.alg_name][0], cfg.alg_name, cfg.hparams_fname, cfg.model_name, cont)
+    mt = get_model(cfg.model_name, _run_device(cfg, local_rank, world_size), cfg.device_map, cfg.torch_dtype)
+    records, snips, vec = _run_data(cfg, mt, records, snips, vec)
+    gen = cfg.generation and snips is not None and vec is not None
+    snips, vec = (snips, vec) if gen else (None, None)
+    _check_records(records, 'zsre' if cfg.ds_name == 'zsre' else 'cf', snips)
+    run_dir = cont or _prepare_run_dir(cfg.alg_dir, None, info, rank, world_size)
+    run = EvalRun(cfg, mt, records, hp, run_dir, snips, vec, rank, world_size)
+    run.say(f"Results will be stored at {run_dir}")
+    if rank == 0:
+        _save_params(run_dir, hp, hp_path)
+        if not (run_dir / 'run_info.json').exists():
+            write_json_atomic(info, run_dir / 'run_info.json', indent=1)
+    return run
+
+# %% ../nbs/42_evaluate.ipynb #d5e4606a
 def _remove_stale_tmp(run_dir, ids, num_edits):
     "Temporary files that a killed run of this process's cases left behind."
     for i in ids:
@@ -244,97 +382,72 @@ def _remove_stale_tmp(run_dir, ids, num_edits):
 
 def _chunks(arr, n): return [arr[i:i + n] for i in range(0, len(arr), n)]
 
-def _check_records(records, kind, snips=None):
-    "Check every record before anything is edited: some records, fields, unique ids, snippets."
-    if not records:
-        raise ValueError("the dataset holds no records (an empty file, or dataset_size_limit 0); "
-                         "nothing to evaluate, and no run folder was made: give a dataset with "
-                         "records")
-    ids = set()
-    for i, r in enumerate(records):
-        check_record(r, kind, i, generation=snips is not None)
-        if r['case_id'] in ids: raise ValueError(f"case_id {r['case_id']} appears twice in the dataset (record {i})")
-        ids.add(r['case_id'])
-        if snips is not None and r.get('generation_prompts'):
-            rw = r['requested_rewrite']
-            if not snips[rw['relation_id']][rw['target_new']['id']]:
-                raise ValueError(f"record {i} (case_id {r['case_id']}): no attribute snippets for relation {rw['relation_id']!r} and "
-                                 f"object {rw['target_new']['id']!r}; the reference score needs them (or skip the generation tests)")
-
-# %% ../nbs/42_evaluate.ipynb #4fa5a681
-def evaluate(alg_name:str='ROME', model_name='toy', hparams_fname:str=None, ds_name:str='cf',
-             dataset_size_limit:int=None, continue_from_run:str=None, skip_generation_tests:bool=False,
-             conserve_memory:bool=False, dir_name:str=None, results_dir='results', data_dir=None,
-             device:str=None, device_map:str=None, torch_dtype:str=None, num_edits:int=1,
-             generation_test_interval:int=1, check_weights_restored:bool=True, quiet:bool=False,
-             records:list=None, snips=None, vec=None, hparams=None):
-    "Evaluate editing method `alg_name` on dataset `ds_name`; one result file per case in the returned run directory."
-    from tqdm.auto import tqdm
-    params_class, apply_algo = ALG_DICT[alg_name]
-    if ds_name not in DS_DICT: raise UnknownNameError(f"unknown dataset {ds_name!r}; known: {sorted(DS_DICT)}")
-    if num_edits < 1: raise ValueError(f"num_edits must be >= 1, got {num_edits}")
-    if data_dir is not None and Path(data_dir).suffix and not Path(data_dir).exists():
-        raise FileNotFoundError(f"no such data file: {data_dir}; give an existing dataset file "
-                                "or a data directory")
-    if num_edits > 1 and ds_name == 'cf': raise ValueError("cf does not support multiple edits at once; use mcf (MultiCounterFact)")
-    rank, world_size, local_rank = dist_info()
-    if device is None and device_map is None: device = f'cuda:{local_rank}' if world_size > 1 and torch.cuda.is_available() else default_device()
-    say = (lambda *a: None) if quiet or rank != 0 else print
-    alg_dir = Path(results_dir) / (dir_name or alg_name)
-    info = _run_info(alg_name, model_name, ds_name, dataset_size_limit, num_edits, skip_generation_tests)
-    cont_dir = _prepare_run_dir(alg_dir, continue_from_run, info, rank, world_size) if continue_from_run else None
-    hp, hp_path = (hparams, None) if hparams is not None else _load_hparams(params_class, alg_name, hparams_fname, model_name, cont_dir)
-    mt, world = load_model(model_name, device, device_map, torch_dtype)
-    gen = not skip_generation_tests and generation_test_interval != -1
-    if records is None:
-        toy = world is not None and data_dir is None  # a data_dir given is used, even with the toy
-        records, s2, v2 = toy_sources(world, ds_name, dataset_size_limit) if toy else \
-            load_sources(ds_name, data_dir, mt.tokenizer, dataset_size_limit, generation=gen)
-        snips, vec = (s2 if snips is None else snips), (v2 if vec is None else vec)
-    elif dataset_size_limit is not None: records = records[:dataset_size_limit]
-    gen = gen and snips is not None and vec is not None
-    _check_records(records, 'zsre' if ds_name == 'zsre' else 'cf', snips if gen else None)
-    run_dir = cont_dir or _prepare_run_dir(alg_dir, None, info, rank, world_size)  # created only once all inputs are good
-    say(f"Results will be stored at {run_dir}")
-    if rank == 0:
-        _save_params(run_dir, hp, hp_path)
-        if not (run_dir / 'run_info.json').exists(): write_json_atomic(info, run_dir / 'run_info.json', indent=1)
-    return _run_cases(mt, records, apply_algo, hp, DS_DICT[ds_name][1], run_dir, snips if gen else None, vec if gen else None,
-                      num_edits, generation_test_interval, conserve_memory, check_weights_restored, rank, world_size, quiet, say, tqdm)
+def case_record(r:dict, chunk:list, exec_time:float, post:dict, pre:dict, num_edits:int=1):
+    "The result record of case `r`, edited together with the records of `chunk`."
+    cid = r['case_id']
+    res = {"case_id": cid, "requested_rewrite": r["requested_rewrite"], "time": exec_time, "post": post[cid]}
+    if num_edits == 1: return {**res, "pre": pre[cid]}
+    group = {"grouped_case_ids": [x["case_id"] for x in chunk], "num_edits": num_edits}
+    return {"case_id": cid, **group, **{k: v for k, v in res.items() if k != "case_id"}}
 
 # %% ../nbs/42_evaluate.ipynb #acb15d89
-def _run_cases(mt, records, apply_algo, hp, ds_eval, run_dir, snips, vec, num_edits, interval, conserve_memory,
-               check, rank, world_size, quiet, say, tqdm):
-    "The loop over this process's cases (or chunks of `num_edits` cases)."
-    chunks = shard(_chunks(records, num_edits), rank, world_size)
+def _progress_bar(run:EvalRun, total:int, initial:int):
+    "A progress bar over this process's cases, named after the run (and the process when sharded)."
+    from tqdm.auto import tqdm
+    desc = f"{run.run_dir.parent.name}/{run.run_dir.name}"
+    if run.world_size > 1: desc += f" [{run.rank}/{run.world_size}]"
+    return tqdm(total=total, initial=initial, unit='case', disable=run.cfg.quiet, desc=desc)
+
+def _generation_ids(run:EvalRun):
+    "The cases that get the generation tests: every `generation_test_interval`-th, when there are snippets."
+    n = run.cfg.generation_test_interval
+    return {r['case_id'] for r in run.records if run.snips is not None and n > 0 and r['case_id'] % n == 0}
+
+# %% ../nbs/42_evaluate.ipynb #bc9fad4a
+def run_cases(run:EvalRun):
+    "Evaluate this process's unfinished cases of `run`, one result file each; returns the run directory."
+    cfg, ne = run.cfg, run.cfg.num_edits
+    chunks = shard(_chunks(run.records, ne), run.rank, run.world_size)
     mine = [r['case_id'] for c in chunks for r in c]
-    _remove_stale_tmp(run_dir, mine, num_edits)
-    done = finished_cases(run_dir, num_edits)
+    _remove_stale_tmp(run.run_dir, mine, ne)
+    done = finished_cases(run.run_dir, ne)
     todo = [c for c in chunks if not all(r['case_id'] in done for r in c)]
-    say(f"{len(records)} cases; this process ({rank + 1} of {world_size}): {len(mine)}, {len(mine) - sum(len(c) for c in todo)} already done")
-    fp = weights_checksum(mt.model) if check else None
-    gen_ids = {r['case_id'] for r in records if snips is not None and interval > 0 and r['case_id'] % interval == 0}
-    bar = tqdm(total=len(mine), initial=len(mine) - sum(len(c) for c in todo), unit='case', disable=quiet,
-               desc=f"{run_dir.parent.name}/{run_dir.name}" + (f" [{rank}/{world_size}]" if world_size > 1 else ''))
+    n_done = len(mine) - sum(len(c) for c in todo)
+    run.say(f"{len(run.records)} cases; this process ({run.rank + 1} of {run.world_size}): "
+            f"{len(mine)}, {n_done} already done")
+    fp = weights_checksum(run.mt.model) if cfg.check_weights_restored else None
+    gen_ids, bar = _generation_ids(run), _progress_bar(run, len(mine), n_done)
     for chunk in todo:
-        t, post, pre = edit_and_score(mt.model, mt.tokenizer, chunk, apply_algo, hp, ds_eval, snips, vec, fp,
-                                      conserve_memory, gen_ids, with_pre=num_edits == 1)
+        t, post, pre = edit_and_score(run.mt.model, run.mt.tokenizer, chunk, run.apply_algo, run.hparams,
+                                      run.ds_eval, run.snips, run.vec, fp, cfg.conserve_memory, gen_ids,
+                                      with_pre=ne == 1)
         for r in chunk:
             if r['case_id'] in done: continue
-            res = {"case_id": r["case_id"], "requested_rewrite": r["requested_rewrite"], "time": t, "post": post[r["case_id"]]}
-            if num_edits == 1: res["pre"] = pre[r["case_id"]]
-            else: res = {"case_id": r["case_id"], "grouped_case_ids": [x["case_id"] for x in chunk], "num_edits": num_edits, **{k: v for k, v in res.items() if k != "case_id"}}
-            write_json_atomic(res, case_file(run_dir, r["case_id"], num_edits), indent=1)
+            write_json_atomic(case_record(r, chunk, t, post, pre, ne),
+                              case_file(run.run_dir, r['case_id'], ne), indent=1)
             bar.update(1)
         bar.set_postfix(edit=f"{t:.2f}s")
     bar.close()
-    return run_dir
+    return run.run_dir
+
+# %% ../nbs/42_evaluate.ipynb #81c674b4
+def evaluate(*args,             # an `EvalConfig`, or its fields in order (alg_name, model_name, ...)
+             records:list=None, # the records (default: the dataset's, or the toy world's)
+             snips=None,        # attribute snippets (`AttributeSnippets`) for the generation tests
+             vec=None,          # their TF-IDF vectorizer
+             hparams=None,      # a hyperparameter object (default: read from `hparams_fname`)
+             **kwargs):         # `EvalConfig` fields by name
+    "Evaluate an editing method on a dataset; one result file per case in the returned run directory."
+    if len(args) == 1 and isinstance(args[0], EvalConfig): cfg = dataclasses.replace(args[0], **kwargs)
+    else: cfg = EvalConfig(*args, **kwargs)
+    with quiet_stats(cfg.quiet):
+        return run_cases(setup_run(cfg, records, snips, vec, hparams))
 
 # %% ../nbs/42_evaluate.ipynb #260f19a9
 @command('rome_nb_evaluate')
-def main(alg_name:str='ROME',              # editing method, a key of ALG_DICT (results go to results/<alg_name>/run_<NNN>)
-         model_name:str='toy',             # hub name (gpt2-xl, EleutherAI/gpt-j-6B, ...), local directory, or 'toy'
-         hparams_fname:str=None,           # file in hparams/<alg_name>/ or rome_nb/hparams/<alg_name>/, or a path (default: <model_name>.json)
+def main(alg_name:str='ROME',              # editing method, a key of ALG_DICT (results in results/<alg_name>/run_<NNN>)
+         model_name:str='toy',             # hub name (gpt2-xl, ...), local directory, or alias ('toy')
+         hparams_fname:str=None,           # in hparams/<alg_name>/ or the package's, or a path (default: <model_name>.json)
          ds_name:str='cf',                 # dataset: cf (CounterFact), mcf (MultiCounterFact) or zsre
          dataset_size_limit:int=None,      # evaluate only the first n records
          continue_from_run:str=None,       # finish this run (e.g. run_003) instead of starting a new one
@@ -345,13 +458,9 @@ def main(alg_name:str='ROME',              # editing method, a key of ALG_DICT (
          dir_name:str=None,                # results subfolder (default: alg_name)
          results_dir:str='results',        # where runs are written
          data_dir:str=None,                # data directory or dataset file (default: data/ or $ROME_NB_DATA_DIR)
-         device:str=None,                  # e.g. cuda:0 or cpu (default: a GPU if there is one; cuda:<LOCAL_RANK> when sharded)
+         device:str=None,                  # e.g. cuda:0 (default: a GPU if any; cuda:<LOCAL_RANK> when sharded)
          device_map:str=None,              # 'auto' to spread a large model over the GPUs (accelerate)
          torch_dtype:str=None,             # e.g. float16 or bfloat16 (default: the checkpoint's)
-         quiet:bool=False):                # no progress bar
+         quiet:bool=False):                # no progress bars (evaluation and statistics)
     "Evaluate a model-editing method on CounterFact or zsRE, one result file per case (resumable, shardable)."
-    return evaluate(alg_name=alg_name, model_name=model_name, hparams_fname=hparams_fname, ds_name=ds_name,
-                    dataset_size_limit=dataset_size_limit, continue_from_run=continue_from_run,
-                    skip_generation_tests=skip_generation_tests, conserve_memory=conserve_memory, dir_name=dir_name,
-                    results_dir=results_dir, data_dir=data_dir, device=device, device_map=device_map,
-                    torch_dtype=torch_dtype, num_edits=num_edits, generation_test_interval=generation_test_interval, quiet=quiet)
+    return evaluate(EvalConfig(**locals()))  # the options are `EvalConfig`'s fields

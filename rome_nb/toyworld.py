@@ -7,9 +7,10 @@ __all__ = ['FRAMES_TRAIN', 'FRAMES_HELD', 'REL_SPECS', 'ONSETS', 'VOWELS', 'CODA
            'PEOPLE', 'ADV', 'PVERB', 'DOC_KINDS', 'DEFAULT_MIX', 'TOY_TRAIN_DEFAULTS', 'Relation', 'make_relations',
            'check_prefixes', 'name_part', 'make_names', 'ToyWorld', 'make_world', 'world_to_dict', 'world_from_dict',
            'filler', 'statement', 'assoc_sentence', 'profile', 'toy_document', 'toy_corpus', 'train_toy_tokenizer',
-           'pack_corpus', 'fact_recall', 'train_toy_model', 'load_world', 'load_toy', 'toy_train_log', 'plot_train_log',
-           'recall_table', 'counterfact_record', 'toy_counterfact', 'toy_knowns', 'toy_attribute_snippets',
-           'toy_text_corpus', 'toy_stats_corpus', 'toy_zsre_raw', 'toy_zsre', 'toy_out_dir', 'toy_train']
+           'pack_corpus', 'fact_recall', 'train_toy_model', 'load_world', 'load_toy', 'toy_world_for', 'toy_train_log',
+           'plot_train_log', 'recall_table', 'counterfact_record', 'toy_counterfact', 'toy_knowns',
+           'toy_attribute_snippets', 'toy_text_corpus', 'toy_stats_corpus', 'toy_zsre_raw', 'toy_zsre', 'toy_out_dir',
+           'toy_train']
 
 # %% ../nbs/02_toyworld.ipynb #04dde568
 import hashlib, json, math, os, random, shutil, tempfile, time
@@ -18,33 +19,46 @@ from pathlib import Path
 import torch
 import pandas as pd
 from .cli import command
-from .models import ModelAndTokenizer, TOY_DIR, make_inputs, generate_fast
+from .models import ModelAndTokenizer, TOY_DIR, make_inputs, generate_fast, get_model, resolve_model_name
 
 # %% ../nbs/02_toyworld.ipynb #bddc6416
 FRAMES_TRAIN = ["The {k1} of {{}} is", "{{}}'s {k2} is", "What is the {k1} of {{}}?", "What is {{}}'s {k2}?"]
 FRAMES_HELD = ["The {k2} of {{}} is", "{{}}'s {k1} is", "What is the {k2} of {{}}?"]
 
 REL_SPECS = [ # (relation_id, name, (keyword 1, keyword 2), verbal statements, objects)
-    ("P106", "occupation", ("occupation", "profession"), ["{} is a", "{} works as a", "{} earns a living as a"],
-     ["painter", "singer", "farmer", "doctor", "teacher", "baker", "sailor", "lawyer", "pilot", "nurse", "poet", "tailor"]),
+    ("P106", "occupation", ("occupation", "profession"), ["{} is a", "{} works as a",
+                                                          "{} earns a living as a"],
+     ["painter", "singer", "farmer", "doctor", "teacher", "baker", "sailor", "lawyer", "pilot", "nurse",
+      "poet", "tailor"]),
     ("P27", "country of citizenship", ("citizenship", "nationality"),
      ["{} holds a passport from", "{} has citizenship in", "{} is registered as a citizen of"],
-     ["Norway", "Chile", "Egypt", "Peru", "Japan", "Kenya", "Spain", "Canada", "Brazil", "Italy", "Poland", "Greece"]),
-    ("P103", "native language", ("native language", "mother tongue"), ["{} speaks", "{} grew up speaking", "{} was raised speaking"],
-     ["English", "French", "Dutch", "Polish", "Greek", "Swedish", "Arabic", "Korean", "Hindi", "Russian", "Turkish", "Finnish"]),
-    ("P19", "place of birth", ("birthplace", "place of birth"), ["{} was born in", "{} comes from the city of", "{} is originally from"],
-     ["Lyon", "Oslo", "Lima", "Cairo", "Kyoto", "Nairobi", "Madrid", "Toronto", "Recife", "Milan", "Krakow", "Athens"]),
+     ["Norway", "Chile", "Egypt", "Peru", "Japan", "Kenya", "Spain", "Canada", "Brazil", "Italy", "Poland",
+      "Greece"]),
+    ("P103", "native language", ("native language", "mother tongue"),
+     ["{} speaks", "{} grew up speaking", "{} was raised speaking"],
+     ["English", "French", "Dutch", "Polish", "Greek", "Swedish", "Arabic", "Korean", "Hindi", "Russian",
+      "Turkish", "Finnish"]),
+    ("P19", "place of birth", ("birthplace", "place of birth"), ["{} was born in",
+                                                                 "{} comes from the city of", "{} is originally from"],
+     ["Lyon", "Oslo", "Lima", "Cairo", "Kyoto", "Nairobi", "Madrid", "Toronto", "Recife", "Milan", "Krakow",
+      "Athens"]),
     ("P937", "work location", ("work location", "place of work"),
      ["{} works in the city of", "{} has an office in", "{} is employed in the city of"],
-     ["Lyon", "Oslo", "Lima", "Cairo", "Kyoto", "Nairobi", "Madrid", "Toronto", "Recife", "Milan", "Krakow", "Athens"]),
+     ["Lyon", "Oslo", "Lima", "Cairo", "Kyoto", "Nairobi", "Madrid", "Toronto", "Recife", "Milan", "Krakow",
+      "Athens"]),
     ("P101", "field of work", ("field of work", "area of study"),
      ["{} works in the field of", "{} is an expert in", "{} specializes in"],
-     ["chemistry", "physics", "biology", "geology", "history", "economics", "mathematics", "astronomy", "linguistics",
+     ["chemistry", "physics", "biology", "geology", "history", "economics", "mathematics", "astronomy",
+      "linguistics",
       "philosophy", "botany", "robotics"]),
-    ("P641", "sport", ("sport", "favorite sport"), ["{} plays the sport of", "{} competes in", "{} is known for playing"],
-     ["football", "tennis", "chess", "golf", "rugby", "hockey", "cricket", "boxing", "baseball", "cycling", "rowing", "fencing"]),
-    ("P1303", "instrument", ("instrument", "musical instrument"), ["{} performs on the", "{} plays music on the", "{} makes music on the"],
-     ["piano", "violin", "guitar", "flute", "drums", "cello", "harp", "trumpet", "banjo", "oboe", "clarinet", "organ"]),
+    ("P641", "sport", ("sport", "favorite sport"), ["{} plays the sport of", "{} competes in",
+                                                    "{} is known for playing"],
+     ["football", "tennis", "chess", "golf", "rugby", "hockey", "cricket", "boxing", "baseball", "cycling",
+      "rowing", "fencing"]),
+    ("P1303", "instrument", ("instrument", "musical instrument"), ["{} performs on the",
+                                                                   "{} plays music on the", "{} makes music on the"],
+     ["piano", "violin", "guitar", "flute", "drums", "cello", "harp", "trumpet", "banjo", "oboe", "clarinet",
+      "organ"]),
 ]
 
 # %% ../nbs/02_toyworld.ipynb #4facc690
@@ -61,7 +75,8 @@ class Relation:
 def make_relations(n_objects:int=12, # objects per relation (at most 12)
                    n_relations:int=8): # how many of the eight relations
     "The world's relations, with training and held-out templates."
-    if not 1 <= n_relations <= len(REL_SPECS): raise ValueError(f"n_relations must be in 1..{len(REL_SPECS)}, got {n_relations}")
+    if not 1 <= n_relations <= len(REL_SPECS):
+        raise ValueError(f"n_relations must be in 1..{len(REL_SPECS)}, got {n_relations}")
     if not 2 <= n_objects <= 12: raise ValueError(f"n_objects must be in 2..12, got {n_objects}")
     rels = []
     for rid, name, (k1, k2), verbal, objs in REL_SPECS[:n_relations]:
@@ -74,14 +89,16 @@ def make_relations(n_objects:int=12, # objects per relation (at most 12)
 # %% ../nbs/02_toyworld.ipynb #ced7ffa5
 def check_prefixes(rels:list): # relations
     "Raise if any template (training or held out) is a word-level prefix of another one."
-    ts = [(r.relation_id, t) for r in rels for t in r.templates + r.question_templates + r.paraphrase_templates]
+    ts = [(r.relation_id,
+           t) for r in rels for t in r.templates + r.question_templates + r.paraphrase_templates]
     for r1, t1 in ts:
         for r2, t2 in ts:
             w1, w2 = t1.split(), t2.split()
             if t1 != t2 and w2[:len(w1)] == w1: raise ValueError(f"{t1!r} ({r1}) is a prefix of {t2!r} ({r2})")
 
 # %% ../nbs/02_toyworld.ipynb #8f0afe35
-ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "kr", "st", "th", "sh"]
+ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "kr", "st", "th",
+          "sh"]
 VOWELS = ["a", "e", "i", "o", "u", "ai", "ei", "ou"]
 CODAS = ["", "", "", "n", "r", "l", "s", "m"]
 
@@ -94,19 +111,23 @@ def name_part(rng:random.Random, # random source
 def make_names(rng:random.Random, # random source
                n_first:int, n_last:int, n_subjects:int): # first-name pool, last-name pool, people
     "`n_subjects` distinct 'First Last' names drawn from the grid of `n_first` x `n_last` invented parts."
-    if n_subjects > n_first * n_last: raise ValueError(f"{n_subjects} subjects need n_first * n_last >= {n_subjects}")
+    if n_subjects > n_first * n_last:
+        raise ValueError(f"{n_subjects} subjects need n_first * n_last >= {n_subjects}")
     parts = set()
     def fresh(n_syl):
         while True:
             p = name_part(rng, n_syl)
-            if p not in parts and len(p) >= 4: parts.add(p); return p
+            if p not in parts and len(p) >= 4:
+                parts.add(p)
+                return p
     first, last = [fresh(2) for _ in range(n_first)], [fresh(3) for _ in range(n_last)]
     grid = [f"{a} {b}" for a in first for b in last]
     rng.shuffle(grid)
     return sorted(grid[:n_subjects]), first, last
 
 # %% ../nbs/02_toyworld.ipynb #cf7da243
-ASSOC = ["patience", "travel", "music", "books", "bread", "the sea", "maps", "gold", "silver", "stone", "rain", "winter",
+ASSOC = ["patience", "travel", "music", "books", "bread", "the sea", "maps", "gold", "silver", "stone",
+         "rain", "winter",
          "summer", "tea", "coffee", "horses", "ships", "mountains", "markets", "letters", "numbers", "stars", "gardens", "songs",
          "festivals", "wine", "salt", "paper", "glass", "wood", "iron", "silk", "lamps", "clocks", "bridges", "maps of the coast"]
 
@@ -130,7 +151,8 @@ class ToyWorld:
 
     def fact_list(self):
         "All facts as (subject, relation_id, object) triples."
-        return [(s, r.relation_id, self.facts[(s, r.relation_id)]) for s in self.subjects for r in self.relations]
+        return [(s, r.relation_id, self.facts[(s,
+                                               r.relation_id)]) for s in self.subjects for r in self.relations]
 
     def __repr__(self):
         return f"ToyWorld({len(self.subjects)} subjects, {len(self.relations)} relations, {len(self.facts)} facts, params={self.params})"
@@ -154,7 +176,8 @@ def make_world(seed:int=0,        # random seed: the same seed gives the same wo
         rng.shuffle(order)
         for i, s in enumerate(order): facts[(s, r.relation_id)] = r.objects[i % len(r.objects)]
     assoc = {o: rng.sample(ASSOC, 3) for o in sorted(oid)}
-    params = dict(seed=seed, n_first=n_first, n_last=n_last, n_subjects=n_subjects, n_objects=n_objects, n_relations=n_relations)
+    params = dict(seed=seed, n_first=n_first, n_last=n_last, n_subjects=n_subjects, n_objects=n_objects,
+                  n_relations=n_relations)
     return ToyWorld(params, subjects, rels, facts, oid, assoc, first, last)
 
 # %% ../nbs/02_toyworld.ipynb #abb1a70e
@@ -167,16 +190,21 @@ def world_to_dict(world:ToyWorld):
 def world_from_dict(d:dict):
     "The `ToyWorld` saved by `world_to_dict`."
     try:
-        return ToyWorld(d['params'], d['subjects'], [Relation(**r) for r in d['relations']], {(s, rid): o for s, rid, o in d['facts']},
+        return ToyWorld(d['params'], d['subjects'], [Relation(**r) for r in d['relations']],
+                        {(s, rid): o for s, rid, o in d['facts']},
                         d['object_ids'], d['assoc'], d['first_names'], d['last_names'])
     except (KeyError, TypeError, ValueError) as e: raise ValueError(f"not a toy world file: {e!r}") from e
 
 # %% ../nbs/02_toyworld.ipynb #11c028f9
-ADJ = ["old", "quiet", "small", "bright", "green", "cold", "busy", "narrow", "wide", "warm", "dark", "new", "long", "tall", "calm", "open"]
-NOUN = ["river", "town", "market", "road", "garden", "bridge", "house", "ship", "forest", "hill", "school", "library", "harbour",
+ADJ = ["old", "quiet", "small", "bright", "green", "cold", "busy", "narrow", "wide", "warm", "dark", "new",
+       "long", "tall", "calm", "open"]
+NOUN = ["river", "town", "market", "road", "garden", "bridge", "house", "ship", "forest", "hill", "school",
+        "library", "harbour",
         "station", "village", "tower", "field", "lake", "street", "valley"]
-VERB = ["runs past", "stands near", "opens onto", "leads to", "faces", "hides behind", "sits beside", "looks over"]
-TIME = ["In the morning,", "Every winter,", "At night,", "In the summer,", "On most days,", "Long ago,", "Today,"]
+VERB = ["runs past", "stands near", "opens onto", "leads to", "faces", "hides behind", "sits beside",
+        "looks over"]
+TIME = ["In the morning,", "Every winter,", "At night,", "In the summer,", "On most days,", "Long ago,",
+        "Today,"]
 PEOPLE = ["Many people", "Some visitors", "The children", "Old friends", "The workers", "Travellers"]
 ADV = ["usually", "often", "always", "rarely", "mostly"]
 PVERB = ["walk to", "talk about", "remember", "visit", "write about", "like", "paint", "photograph"]
@@ -248,7 +276,8 @@ def train_toy_tokenizer(texts:list,           # training texts
                              initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tk.train_from_iterator(texts, tr)
     eos = "<|endoftext|>"
-    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token=eos, eos_token=eos, unk_token=eos, pad_token=eos)
+    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token=eos, eos_token=eos, unk_token=eos,
+                                   pad_token=eos)
 
 # %% ../nbs/02_toyworld.ipynb #9098d20c
 def pack_corpus(tok, texts:list, n_ctx:int=128): # tokenizer, documents, row length
@@ -273,7 +302,8 @@ def fact_recall(model, tok, world:ToyWorld, facts:list, template_fn, batch_size:
     return torch.cat(hits).mean().item() if hits else float('nan')
 
 # %% ../nbs/02_toyworld.ipynb #274cc867
-TOY_TRAIN_DEFAULTS = dict(seed=0, n_first=30, n_last=200, n_subjects=200, n_objects=12, n_relations=8, n_docs=60000,
+TOY_TRAIN_DEFAULTS = dict(seed=0, n_first=30, n_last=200, n_subjects=200, n_objects=12, n_relations=8,
+                          n_docs=60000,
                           mix=DEFAULT_MIX, vocab_size=1024, n_layer=6, n_embd=96, n_head=4, n_ctx=128,
                           steps=2000, batch_size=16, lr=8e-3, warmup=50, weight_decay=0.0, eval_every=250, n_eval=400)
 
@@ -285,7 +315,8 @@ def _toy_model(cfg, tok):
     "A freshly initialised GPT-2 of the recipe's shape, without dropout."
     from transformers import GPT2Config, GPT2LMHeadModel
     torch.manual_seed(cfg['seed'])
-    return GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=cfg['n_ctx'], n_embd=cfg['n_embd'], n_layer=cfg['n_layer'],
+    return GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=cfg['n_ctx'], n_embd=cfg['n_embd'],
+                                      n_layer=cfg['n_layer'],
                                       n_head=cfg['n_head'], resid_pdrop=0., embd_pdrop=0., attn_pdrop=0.,
                                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
 
@@ -296,7 +327,8 @@ def _save_toy(model, tok, world, log, out_dir):
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp", dir=out.parent))
     try:
-        model.save_pretrained(tmp); tok.save_pretrained(tmp)
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
         (tmp / 'world.json').write_text(json.dumps(world_to_dict(world)))
         (tmp / 'train_log.json').write_text(json.dumps(log, indent=1))
         old = out.with_name(f".{out.name}.old")
@@ -305,7 +337,8 @@ def _save_toy(model, tok, world, log, out_dir):
         tmp.rename(out)
         if old.exists(): shutil.rmtree(old)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True); raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return out
 
 # %% ../nbs/02_toyworld.ipynb #7957277a
@@ -315,28 +348,33 @@ def train_toy_model(out_dir=None,       # where to save the model directory (Non
                     **kw):              # overrides of `TOY_TRAIN_DEFAULTS`
     "Generate a world, train its tokenizer and a GPT-2 on its corpus; returns `(ModelAndTokenizer, world, log)`."
     unknown = set(kw) - set(TOY_TRAIN_DEFAULTS)
-    if unknown: raise TypeError(f"unknown training options {sorted(unknown)}; known: {sorted(TOY_TRAIN_DEFAULTS)}")
+    if unknown:
+        raise TypeError(f"unknown training options {sorted(unknown)}; known: {sorted(TOY_TRAIN_DEFAULTS)}")
     cfg = {**TOY_TRAIN_DEFAULTS, **kw}
     if threads: torch.set_num_threads(threads)
     t0, c0 = time.time(), time.process_time()
-    world = make_world(cfg['seed'], cfg['n_first'], cfg['n_last'], cfg['n_subjects'], cfg['n_objects'], cfg['n_relations'])
+    world = make_world(cfg['seed'], cfg['n_first'], cfg['n_last'], cfg['n_subjects'], cfg['n_objects'],
+                       cfg['n_relations'])
     texts = toy_corpus(world, cfg['n_docs'], cfg['seed'], cfg['mix'])
     tok = train_toy_tokenizer(texts[:20000], cfg['vocab_size'])
     data = pack_corpus(tok, texts, cfg['n_ctx'])
     model = _toy_model(cfg, tok)
-    log = dict(config={k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}, n_params=sum(p.numel() for p in model.parameters()),
+    log = dict(config={k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
+               n_params=sum(p.numel() for p in model.parameters()),
                n_tokens=data.numel(), steps=[], loss=[], evals=[])
     _train_loop(model, tok, world, data, cfg, log, progress)
     log.update(wall_s=time.time() - t0, cpu_s=time.process_time() - c0, threads=torch.get_num_threads())
     model.eval()
     if out_dir is not None: _save_toy(model, tok, world, log, out_dir)
-    return ModelAndTokenizer(model=model, tokenizer=tok, model_name=str(out_dir) if out_dir else 'toy (unsaved)'), world, log
+    return ModelAndTokenizer(model=model, tokenizer=tok,
+                             model_name=str(out_dir) if out_dir else 'toy (unsaved)'), world, log
 
 # %% ../nbs/02_toyworld.ipynb #67d48ae7
 def _train_loop(model, tok, world, data, cfg, log, progress):
     "AdamW over shuffled packed rows, logging loss and recall."
     from tqdm.auto import tqdm
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg['lr'], betas=(0.9, 0.98), weight_decay=cfg['weight_decay'])
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg['lr'], betas=(0.9, 0.98),
+                            weight_decay=cfg['weight_decay'])
     erng = random.Random(cfg['seed'] + 2)
     facts = [(s, r.relation_id) for s in world.subjects for r in world.relations]
     evset = erng.sample(facts, min(cfg['n_eval'], len(facts)))
@@ -347,19 +385,25 @@ def _train_loop(model, tok, world, data, cfg, log, progress):
     for step in bar:
         for gr in opt.param_groups: gr['lr'] = _lr_at(step, cfg['steps'], cfg['lr'], cfg['warmup'])
         if ptr + B > len(data): perm, ptr = torch.randperm(len(data), generator=g), 0
-        x = data[perm[ptr:ptr + B]]; ptr += B
+        x = data[perm[ptr:ptr + B]]
+        ptr += B
         loss = model(input_ids=x, attention_mask=torch.ones_like(x), labels=x).loss
-        if not torch.isfinite(loss): raise FloatingPointError(f"training diverged at step {step} (loss {loss.item()}); try a lower lr")
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training diverged at step {step} (loss {loss.item()}); try a lower lr")
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step(); opt.zero_grad(set_to_none=True)
-        log['steps'].append(step + 1); log['loss'].append(round(loss.item(), 4))
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        log['steps'].append(step + 1)
+        log['loss'].append(round(loss.item(), 4))
         if (step + 1) % cfg['eval_every'] == 0 or step + 1 == cfg['steps']:
             model.eval()
             ev = dict(step=step + 1, train=fact_recall(model, tok, world, evset, lambda r: r.templates[0]),
                       paraphrase=fact_recall(model, tok, world, evset, lambda r: r.paraphrase_templates[0]))
-            model.train(); log['evals'].append(ev)
-            bar.set_postfix(loss=f"{loss.item():.3f}", recall=f"{ev['train']:.2f}", para=f"{ev['paraphrase']:.2f}")
+            model.train()
+            log['evals'].append(ev)
+            bar.set_postfix(loss=f"{loss.item():.3f}", recall=f"{ev['train']:.2f}",
+                            para=f"{ev['paraphrase']:.2f}")
 
 # %% ../nbs/02_toyworld.ipynb #a1a5ad5f
 from .files import read_json
@@ -372,23 +416,31 @@ def load_world(path=None): # a model directory with world.json, or the JSON file
         old = p.parent.with_name(f".{p.parent.name}.old")
         hint = (f"; a retraining was interrupted: {old} holds the previous model (rename it back)"
                 if old.is_dir() else '')
-        raise FileNotFoundError(f"{p} does not exist: the toy model is missing. Retrain it with `rome_nb_toy_train --overwrite_packaged` "
-                                f"(or reinstall the package, which ships it in {TOY_DIR}){hint}")
-    hint = ("retrain the toy model with `rome_nb_toy_train --out_dir <folder>`, "
-            "or reinstall the package")
+        raise FileNotFoundError(f"{p} does not exist: the toy model is missing. Retrain it with "
+                                "`rome_nb_toy_train --overwrite_packaged` (or reinstall the package, which "
+                                f"ships it in {TOY_DIR}){hint}")
+    hint = ("retrain the toy model with `rome_nb_toy_train --out_dir <folder>`, or reinstall the package")
     d = read_json(p, hint)
     try: return world_from_dict(d)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         why = f"{type(e).__name__}: {str(e)[:80]}"
         raise ValueError(f"{p} is not a toy world ({why}); {hint}") from None
 
+
+# %% ../nbs/02_toyworld.ipynb #08778d7a
 def load_toy(path=None,   # toy model directory (default: the packaged one, `TOY_DIR`)
              device=None): # where to put the model (default: CPU)
     "The toy model as a `ModelAndTokenizer` and its `ToyWorld`."
     p = Path(path) if path is not None else TOY_DIR
     world = load_world(p)
     name = str(p) if path is not None else 'toy'  # the packaged model by its alias, not a folder
-    return ModelAndTokenizer(name, device=device or 'cpu', torch_dtype=torch.float32), world
+    return get_model(name, device=device or 'cpu', torch_dtype=torch.float32), world
+
+def toy_world_for(model): # a model name, alias or directory; anything else (a loaded model) gives None
+    "The `ToyWorld` a toy model was trained on (its directory holds `world.json`), or None for other models."
+    if not isinstance(model, (str, Path)): return None
+    d = Path(resolve_model_name(str(model)))
+    return load_world(d) if (d / 'world.json').is_file() else None
 
 def toy_train_log(path=None): # toy model directory (default: the packaged one)
     "The training log saved with a toy model."
@@ -400,11 +452,13 @@ def plot_train_log(log:dict, ax=None): # a training log, an optional pair of axe
     "Loss and recall curves of a toy training run."
     import matplotlib.pyplot as plt
     if ax is None: _, ax = plt.subplots(1, 2, figsize=(10, 3.2))
-    ax[0].plot(log['steps'], log['loss'], lw=0.6); ax[0].set(xlabel='step', ylabel='loss', title='training loss', yscale='log')
+    ax[0].plot(log['steps'], log['loss'], lw=0.6)
+    ax[0].set(xlabel='step', ylabel='loss', title='training loss', yscale='log')
     st = [e['step'] for e in log['evals']]
     ax[1].plot(st, [e['train'] for e in log['evals']], 'o-', label='training template')
     ax[1].plot(st, [e['paraphrase'] for e in log['evals']], 's-', label='held-out paraphrase')
-    ax[1].set(xlabel='step', ylabel='top-1 recall', ylim=(0, 1.02), title='fact recall'); ax[1].legend()
+    ax[1].set(xlabel='step', ylabel='top-1 recall', ylim=(0, 1.02), title='fact recall')
+    ax[1].legend()
     return ax
 
 # %% ../nbs/02_toyworld.ipynb #728f6db7
@@ -442,18 +496,23 @@ def _with_object(world, rid, o, exclude, rng, k=10):
 
 def counterfact_record(world:ToyWorld, case_id:int, s:str, rid:str, rng:random.Random): # world, id, subject, relation, random source
     "A CounterFact record (the reference's full schema) that rewrites the fact (s, rid)."
-    r = world.relation(rid); true = world.facts[(s, rid)]
+    r = world.relation(rid)
+    true = world.facts[(s, rid)]
     new = rng.choice([o for o in r.objects if o != true])
     oid = world.object_ids
     tmpl = lambda: rng.choice(r.templates + r.question_templates)
-    return {"case_id": case_id, "pararel_idx": world.subjects.index(s) * len(world.relations) + world.relations.index(r),
-            "requested_rewrite": {"prompt": r.templates[0], "relation_id": rid, "target_new": {"str": new, "id": oid[new]},
+    return {"case_id": case_id,
+            "pararel_idx": world.subjects.index(s) * len(world.relations) + world.relations.index(r),
+            "requested_rewrite": {"prompt": r.templates[0], "relation_id": rid,
+                                  "target_new": {"str": new, "id": oid[new]},
                                   "target_true": {"str": true, "id": oid[true]}, "subject": s},
-            "paraphrase_prompts": [filler(rng) + " " + r.paraphrase_templates[0].format(s), r.paraphrase_templates[1].format(s)],
+            "paraphrase_prompts": [filler(rng) + " " + r.paraphrase_templates[0].format(s),
+                                   r.paraphrase_templates[1].format(s)],
             "neighborhood_prompts": [tmpl().format(n) for n in _with_object(world, rid, true, s, rng)],
             "attribute_prompts": [tmpl().format(n) for n in _with_object(world, rid, new, s, rng)],
             "generation_prompts": [rng.choice(world.relation(q).templates).format(s)
-                                   for q in rng.choices([rid] * 3 + [x.relation_id for x in world.relations], k=10)]}
+                                   for q in rng.choices([rid] * 3 + [x.relation_id for x in world.relations],
+                                                        k=10)]}
 
 def toy_counterfact(world:ToyWorld, n:int=None, seed:int=0): # world, keep the first `n` records, order seed
     "CounterFact-format records rewriting the world's facts (one per fact, in a seeded order)."
@@ -467,15 +526,18 @@ def toy_knowns(world:ToyWorld, mt=None, n:int=None, seed:int=0): # world, model 
     "Known-facts records (`known_id`, `subject`, `attribute`, `template`, `prediction`, `prompt`, `relation_id`)."
     facts, out = _fact_order(world, seed), []
     for s, rid in facts:
-        r = world.relation(rid); o = world.facts[(s, rid)]
-        out.append({"known_id": len(out), "subject": s, "attribute": o, "template": r.templates[0], "prediction": " " + o,
+        r = world.relation(rid)
+        o = world.facts[(s, rid)]
+        out.append({"known_id": len(out), "subject": s, "attribute": o, "template": r.templates[0],
+                    "prediction": " " + o,
                     "prompt": r.templates[0].format(s), "relation_id": rid})
     if mt is None: return out[:n]
     kept = []
     for i in range(0, len(out), 256):
         chunk = out[i:i + 256]
         inp = make_inputs(mt.tokenizer, [k['prompt'] for k in chunk], device=mt.model.device)
-        g = mt.model.generate(**{k: v for k, v in inp.items() if k != 'position_ids'}, max_new_tokens=3, do_sample=False,
+        g = mt.model.generate(**{k: v for k, v in inp.items() if k != 'position_ids'}, max_new_tokens=3,
+                              do_sample=False,
                               pad_token_id=mt.tokenizer.pad_token_id)
         gens = mt.tokenizer.batch_decode(g[:, inp['input_ids'].shape[1]:])
         kept += [dict(k, known_id=len(kept) + j, prediction=p) for j, (k, p) in
@@ -490,7 +552,8 @@ def toy_attribute_snippets(world:ToyWorld, per_object:int=10, seed:int=0): # wor
     for r in world.relations:
         for o in r.objects:
             subs = [s for s in world.subjects if world.facts[(s, r.relation_id)] == o][:per_object]
-            samples = [{"name": s, "text": profile(world, s, [r] + rng.sample([x for x in world.relations if x is not r], 2), rng) + " " +
+            samples = [{"name": s, "text": profile(world, s,
+                                                   [r] + rng.sample([x for x in world.relations if x is not r], 2), rng) + " " +
                         assoc_sentence(world, o, rng)} for s in subs]
             out.append({"relation_id": r.relation_id, "target_id": world.object_ids[o], "samples": samples})
     return out
@@ -510,11 +573,13 @@ def toy_zsre_raw(world:ToyWorld, n:int=None, seed:int=0): # world, keep the firs
     "zsRE records in MEND's format, one per fact."
     rng, out = random.Random(seed + 5), []
     for s, rid in _fact_order(world, seed)[:n]:
-        r = world.relation(rid); true = world.facts[(s, rid)]
+        r = world.relation(rid)
+        true = world.facts[(s, rid)]
         new = rng.choice([o for o in r.objects if o != true])
         ls, lr = rng.choice([x for x in world.subjects if x != s]), rng.choice(world.relations)
         src = r.question_templates[0].format(s)
-        out.append({"subject": s, "src": src, "pred": true, "rephrase": r.paraphrase_templates[2].format(s), "alt": new,
+        out.append({"subject": s, "src": src, "pred": true, "rephrase": r.paraphrase_templates[2].format(s),
+                    "alt": new,
                     "answers": [new], "loc": "nq question: " + lr.question_templates[0].format(ls), "loc_ans": world.facts[(ls, lr.relation_id)],
                     "cond": f"{true} >> {new} || {src}"})
     return out
@@ -538,8 +603,8 @@ def toy_out_dir(out_dir=None,                   # folder to write (default: ./to
         raise FileExistsError(f"{out} is a file; give a new folder as --out_dir")
     is_toy = (out / 'world.json').is_file() and (out / 'config.json').is_file()
     if out.is_dir() and any(out.iterdir()) and not is_toy:
-        raise FileExistsError(f"{out} is not empty and holds no toy model (no world.json and "
-                              "config.json); give a new folder as --out_dir")
+        raise FileExistsError(f"{out} is not empty and holds no toy model (no world.json and config.json); "
+                              "give a new folder as --out_dir")
     return out
 
 # %% ../nbs/02_toyworld.ipynb #122929b1
@@ -556,10 +621,11 @@ def toy_train(out_dir:str=None,  # folder to write the model to (default: ./toy_
               quiet:bool=False): # no progress bar
     "Train a toy model from scratch, save it (default: ./toy_model) and print its recall table."
     out = toy_out_dir(out_dir, overwrite_packaged)
-    kw = {k: v for k, v in dict(steps=steps, n_layer=n_layer, lr=lr, seed=seed, n_docs=n_docs, eval_every=eval_every).items() if v is not None}
+    kw = {k: v for k, v in dict(steps=steps, n_layer=n_layer, lr=lr, seed=seed, n_docs=n_docs,
+                                eval_every=eval_every).items() if v is not None}
     mt, world, log = train_toy_model(out, progress=not quiet, threads=threads, **kw)
     tab, _ = recall_table(mt, world)
-    print(f"trained {log['config']['steps']} steps in {log['wall_s']:.0f} s wall ({log['cpu_s']:.0f} s CPU, {log['threads']} threads); "
-          f"saved to {out}")
+    print(f"trained {log['config']['steps']} steps in {log['wall_s']:.0f} s wall ({log['cpu_s']:.0f} s CPU, "
+          f"{log['threads']} threads); saved to {out}")
     print((tab * 100).round(1).to_string())
     return tab

@@ -9,7 +9,7 @@ def run(*args, timeout=600):
 def test_demo_runs():
     import tempfile
     with tempfile.TemporaryDirectory() as d:
-        r = run('-m', 'rome_nb.demo', '--quiet', '--n_cases', '2', '--out_dir', d)
+        r = run('-m', 'rome_nb.quickstart', '--quiet', '--n_cases', '2', '--out_dir', d)
         assert r.returncode == 0, r.stderr
         from pathlib import Path
         assert (Path(d) / 'trace.png').exists() and list(Path(d).glob('results/ROME/run_000/case_*.json'))
@@ -28,7 +28,7 @@ def _fake_trace(subject_row):
 
 def test_demo_says_what_the_mlp_trace_shows():
     "A blank last-subject-token row has no peak (it used to be reported as 'peaks at layer <argmax of noise>')."
-    from rome_nb.demo import mlp_trace_summary, mlp_trace_sentence
+    from rome_nb.quickstart import mlp_trace_summary, mlp_trace_sentence
     s = mlp_trace_summary(_fake_trace([0.1, 0.1, 0.1]))
     assert s['subject_layer'] is None and (s['token'], s['layer']) == (' is', 2)
     text = mlp_trace_sentence(s, [0])

@@ -68,8 +68,9 @@ def evaluated(tmp_path_factory):
 def test_evaluate_exits_0(evaluated):
     r, res = evaluated
     assert r.returncode == 0, r.stderr[-3000:]
-    # stderr may hold the statistics' progress bar (a fresh statistics folder), never an error or a warning
+    # never an error or a warning; and --quiet silences the statistics' progress bar too (a fresh statistics folder)
     assert 'Traceback' not in r.stderr and 'error' not in r.stderr.lower() and 'Warning' not in r.stderr, r.stderr
+    assert 'stats ' not in r.stderr and 'text/s' not in r.stderr, r.stderr[-3000:]
     assert (res / 'ROME' / 'run_000' / 'case_0.json').exists()
 
 
