@@ -23,7 +23,8 @@ from fastcore.script import store_true
 from .cli import command
 from .files import atomic_path, arrays_digest, read_json, write_text_atomic
 from .models import (ModelAndTokenizer, make_inputs, find_token_range, decode_tokens,
-                            predict_from_input, layername, target_token_ids, tiny_model, tiny_tokenizer)
+                            predict_from_input, layername, target_token_ids, tiny_model, tiny_tokenizer,
+                            get_model)
 from .dsets import KnownsDataset, DATA_URLS
 from .trace_reference import (collect_embedding_std, EmbeddingGaussian, collect_embedding_gaussian,
                                      EmbeddingStudentT, collect_embedding_tdist, resolve_noise,
@@ -363,29 +364,30 @@ def _measure(fn, device=None):
     return res, wall, cpu, (None if base is None or peak is None else max(0, peak - base) / 1024)
 
 # %% ../nbs/10_tracing.ipynb #ac2a2495
-_BENCH_SHAPES = {'toy-shaped': dict(n_layer=6, n_embd=128, n_head=4, n_inner=512, vocab_size=1200,
+_BENCHMARK_SHAPES = {'toy-shaped': dict(n_layer=6, n_embd=128, n_head=4, n_inner=512, vocab_size=1200,
                                     n_positions=128),
                  'gpt2-small': dict(n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024),
                  'gpt2-xl': dict(n_layer=48, n_embd=1600, n_head=25, vocab_size=50257, n_positions=1024)}
 
-def _bench_prompt(spec):
-    "The prompt and subject a benchmark traces: the toy world's first fact on 'toy', else the Eiffel Tower's."
-    if spec != 'toy': return 'The Eiffel Tower is located in the city of', 'Eiffel Tower'
-    from rome_nb.toyworld import load_world, toy_knowns
-    first = toy_knowns(load_world())[0]
+def _benchmark_prompt(spec):
+    "The prompt and subject a benchmark traces: a toy model's first fact, else the Eiffel Tower's."
+    from rome_nb.toyworld import toy_world_for, toy_knowns
+    world = None if spec in _BENCHMARK_SHAPES else toy_world_for(spec)
+    if world is None: return 'The Eiffel Tower is located in the city of', 'Eiffel Tower'
+    first = toy_knowns(world)[0]
     return first['prompt'], first['subject']
 
-def _bench_model(spec, device=None, dtype=None):
-    "A model to benchmark: a key of `_BENCH_SHAPES`, or what `ModelAndTokenizer` loads ('toy', a hub name...)."
-    if spec in _BENCH_SHAPES:
-        with torch.device(device or 'cpu'): model = tiny_model('gpt2', **_BENCH_SHAPES[spec])
+def _benchmark_model(spec, device=None, dtype=None):
+    "A model to benchmark: a key of `_BENCHMARK_SHAPES`, or what `ModelAndTokenizer` loads ('toy', a hub name...)."
+    if spec in _BENCHMARK_SHAPES:
+        with torch.device(device or 'cpu'): model = tiny_model('gpt2', **_BENCHMARK_SHAPES[spec])
         mt = ModelAndTokenizer(model=model, tokenizer=tiny_tokenizer(), device=device or 'cpu')
-    else: mt = ModelAndTokenizer(spec, device=device or 'cpu')
+    else: mt = get_model(spec, device=device or 'cpu')
     if dtype is not None: mt.model.to(dtype)
     return mt
 
 # %% ../nbs/10_tracing.ipynb #b871d4fe
-def _bench_paths(mt, ti, noise, window, max_rows):
+def _benchmark_paths(mt, ti, noise, window, max_rows):
     "The reference path and the engine, each a function computing the three grids."
     args = (mt.model, mt.num_layers, ti.inp, ti.subject_range, ti.answers_t)
     def plain():
@@ -397,12 +399,12 @@ def _bench_paths(mt, ti, noise, window, max_rows):
         return [g[None], g['mlp'], g['attn']]
     return plain, fast
 
-def _bench_row(spec, samples, window, device, dtype, max_rows, repeat):
+def _benchmark_row(spec, samples, window, device, dtype, max_rows, repeat):
     "Time the two paths on one model: a row of `benchmark_tracing`'s table."
-    mt, (prompt, subject) = _bench_model(spec, device, dtype), _bench_prompt(spec)
+    mt, (prompt, subject) = _benchmark_model(spec, device, dtype), _benchmark_prompt(spec)
     ti = _trace_inputs(mt, prompt, subject, samples)
     noise = 3 * collect_embedding_std(mt, [subject])
-    plain, fast = _bench_paths(mt, ti, noise, window, max_rows)
+    plain, fast = _benchmark_paths(mt, ti, noise, window, max_rows)
     fast()                                                   # untimed: once-per-model checks, allocations
     trace_with_patch(mt.model, ti.inp, [], ti.answers_t, ti.subject_range, noise)
     runs = sorted((_measure(fast, device) for _ in range(repeat)), key=lambda r: r[2])
@@ -432,7 +434,7 @@ def benchmark_tracing(models=('toy', 'gpt2-small'), # model specifications (see 
     rows = []
     try:
         for spec in models:
-            rows.append(_bench_row(spec, samples, window, device, dtype, max_rows, repeat))
+            rows.append(_benchmark_row(spec, samples, window, device, dtype, max_rows, repeat))
             if verbose: print(pd.DataFrame(rows[-1:]).to_string(index=False, float_format='%.3g'), flush=True)
     finally: torch.set_num_threads(old)
     return pd.DataFrame(rows)
@@ -482,19 +484,14 @@ def trace_explorer(mt, prompt:str='', subject:str='', kind:str='all', noise='s3'
 
 # %% ../nbs/10_tracing.ipynb #197a56f4
 def load_model_and_knowns(model_name:str, fact_file:str=None, device:str=None):
-    "The model to trace and its facts: `'toy'` gives the packaged toy model and the toy world's facts."
-    if model_name == 'toy':
-        try: from rome_nb.toyworld import load_toy, toy_knowns
-        except ImportError:
-            raise ValueError("the toy model is not part of this installation (no rome_nb.toyworld); "
-                             "give a hub name or a local model directory") from None
-        mt, world = load_toy()
-        if device: mt.model.to(device)
-        return mt, known_facts(fact_file if fact_file else toy_knowns(world))
-    if not fact_file:
+    "The model to trace and its facts: a toy model (e.g. `'toy'`) brings its world's facts."
+    from rome_nb.toyworld import toy_world_for, toy_knowns
+    world = toy_world_for(model_name)
+    if world is None and not fact_file:
         raise ValueError(f"--fact_file is needed for {model_name!r} "
                          f"(e.g. known_1000.json from {DATA_URLS['known_1000.json']})")
-    return ModelAndTokenizer(model_name, device=device), known_facts(fact_file)
+    facts = fact_file if fact_file else toy_knowns(world)
+    return get_model(model_name, device=device), known_facts(facts)
 
 # %% ../nbs/10_tracing.ipynb #8df88b5b
 @command('rome_nb_trace')

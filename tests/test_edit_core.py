@@ -37,7 +37,7 @@ def test_reference_names_of_rome_and_memit():
 
 def test_timing_parts_have_distinct_names():
     assert R.ROME_TIMING_PARTS != M.MEMIT_TIMING_PARTS
-    assert R.TIMING_PARTS is R.ROME_TIMING_PARTS  # the older name, used by 22_rome_demo
+    assert R.TIMING_PARTS is R.ROME_TIMING_PARTS  # the older name, used by 22_rome_in_use
     assert not hasattr(M, 'TIMING_PARTS')
 
 

@@ -7,7 +7,7 @@ MODULES = sorted(m.name for m in pkgutil.iter_modules(rome_nb.__path__) if not m
 
 
 def test_found_modules():
-    assert {'nethook', 'models', 'demo'} <= set(MODULES)
+    assert {'nethook', 'models', 'quickstart'} <= set(MODULES)
 
 
 @pytest.mark.parametrize('name', MODULES)

@@ -214,10 +214,10 @@ def test_half_precision_model(tok, sd):
 
 @pytest.mark.slow
 def test_bench_cli_on_the_toy_model():
-    # `python -m rome_nb.rome_demo` prints the paper's table for a couple of toy CounterFact edits
+    # `python -m rome_nb.rome_in_use` prints the paper's table for a couple of toy CounterFact edits
     import os, subprocess, sys
     env = dict(os.environ, PYTHONPATH=str(Path(R.__file__).parents[1]), OMP_NUM_THREADS='1')
-    out = subprocess.run([sys.executable, '-m', 'rome_nb.rome_demo', '--n_cf', '2', '--n_seq', '0', '--n_timing', '0', '--gpt2_small', '0'],
+    out = subprocess.run([sys.executable, '-m', 'rome_nb.rome_in_use', '--n_cf', '2', '--n_seq', '0', '--n_timing', '0', '--gpt2_small', '0'],
                          capture_output=True, text=True, env=env, timeout=900)
     assert out.returncode == 0, out.stderr[-2000:]
     assert '2 counterfactual edits' in out.stdout and 'ROME without C' in out.stdout and 'unedited' in out.stdout
