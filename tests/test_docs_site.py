@@ -30,7 +30,10 @@ def _widgets(linked):
     if not linked: out.outputs = ({'output_type': 'stream', 'name': 'stdout',
                                    'text': "cannot trace: subject 'Louvre' is not in the prompt\n"},)
     views = [w.VBox([dd, stack]), w.VBox([tab_dd, tab]), out]
-    state = {'version_major': 2, 'version_minor': 0, 'state': dependency_state(views + links)}
+    # a widget no cell shows (e.g. a test's own explorer): saved in the state, never on the page
+    hidden = [w.Output()] if linked else []
+    for h in hidden: h.outputs = ({'output_type': 'stream', 'name': 'stdout', 'text': "cannot trace: hidden\n"},)
+    state = {'version_major': 2, 'version_minor': 0, 'state': dependency_state(views + links + hidden)}
     return views, state
 
 
@@ -139,3 +142,12 @@ def test_docs_site(tmp_path, browser):
     new, stale = dc.unexpected(r['failures'])
     assert not new, f'pages with failures not in KNOWN_FAILURES: {new}'
     assert not stale, f'KNOWN_FAILURES entries that match nothing (fixed: delete them): {stale}'
+
+
+def test_widgets_no_cell_shows_are_not_checked():
+    nb = good_nb()
+    state = dc.widget_state(nb)
+    says = lambda m: any('cannot trace: hidden' in o.get('text', '') for o in m['state'].get('outputs', []))
+    hidden = [k for k, m in state.items() if says(m)]
+    assert len(hidden) == 1 and hidden[0] not in dc.shown_models(nb)
+    assert dc.output_findings(nb) == []

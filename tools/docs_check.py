@@ -163,7 +163,8 @@ def _text(o):
 def output_findings(nb):
     "Failures in the saved outputs of notebook `nb` (a dict): error outputs and texts, in cells and widgets."
     outs = [(f'cell {i}', False, o) for i, c in enumerate(nb['cells']) for o in c.get('outputs', [])]
-    outs += [(f'widget output {k[:8]}', True, o) for k, m in widget_state(nb).items()
+    shown = shown_models(nb)  # widgets no cell displays (e.g. a test's own) never reach the page
+    outs += [(f'widget output {k[:8]}', True, o) for k, m in widget_state(nb).items() if k in shown
              for o in m['state'].get('outputs', [])]
     found = []
     for where, in_widget, o in outs:
@@ -191,20 +192,33 @@ def _refs(v):
     return []
 
 
+def _reachable(state, mid, seen):
+    "Add to `seen` the model `mid` and every model its state refers to (layouts and styles aside)."
+    if mid in seen or mid not in state: return seen
+    seen.add(mid)
+    for k, v in state[mid]['state'].items():
+        if k not in ('layout', 'style'):
+            for r in _refs(v): _reachable(state, r, seen)
+    return seen
+
+
+def _views(nb):
+    return [o['data'][VIEW_MIME]['model_id'] for c in nb['cells'] for o in c.get('outputs', [])
+            if VIEW_MIME in o.get('data', {})]
+
+
+def shown_models(nb):
+    "Model ids of the widgets a page shows: those a cell displays, and the widgets inside them."
+    state, seen = widget_state(nb), set()
+    for v in _views(nb): _reachable(state, v, seen)
+    return seen
+
+
 def explorer_views(nb):
     "Model ids of the widgets shown that hold a Dropdown and a Stack or Tab (explorers that need no kernel)."
     state = widget_state(nb)
-    def models(mid, seen):
-        if mid in seen or mid not in state: return seen
-        seen.add(mid)
-        for k, v in state[mid]['state'].items():
-            if k not in ('layout', 'style'): [models(r, seen) for r in _refs(v)]
-        return seen
-    views = [o['data'][VIEW_MIME]['model_id'] for c in nb['cells'] for o in c.get('outputs', [])
-             if VIEW_MIME in o.get('data', {})]
-    names = lambda ms: {state[m]['model_name'] for m in ms}
-    return [v for v in views if {'DropdownModel'} <= names(models(v, set())) and
-            names(models(v, set())) & {'StackModel', 'TabModel'}]
+    names = lambda v: {state[m]['model_name'] for m in _reachable(state, v, set())}
+    return [v for v in _views(nb) if 'DropdownModel' in names(v) and names(v) & {'StackModel', 'TabModel'}]
 
 
 # ---------------------------------------------------------------- checks in the browser
