@@ -95,7 +95,7 @@ def _where(rec, index):
 def check_record(rec:dict,           # a dataset record
                  kind:str='cf',      # 'cf' (CounterFact, MultiCounterFact) or 'zsre' (`MENDQADataset` records)
                  index:int=None,     # its position in the file, for the error message
-                 generation:bool=False): # also require what the generation tests read (relation and target ids)
+                 generation:bool=False): # also require what the generation tests read (their prompts, relation and target ids)
     "Check that `rec` has the fields evaluation reads; returns it, or raises `MalformedRecordError` naming record and field."
     where = _where(rec, index)
     if not isinstance(rec, dict):
@@ -115,8 +115,9 @@ def check_record(rec:dict,           # a dataset record
     text('requested_rewrite.subject')
     text('requested_rewrite.target_new.str')
     if kind == 'cf': text('requested_rewrite.target_true.str')
-    for k in ('paraphrase_prompts', 'neighborhood_prompts') + (('attribute_prompts',
-                                                                'generation_prompts') if kind == 'cf' else ()):
+    gen_fields = ('attribute_prompts', 'generation_prompts') if kind == 'cf' else ()
+    for k in ('paraphrase_prompts', 'neighborhood_prompts') + gen_fields:
+        if k in gen_fields and not generation and k not in rec: continue  # read by the generation tests only
         v = _field(rec, k, where)
         if not isinstance(v, list):
             raise MalformedRecordError(f"{where}: field {k!r} must be a list, got {type(v).__name__}")
