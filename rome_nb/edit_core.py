@@ -22,7 +22,7 @@ from .editing import HyperParams
 
 # %% ../nbs/20a_edit_core.ipynb #79e5efcc
 KL_PROMPTS = ['{} is a']  # the reference's prompts whose prediction at the subject should not change
-CONTEXT_PROMPTS = ['The', 'Therefore', 'Because', 'I', 'You']  # the reference's starts of the context prefixes
+CONTEXT_PROMPTS = ['The', 'Therefore', 'Because', 'I', 'You']  # the reference's starts of context prefixes
 
 def _texts(x): return isinstance(x, (list, tuple)) and len(x) > 0 and all(isinstance(p, str) for p in x)
 

@@ -68,7 +68,7 @@ def check_hparams(hp,              # a hyperparameter dataclass
 # %% ../nbs/03_editing.ipynb #3bcd72d8
 @dataclass(kw_only=True)
 class HyperParams:
-    "Base of the hyperparameter dataclasses: load from and save to JSON; `source` says where the values come from."
+    "Base of the hyperparameter dataclasses: load from and save to JSON; `source` cites their origin."
     source: dict = field(default=None, repr=False, compare=False)  # e.g. {repo, path, commit}; not a setting
     @classmethod
     def from_dict(cls, d:dict): # field name -> value

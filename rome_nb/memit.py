@@ -20,8 +20,8 @@ from .stats import layer_stats, STATS_DIR, model_label, as_btd
 from .cli import command
 from .editing import (HyperParams, hparams_path, restore_weights, check_request, check_requests,
                              add_to_weights, all_or_nothing, tentative_weights)
-from .edit_core import (MLPEditHyperParams, rome_templates, fill, fact_lookup_idx,
-                               CONTEXT_PROMPTS, KL_PROMPTS, get_context_templates, rewrite_batch, head_logits, same_logits, loss_layer_of,
+from .edit_core import (MLPEditHyperParams, rome_templates, fill, fact_lookup_idx, CONTEXT_PROMPTS,
+                               KL_PROMPTS, get_context_templates, rewrite_batch, head_logits, same_logits, loss_layer_of,
                                frozen_params, add_at_lookups, skip_lower_layers, Timer, get_cov, solve_keys,
                                memit_update)
 

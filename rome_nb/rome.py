@@ -119,7 +119,8 @@ class ValueBatch:
 # %% ../nbs/21_rome.ipynb #3fe2c7c3
 def value_batch(tok, request:dict, context_templates:list, fact_token:str, device, kl_prompts=KL_PROMPTS):
     "The batch of the value optimisation for `request` (see `rewrite_batch`)."
-    batch, lookups, tpos, n_rw = rewrite_batch(tok, request, context_templates, fact_token, device, kl_prompts)
+    batch, lookups, tpos, n_rw = rewrite_batch(tok, request, context_templates, fact_token, device,
+                                               kl_prompts)
     col = lambda i: torch.tensor([x[i] for x in tpos], device=device)
     return ValueBatch(batch, lookups, n_rw, col(0), col(1), col(2))
 
