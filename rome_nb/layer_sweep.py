@@ -29,7 +29,8 @@ def check_layers(layers,          # None (all), a list of ints, or a string like
     if layers is None: return list(range(num_layers))
     if isinstance(layers, str):
         try: layers = [int(x) for x in layers.replace(' ', '').split(',') if x]
-        except ValueError: raise ValueError(f"layers must be comma-separated integers, got {layers!r}") from None
+        except ValueError:
+            raise ValueError(f"layers must be comma-separated integers, got {layers!r}") from None
     if isinstance(layers, int): layers = [layers]
     bad = [l for l in layers if not isinstance(l, int) or not 0 <= l < num_layers]
     if bad or not layers:
@@ -59,8 +60,8 @@ def mlp_effects(mt,                  # a `ModelAndTokenizer`
     subjects = [s for _, s, _ in facts]
     rows = []
     for prompt, subject, true in facts:  # (the trace's noise is seeded, as in the reference)
-        r = calculate_hidden_flow(mt, prompt, subject, samples=samples, noise=noise, window=window, kind='mlp',
-                                  expect=true, subjects=subjects)
+        r = calculate_hidden_flow(mt, prompt, subject, samples=samples, noise=noise, window=window,
+                                  kind='mlp', expect=true, subjects=subjects)
         if r['correct_prediction']:
             rows.append(r['scores'][r['subject_range'][1] - 1].float().numpy() - r['low_score'])
     return np.stack(rows) if rows else np.zeros((0, mt.num_layers))
@@ -113,8 +114,8 @@ def sweep_verdict(t:pd.DataFrame): # a `layer_sweep` table
     peak = int(t['AIE'].idxmax())
     best = int(t.sort_values(['S', 'ES'], ascending=False, kind='stable').index[0])
     same = "is also" if peak == best else "is not"
-    return (f"The trace peaks at layer {peak} (AIE {t.loc[peak, 'AIE']:.3f}); it {same} the best layer to edit: "
-            f"layer {best} (S {t.loc[best, 'S']:.1f}, ES {t.loc[best, 'ES']:.1f}) against "
+    return (f"The trace peaks at layer {peak} (AIE {t.loc[peak, 'AIE']:.3f}); it {same} the best layer to "
+            f"edit: layer {best} (S {t.loc[best, 'S']:.1f}, ES {t.loc[best, 'ES']:.1f}) against "
             f"S {t.loc[peak, 'S']:.1f} at the peak.")
 
 # %% ../nbs/44_layer_sweep.ipynb #f8640467
