@@ -11,7 +11,7 @@ __all__ = ['Rule', 'HPARAM_RULES', 'HPARAMS_DIR', 'check_hparam', 'check_hparams
 # %% ../nbs/03_editing.ipynb #634e9c6f
 import json, math, warnings, contextlib, copy as _copy
 from collections import namedtuple
-from dataclasses import asdict, fields, MISSING
+from dataclasses import dataclass, field, asdict, fields, MISSING
 from pathlib import Path
 import torch
 import rome_nb
@@ -66,8 +66,10 @@ def check_hparams(hp,              # a hyperparameter dataclass
             check_hparam(type(hp).__name__, f.name, getattr(hp, f.name), rules[f.name])
 
 # %% ../nbs/03_editing.ipynb #3bcd72d8
+@dataclass(kw_only=True)
 class HyperParams:
-    "Base of the hyperparameter dataclasses: load from and save to JSON."
+    "Base of the hyperparameter dataclasses: load from and save to JSON; `source` cites their origin."
+    source: dict = field(default=None, repr=False, compare=False)  # e.g. {repo, path, commit}; not a setting
     @classmethod
     def from_dict(cls, d:dict): # field name -> value
         "Build from a dict; unknown keys are ignored with a warning, missing required ones are an error."
@@ -92,7 +94,11 @@ class HyperParams:
         "Check the fields that have a rule in `HPARAM_RULES` (see below)."
         check_hparams(self)
 
-    def to_dict(self): return asdict(self)
+    def to_dict(self):
+        "The fields as a dict (without `source` when it is not given)."
+        d = asdict(self)
+        if d.get('source') is None: d.pop('source', None)
+        return d
     def to_json(self, fpath): # where to write
         "Save as an indented JSON file, atomically."
         write_text_atomic(json.dumps(self.to_dict(), indent=4) + '\n', fpath)

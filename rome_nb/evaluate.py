@@ -285,7 +285,9 @@ def _save_params(run_dir, hparams, path):
     if path is not None:
         with atomic_path(run_dir / 'params.json') as tmp: shutil.copyfile(path, tmp)
         return
-    fields = dataclasses.asdict(hparams) if dataclasses.is_dataclass(hparams) else vars(hparams)
+    if hasattr(hparams, 'to_dict'): fields = hparams.to_dict()  # the project's classes: no empty `source`
+    elif dataclasses.is_dataclass(hparams): fields = dataclasses.asdict(hparams)
+    else: fields = vars(hparams)
     write_json_atomic(fields, run_dir / 'params.json', indent=1)
 
 # %% ../nbs/42_evaluate.ipynb #084d2f34

@@ -21,8 +21,8 @@ from .stats import layer_stats, STATS_DIR, model_label, as_btd
 from .cli import command
 from .editing import (HyperParams, hparams_path, restore_weights, check_request, check_requests,
                              add_to_weights, all_or_nothing, tentative_weights)
-from .edit_core import (MLPEditHyperParams, rome_templates, fill, fact_lookup_idx,
-                               get_context_templates, rewrite_batch, head_logits, same_logits, loss_layer_of,
+from .edit_core import (MLPEditHyperParams, rome_templates, fill, fact_lookup_idx, CONTEXT_PROMPTS,
+                               KL_PROMPTS, get_context_templates, rewrite_batch, head_logits, same_logits, loss_layer_of,
                                frozen_params, add_at_lookups, skip_lower_layers, Timer, get_cov, solve_keys,
                                memit_update)
 
@@ -50,9 +50,11 @@ class MEMITHyperParams(MLPEditHyperParams):
 
 # %% ../nbs/25_memit.ipynb #b24f3e1c
 def memit_context_templates(model, tok,
-                            length_params=((10, 5),)): # [length, how many] per group of generated prefixes
+                            length_params=((10, 5),), # [length, how many] per group of generated prefixes
+                            prompts=CONTEXT_PROMPTS): # starts of the generated prefixes
     "Groups of context templates: `[['{}'], [generated prefixes + '. {}'], ...]`."
-    return [['{}']] + [get_context_templates(model, tok, [list(lp)])[1:] for lp in length_params]
+    gen = [get_context_templates(model, tok, [list(lp)], prompts=prompts)[1:] for lp in length_params]
+    return [['{}']] + gen
 
 # %% ../nbs/25_memit.ipynb #9649e4bd
 @torch.no_grad()
@@ -101,12 +103,12 @@ def compute_ks(model, tok,
     return torch.stack([k[:, b[j]:b[j + 1]].mean(1) for j in range(len(context_groups))], 1).mean(1)
 
 # %% ../nbs/25_memit.ipynb #b7a150e9
-def _memit_batch(tok, requests, context_templates, fact_token, device, owners=None):
+def _memit_batch(tok, requests, context_templates, fact_token, device, owners=None, kl_prompts=KL_PROMPTS):
     "All requests' rewriting rows and their groups' KL rows in one batch; lookups, targets, owners, kinds."
     owners = list(range(len(requests))) if owners is None else list(owners)
     rows, lookups, tpos, owner, is_rw, seen = [], [], [], [], [], set()
     for i, r in enumerate(requests):
-        b, lk, tp, n_rw = rewrite_batch(tok, r, context_templates, fact_token, 'cpu')
+        b, lk, tp, n_rw = rewrite_batch(tok, r, context_templates, fact_token, 'cpu', kl_prompts)
         # one set of KL rows per group
         keep = [j for j in range(len(lk)) if j < n_rw or owners[i] not in seen]
         seen.add(owners[i])
@@ -181,7 +183,8 @@ def _z_problem(model, tok, requests, owners, hparams, layer, context_templates):
     dev = next(model.parameters()).device
     if context_templates[0] != '{}':
         raise ValueError("the first context template must be the bare prompt '{}'")
-    parts = _memit_batch(tok, requests, context_templates, hparams.fact_token, dev, owners)
+    parts = _memit_batch(tok, requests, context_templates, hparams.fact_token, dev, owners,
+                         hparams.kl_prompts)
     loss_layer = loss_layer_of(hparams.v_loss_layer, layer, arch.num_layers)
     return ZProblem(*parts, max(owners) + 1, tm, layer, loss_layer, loss_layer == arch.num_layers - 1)
 
@@ -486,7 +489,8 @@ def execute_memit(model, tok,
     weights = {l: get_parameter(model, n) for l, n in names.items()}
     info = {} if info is None else info
     with Timer(timings, 'context_templates', model):
-        ctx = memit_context_templates(model, tok, hparams.context_template_length_params)
+        ctx = memit_context_templates(model, tok, hparams.context_template_length_params,
+                                      hparams.context_prompts)
     with Timer(timings, 'covariance', model):
         covs = {l: get_cov(model, tok, tm['rewrite_module_tmp'].format(l), hparams) for l in hparams.layers}
     with Timer(timings, 'z_optimisation', model):

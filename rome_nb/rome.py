@@ -117,9 +117,10 @@ class ValueBatch:
         return torch.cat([self.t_r, kl_rows]), torch.cat([self.t_p, kl_cols])
 
 # %% ../nbs/21_rome.ipynb #3fe2c7c3
-def value_batch(tok, request:dict, context_templates:list, fact_token:str, device):
+def value_batch(tok, request:dict, context_templates:list, fact_token:str, device, kl_prompts=KL_PROMPTS):
     "The batch of the value optimisation for `request` (see `rewrite_batch`)."
-    batch, lookups, tpos, n_rw = rewrite_batch(tok, request, context_templates, fact_token, device)
+    batch, lookups, tpos, n_rw = rewrite_batch(tok, request, context_templates, fact_token, device,
+                                               kl_prompts)
     col = lambda i: torch.tensor([x[i] for x in tpos], device=device)
     return ValueBatch(batch, lookups, n_rw, col(0), col(1), col(2))
 
@@ -246,7 +247,8 @@ def compute_v(model, tok,
               verbose=False):           # print the loss at each step
     "The right vector: optimise the value v* and solve for the vector that maps the key to it."
     sites = value_sites(model, hparams, layer)
-    vb = value_batch(tok, request, context_templates, hparams.fact_token, next(model.parameters()).device)
+    dev = next(model.parameters()).device
+    vb = value_batch(tok, request, context_templates, hparams.fact_token, dev, hparams.kl_prompts)
     clean = value_clean_pass(model, vb, sites)
     delta, losses = optimize_value(model, vb, sites, clean, hparams, skip_lower, verbose)
     right, denom = right_vector(delta, left_vector, clean.keys, vb.n_rw, key, hparams.key_mode)
@@ -278,7 +280,8 @@ def execute_rome(model, tok,
     deltas = {}
     with tentative_weights(model) as scratch:  # later layers see the lower ones edited
         with Timer(timings, 'context_templates', model):
-            ctx = get_context_templates(model, tok, hparams.context_template_length_params)
+            ctx = get_context_templates(model, tok, hparams.context_template_length_params,
+                                        prompts=hparams.context_prompts)
         for layer in sorted(hparams.layers):
             wname = f"{tm['rewrite_module_tmp'].format(layer)}.weight"
             with Timer(timings, 'key', model): k = compute_key(model, tok, request, hparams, layer, ctx)

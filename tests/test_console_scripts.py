@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 BIN = Path(sys.executable).parent
-COMMANDS = ('demo', 'layer_stats', 'memit', 'evaluate', 'summarize', 'trace', 'toy_train', 'rome_bench')
+COMMANDS = ('demo', 'layer_stats', 'memit', 'evaluate', 'summarize', 'trace', 'toy_train', 'rome_bench',
+            'layer_sweep')
 
 
 def exe(cmd):

@@ -398,7 +398,8 @@ def train_editor(editor:nn.Module, model, tok, # the editor, the model, its toke
 
 # %% ../../nbs/32_mend.ipynb #efba0e48
 CACHE_DIR = Path(os.environ.get('ROME_NB_CACHE') or Path.home() / '.cache' / 'rome_nb')
-_NOT_IN_KEY = ('lr_scale', 'editor_path', 'cache_dir', 'n_toks', 'model_name', 'counterfact', 'mini', 'zsre')
+_NOT_IN_KEY = ('lr_scale', 'editor_path', 'cache_dir', 'n_toks', 'model_name', 'counterfact', 'mini', 'zsre',
+               'source')  # where the values come from does not change the trained editor
 
 def model_fingerprint(model:nn.Module, names:list): # the model, the edited modules
     "A hash of the model's configuration and of the bytes of its input embedding and the edited weights."
