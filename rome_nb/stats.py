@@ -671,6 +671,16 @@ def init_distributed(device:str=None): # the requested device (None: CUDA if ava
     torch.cuda.set_device(local)
     return f'cuda:{local}'
 
+def _print_convergence(mt, layer_ids, dataset, sample_size, fractions, maxlen, download):
+    "Print `rome_nb.stats_convergence`'s table for each layer (probe requests from the first texts)."
+    from rome_nb.stats_convergence import stats_convergence, probe_requests, convergence_table
+    texts = list(itertools.islice(dataset_texts(dataset, download)[1], _opt_int(sample_size)))
+    fr = tuple(float(f) for f in str(fractions).split(','))
+    for layer in layer_ids:
+        rows = stats_convergence(mt.model, mt.tokenizer, layer, texts, fr, probe_requests(texts), maxlen=maxlen)
+        print(f"layer {layer}: C on prefixes of {len(texts)} texts against all of them")
+        print(convergence_table(rows))
+
 @command('rome_nb_layer_stats')
 def main(model_name:str='gpt2-xl', # hub name, local directory or alias (e.g. 'toy')
          dataset:str='wikipedia',  # 'wikipedia', 'wikitext', another hub dataset, 'toy', or a local file/folder
@@ -683,12 +693,14 @@ def main(model_name:str='gpt2-xl', # hub name, local directory or alias (e.g. 't
          download:int=1,           # 1: try the reference's precomputed files and hub datasets
          revision:str=None,        # model revision
          device:str=None,          # where to run (default: CUDA if available)
-         maxlen:int=None):         # tokens read per text
+         maxlen:int=None,          # tokens read per text
+         convergence:str=None):    # fractions such as 0.01,0.1,1: print how C and ROME updates converge (no cache)
     "Compute (or find) and cache the key statistics of some layers of a model."
     layer_ids = _layer_list(layers)
     device = init_distributed(device)
     rank, world = dist_rank_world()
     mt = get_model(model_name, device=device, revision=revision)
+    if convergence: return _print_convergence(mt, layer_ids, dataset, sample_size, convergence, maxlen, download)
     for layer in layer_ids:
         lname = mt.arch.layer(layer, 'down_proj')
         if rank == 0: print(f"layer {layer} ({lname}) of {model_name}: inputs of the MLP down-projection over "
