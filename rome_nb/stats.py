@@ -26,8 +26,9 @@ class _RunningStat:
     fields = ()
     def __init__(self): self.count, self.data = 0, {f: None for f in self.fields}
     def _acc(self, f, x):
-        x = x.double()
-        self.data[f] = x if self.data[f] is None else self.data[f] + x
+        orig, x = x, x.double()
+        if self.data[f] is None: self.data[f] = x.clone() if x is orig else x
+        else: self.data[f].add_(x)  # in place: no new [d, d] matrix per batch (same bits as `+`)
     def state_dict(self, dtype=np.float64):
         "The state as numpy arrays (sums in `dtype`)."
         return {'count': np.array(self.count, dtype=np.int64),
