@@ -590,6 +590,8 @@ def _compute_and_save(model, tokenizer, texts, to_collect, job:_Job, precision, 
     if stat is None: raise RuntimeError(f"the statistics just written to {job.path} do not read back: {why}")
     return stat
 
+
+# %% ../nbs/20_stats.ipynb #16ed487d
 def _check_args(to_collect, precision, sample_size):
     "`(to_collect, precision)` as lists and names, checked."
     to_collect = [to_collect] if isinstance(to_collect, str) else list(to_collect)
@@ -662,6 +664,8 @@ def _layer_list(layers):
         raise ValueError(f"--layers must be comma-separated block numbers such as 17 or 5,6,7, got {layers!r}")
     return [int(x) for x in xs]
 
+
+# %% ../nbs/20_stats.ipynb #cc1346e2
 def init_distributed(device:str=None): # the requested device (None: CUDA if available)
     "Join the process group `torchrun` set up (WORLD_SIZE > 1): nccl on GPU, gloo on CPU; the device to use."
     if int(os.environ.get('WORLD_SIZE', '1')) <= 1 or torch.distributed.is_initialized(): return device
@@ -682,6 +686,8 @@ def _print_convergence(mt, layer_ids, dataset, sample_size, fractions, maxlen, d
         print(f"layer {layer}: C on prefixes of {len(texts)} texts against all of them")
         print(convergence_table(rows))
 
+
+# %% ../nbs/20_stats.ipynb #db3dfaec
 @command('rome_nb_layer_stats')
 def main(model_name:str='gpt2-xl', # hub name, local directory or alias (e.g. 'toy')
          dataset:str='wikipedia',  # 'wikipedia', 'wikitext', another hub dataset, 'toy', or a local file/folder
