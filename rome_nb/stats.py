@@ -6,7 +6,8 @@
 __all__ = ['STAT_TYPES', 'HF_DATASETS', 'DATASET_ALIASES', 'MAX_LEN', 'STATS_DIR', 'STATS_URL', 'REMOTE_ROOT_URL', 'SecondMoment',
            'Mean', 'NormMean', 'CombinedStat', 'make_stat', 'dataset_texts', 'model_max_len', 'pack_batches', 'as_btd',
            'collect_batch', 'weights_fingerprint', 'tokenizer_fingerprint', 'model_label', 'stats_filename',
-           'check_stat_arrays', 'save_stats', 'read_stats', 'stats_url', 'quiet_stats', 'layer_stats', 'main']
+           'check_stat_arrays', 'save_stats', 'read_stats', 'stats_url', 'quiet_stats', 'dist_rank_world', 'rank_share',
+           'reduce_stat', 'layer_stats', 'init_distributed', 'main']
 
 # %% ../nbs/20_stats.ipynb #82c6d722
 import os, re, json, time, hashlib, warnings, itertools, zipfile, contextlib, dataclasses
@@ -25,8 +26,9 @@ class _RunningStat:
     fields = ()
     def __init__(self): self.count, self.data = 0, {f: None for f in self.fields}
     def _acc(self, f, x):
-        x = x.double()
-        self.data[f] = x if self.data[f] is None else self.data[f] + x
+        orig, x = x, x.double()
+        if self.data[f] is None: self.data[f] = x.clone() if x is orig else x
+        else: self.data[f].add_(x)  # in place: no new [d, d] matrix per batch (same bits as `+`)
     def state_dict(self, dtype=np.float64):
         "The state as numpy arrays (sums in `dtype`)."
         return {'count': np.array(self.count, dtype=np.int64),
@@ -505,18 +507,60 @@ def _resume(part, stat, key, sample_size):
     _note(f"resuming from {part.name}: {done} texts done")
     return got, done
 
+# %% ../nbs/20_stats.ipynb #a7284cd7
+def dist_rank_world():
+    "`(rank, world size)` of this process: from `torch.distributed` when it is initialised, else `(0, 1)`."
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+def rank_share(group:list, # consecutive texts
+               start:int,  # the index of the group's first text in the whole stream
+               rank:int, world:int):
+    "The texts of `group` that belong to `rank`: those whose index in the stream is `rank` modulo `world`."
+    return group if world == 1 else [t for j, t in enumerate(group, start) if j % world == rank]
+
+
+# %% ../nbs/20_stats.ipynb #cb130422
+def _field_shape(stat, f, width):
+    "The shape of field `f` of running statistic `stat` for keys of `width`."
+    return {'mom2': (width, width), 'sum': (1,) if isinstance(stat, NormMean) else (width,)}[f]
+
+def reduce_stat(stat:CombinedStat, # this process's sums (fields may be None where it read no text)
+                width:int):        # the key width
+    "`stat` summed over all processes: all_reduce of its float64 sums and its counts (gloo on CPU, nccl on GPU)."
+    dist = torch.distributed
+    nccl = dist.get_backend() == 'nccl'
+    dev = torch.device('cuda', torch.cuda.current_device()) if nccl else torch.device('cpu')
+    for s in stat._stats.values():
+        n = torch.tensor([s.count], dtype=torch.int64, device=dev)
+        dist.all_reduce(n)
+        s.count = int(n.item())
+        for f in s.fields:
+            v = s.data[f]
+            shape = _field_shape(s, f, width)
+            v = torch.zeros(shape, dtype=torch.float64, device=dev) if v is None else v.double().to(dev)
+            dist.all_reduce(v)
+            s.data[f] = v.cpu()
+    return stat
+
+
 # %% ../nbs/20_stats.ipynb #46150458
 def _compute(model, tokenizer, texts, stat, job:_Job, batch_size=100):
     "Stream `texts` through the model up to the job's layer, adding to `stat`, with checkpoints beside its file."
-    part = job.path.with_name(job.path.name[:-4] + '.partial.npz')
+    rank, world = dist_rank_world()
+    tail = '.partial.npz' if world == 1 else f'.partial.rank{rank}of{world}.npz'
+    part = job.path.with_name(job.path.name[:-4] + tail)
     stat, done = _resume(part, stat, job.key, job.sample_size)
     texts = itertools.islice(texts, done, job.sample_size)
     total = (job.sample_size - done) if job.sample_size is not None else None
-    bar = job.progress(total=total, desc=f"stats {job.layer_name}", unit='text') if job.progress else None
+    bar = job.progress(total=total, desc=f"stats {job.layer_name}", unit='text') if job.progress and rank == 0 else None
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     last_save = time.time()
     while group := list(itertools.islice(texts, batch_size)):
-        toks = [ids[:job.maxlen] for ids in tokenizer(group, add_special_tokens=True)['input_ids']]
+        share = rank_share(group, done, rank, world)
+        ids = tokenizer(share, add_special_tokens=True)['input_ids'] if share else []
+        toks = [t[:job.maxlen] for t in ids]
         for rows in pack_batches(toks, job.batch_tokens):
             collect_batch(model, job.layer_name, rows, stat, pad, job.compute_dtype)
         done += len(group)
@@ -525,6 +569,7 @@ def _compute(model, tokenizer, texts, stat, job:_Job, batch_size=100):
             save_stats(part, stat, job.key, np.float64, **{'rome_nb.texts_done': done})
             last_save = time.time()
     if bar is not None: bar.close()
+    if world > 1: stat = reduce_stat(stat, _layer_width(model, job.layer_name))
     if stat.count == 0: raise ValueError(f"no tokens were read from the dataset {job.key['dataset']!r}")
     return stat, part
 
@@ -537,12 +582,16 @@ def _compute_and_save(model, tokenizer, texts, to_collect, job:_Job, precision, 
         for p, w in zip(model.parameters(), was): p.requires_grad_(w)
     dtype = {'float64': np.float64, 'float32': np.float32,
              'float16': np.float32}[precision]  # fp16 sums overflow
-    save_stats(job.path, stat, job.key, dtype)
+    rank, world = dist_rank_world()
+    if rank == 0: save_stats(job.path, stat, job.key, dtype)  # one writer; the others read its file
     if part.exists(): part.unlink()
+    if world > 1: torch.distributed.barrier()
     stat, why = read_stats(job.path, to_collect, job.key, width)  # in the stored precision
     if stat is None: raise RuntimeError(f"the statistics just written to {job.path} do not read back: {why}")
     return stat
 
+
+# %% ../nbs/20_stats.ipynb #16ed487d
 def _check_args(to_collect, precision, sample_size):
     "`(to_collect, precision)` as lists and names, checked."
     to_collect = [to_collect] if isinstance(to_collect, str) else list(to_collect)
@@ -615,6 +664,30 @@ def _layer_list(layers):
         raise ValueError(f"--layers must be comma-separated block numbers such as 17 or 5,6,7, got {layers!r}")
     return [int(x) for x in xs]
 
+
+# %% ../nbs/20_stats.ipynb #cc1346e2
+def init_distributed(device:str=None): # the requested device (None: CUDA if available)
+    "Join the process group `torchrun` set up (WORLD_SIZE > 1): nccl on GPU, gloo on CPU; the device to use."
+    if int(os.environ.get('WORLD_SIZE', '1')) <= 1 or torch.distributed.is_initialized(): return device
+    gpu = torch.cuda.is_available() and (device is None or str(device).startswith('cuda'))
+    torch.distributed.init_process_group('nccl' if gpu else 'gloo')
+    if not gpu: return device or 'cpu'
+    local = int(os.environ.get('LOCAL_RANK', '0'))
+    torch.cuda.set_device(local)
+    return f'cuda:{local}'
+
+def _print_convergence(mt, layer_ids, dataset, sample_size, fractions, maxlen, download):
+    "Print `rome_nb.stats_convergence`'s table for each layer (probe requests from the first texts)."
+    from rome_nb.stats_convergence import stats_convergence, probe_requests, convergence_table
+    texts = list(itertools.islice(dataset_texts(dataset, download)[1], _opt_int(sample_size)))
+    fr = tuple(float(f) for f in str(fractions).split(','))
+    for layer in layer_ids:
+        rows = stats_convergence(mt.model, mt.tokenizer, layer, texts, fr, probe_requests(texts), maxlen=maxlen)
+        print(f"layer {layer}: C on prefixes of {len(texts)} texts against all of them")
+        print(convergence_table(rows))
+
+
+# %% ../nbs/20_stats.ipynb #db3dfaec
 @command('rome_nb_layer_stats')
 def main(model_name:str='gpt2-xl', # hub name, local directory or alias (e.g. 'toy')
          dataset:str='wikipedia',  # 'wikipedia', 'wikitext', another hub dataset, 'toy', or a local file/folder
@@ -627,17 +700,22 @@ def main(model_name:str='gpt2-xl', # hub name, local directory or alias (e.g. 't
          download:int=1,           # 1: try the reference's precomputed files and hub datasets
          revision:str=None,        # model revision
          device:str=None,          # where to run (default: CUDA if available)
-         maxlen:int=None):         # tokens read per text
+         maxlen:int=None,          # tokens read per text
+         convergence:str=None):    # fractions such as 0.01,0.1,1: print how C and ROME updates converge (no cache)
     "Compute (or find) and cache the key statistics of some layers of a model."
     layer_ids = _layer_list(layers)
+    device = init_distributed(device)
+    rank, world = dist_rank_world()
     mt = get_model(model_name, device=device, revision=revision)
+    if convergence: return _print_convergence(mt, layer_ids, dataset, sample_size, convergence, maxlen, download)
     for layer in layer_ids:
         lname = mt.arch.layer(layer, 'down_proj')
-        print(f"layer {layer} ({lname}) of {model_name}: inputs of the MLP down-projection over "
+        if rank == 0: print(f"layer {layer} ({lname}) of {model_name}: inputs of the MLP down-projection over "
               f"{sample_size} texts of {dataset}")
         st = layer_stats(mt.model, mt.tokenizer, lname, stats_dir, dataset, to_collect.split(','),
                          sample_size=_opt_int(sample_size), precision=precision, batch_tokens=_opt_int(batch_tokens),
                          download=bool(download), revision=revision, maxlen=maxlen)
-        print(f"  {st.count} tokens; mom2 trace / width = "
+        if rank == 0: print(f"  {st.count} tokens; mom2 trace / width = "
               f"{st.mom2.moment().double().diagonal().mean().item():.4g}"
               if 'mom2' in st.keys() else f"  {st.count} tokens")
+    if world > 1: torch.distributed.destroy_process_group()
