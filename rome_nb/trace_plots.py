@@ -177,8 +177,11 @@ def stack_explorer(views:dict,             # {label: html} or {label: {label: ht
                    width:str='22em'):      # the dropdowns' width
     "Dropdowns jslinked to a `Stack` of HTML views (nested for two levels): an explorer that needs no kernel."
     import ipywidgets as W
+    from ipywidgets.widgets.widget_string import HTMLStyle
     outer, inner = _views_shape(views)
-    pages = [W.Stack([W.HTML(h) for h in v.values()], selected_index=0) if inner else W.HTML(v)
+    lay, sty = W.Layout(), HTMLStyle()  # one of each, shared: the saved state stays small
+    html = lambda h: W.HTML(h, layout=lay, style=sty)
+    pages = [W.Stack([html(h) for h in v.values()], selected_index=0, layout=lay) if inner else html(v)
              for v in views.values()]
     stack = W.Stack(pages, selected_index=0)
     dd = lambda opts, name: W.Dropdown(options=opts, description=name, layout=W.Layout(width=width))
