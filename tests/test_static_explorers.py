@@ -13,21 +13,16 @@ REF = re.compile(r'IPY_MODEL_([0-9a-f]+)')
 
 
 def canonical_state(state:dict):
-    "The widget state with model ids renamed in a fixed order (a walk from the models no other refers to)."
-    refs = {m: REF.findall(json.dumps(v['state'], sort_keys=True)) for m, v in state.items()}
-    referred = {r for rs in refs.values() for r in rs}
-    # roots: the models nobody refers to, ordered by their content without ids (links and shown views)
-    roots = sorted((m for m in state if m not in referred),
-                   key=lambda m: REF.sub('', json.dumps(state[m]['state'], sort_keys=True)))
-    order = {}
-    def visit(m):
-        if m in order or m not in state: return
-        order[m] = f'm{len(order)}'
-        for r in refs[m]: visit(r)
-    for r in roots: visit(r)
-    for m in state: visit(m)
-    rename = lambda s: REF.sub(lambda x: 'IPY_MODEL_' + order.get(x.group(1), '?'), s)
-    return {order[m]: json.loads(rename(json.dumps(v, sort_keys=True))) for m, v in state.items()}
+    """The widget state without its random model ids: each model written out with every reference replaced by
+    the digest of the model referred to (computed the same way), the list sorted."""
+    import hashlib
+    memo = {}
+    def text(m):
+        return REF.sub(lambda x: 'IPY_MODEL_' + digest(x.group(1)), json.dumps(state[m], sort_keys=True))
+    def digest(m):
+        if m not in memo: memo[m] = hashlib.sha256(text(m).encode()).hexdigest()[:16] if m in state else '?'
+        return memo[m]
+    return sorted(text(m) for m in state)
 
 
 def state_of(widgets):
