@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['bench_counterfact', 'bench_sequential', 'bench_timing', 'target_probs', 'prefers_new', 'edit_table',
-           'demo_model_editing', 'edit_explorer', 'mlp_effect_by_layer', 'benchmark_counterfact', 'paper_row',
-           'mean_perplexity', 'benchmark_sequential', 'summarize_sequential', 'benchmark_timing', 'gpt2_small_shaped',
-           'main']
+           'demo_model_editing', 'edit_explorer', 'case_prompts', 'edit_comparison', 'comparison_html',
+           'static_edit_explorer', 'mlp_effect_by_layer', 'benchmark_counterfact', 'paper_row', 'mean_perplexity',
+           'benchmark_sequential', 'summarize_sequential', 'benchmark_timing', 'gpt2_small_shaped', 'main']
 
 # %% ../nbs/22_rome_in_use.ipynb #80ccc781
 import time, math, tempfile, warnings
@@ -131,6 +131,61 @@ def edit_explorer(mt,                        # a `ModelAndTokenizer`
                   out])
     box.state = state  # the original weights while an edit is applied
     return box
+
+# %% ../nbs/22_rome_in_use.ipynb #f1edc2ef
+def case_prompts(record:dict, n_neighbours:int=2): # a CounterFact record, neighbourhood prompts to keep
+    "{role: prompt} of a CounterFact record: the edit prompt, its first paraphrase and `n_neighbours` neighbours."
+    rr = record['requested_rewrite']
+    out = {'edit': fill(rr['prompt'], rr['subject'])}
+    out.update({'paraphrase': p for p in record.get('paraphrase_prompts', [])[:1]})
+    neighbours = record.get('neighborhood_prompts', [])[:n_neighbours]
+    out.update({f'neighbour {i + 1}': p for i, p in enumerate(neighbours)})
+    return out
+
+def _prob_table(model, tok, request, prompts):
+    ps = list(prompts.values())
+    return pd.DataFrame({'p(true)': target_probs(model, tok, ps, request['target_true']['str']),
+                         'p(new)': target_probs(model, tok, ps, request['target_new']['str'])},
+                        index=pd.Index([f'{k}: {p}' for k, p in prompts.items()], name='prompt'))
+
+# %% ../nbs/22_rome_in_use.ipynb #4e775e63
+def edit_comparison(mt,                # a `ModelAndTokenizer` (its weights are restored after the edit)
+                    request:dict,      # the edit (with `target_true`)
+                    prompts:dict,      # {role: prompt} to measure, the first also continued
+                    alg_name='ROME',   # a key of `ALG_DICT`
+                    hparams=None,      # its hyperparameters (default: the packaged file for the model)
+                    max_out_len:int=16):# length of the greedy continuations
+    "(p(true), p(new) before and after on `prompts`, the continuations before and after) of one edit."
+    HP, apply = _alg(alg_name)
+    hparams = hparams or HP.from_json(hparams_path(alg_name, getattr(mt.model.config, '_name_or_path', '')))
+    gen = lambda: generate_fast(mt.model, mt.tokenizer, list(prompts.values())[:1], top_k=1,
+                                max_out_len=max_out_len, seed=0)
+    pre, pre_gen = _prob_table(mt.model, mt.tokenizer, request, prompts), gen()
+    _, orig = apply(mt.model, mt.tokenizer, [request], hparams, return_orig_weights=True)
+    try: post, post_gen = _prob_table(mt.model, mt.tokenizer, request, prompts), gen()
+    finally: restore_weights(mt.model, orig)
+    return pd.concat({'before': pre, 'after': post}, axis=1), {'before': pre_gen[0], 'after': post_gen[0]}
+
+# %% ../nbs/22_rome_in_use.ipynb #11d12451
+def comparison_html(table:pd.DataFrame, gens:dict): # the two parts of `edit_comparison`
+    "An HTML view of an edit: the probability table and the continuations."
+    import html
+    rows = ''.join(f'<tr><th>{k}</th><td>{html.escape(v)}</td></tr>' for k, v in gens.items())
+    return table.to_html(float_format=lambda x: f'{x:.3f}') + f'<table><caption>continuations</caption>{rows}</table>'
+
+def static_edit_explorer(mt,               # a `ModelAndTokenizer`
+                         records:list,     # CounterFact records, one edit each
+                         methods:dict,     # {label: (alg_name, hparams or None)}
+                         n_neighbours:int=2):
+    "A kernel-free explorer: Dropdown(edit) and Dropdown(method) linked to nested Stacks of `edit_comparison`s."
+    from rome_nb.trace_plots import stack_explorer
+    views = {}
+    for i, rec in enumerate(records):
+        rr, prompts = rec['requested_rewrite'], case_prompts(rec, n_neighbours)
+        label = f"{i + 1}. {prompts['edit']} {rr['target_true']['str']} → {rr['target_new']['str']}"
+        views[label] = {m: comparison_html(*edit_comparison(mt, rr, prompts, a, h))
+                        for m, (a, h) in methods.items()}
+    return stack_explorer(views, names=('edit', 'method'), width='34em')
 
 # %% ../nbs/22_rome_in_use.ipynb #a1caf223
 def mlp_effect_by_layer(mt, knowns:list, limit:int=100, window:int=1, samples:int=10):

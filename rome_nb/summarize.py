@@ -4,7 +4,8 @@
 
 # %% auto #0
 __all__ = ['COLUMNS', 'METRIC_LEGEND', 'case_metrics', 'case_files', 'read_run', 'hmean', 'stage_row', 'summary_table',
-           'format_table', 'legend_line', 'find_runs', 'summarize', 'reference_summaries', 'run_benchmark', 'main']
+           'format_table', 'legend_line', 'find_runs', 'summarize', 'reference_summaries', 'run_benchmark',
+           'results_explorer', 'main']
 
 # %% ../nbs/43_summarize.ipynb #dae98daf
 import json, math, warnings
@@ -238,6 +239,17 @@ def run_benchmark(alg_name:str="ROME", model_name="toy", ds_name:str="cf", datas
               f"{run}\n" + format_table(t).to_string())
         if len(t): print(legend_line(t))
     return run, t
+
+# %% ../nbs/43_summarize.ipynb #31f50784
+def results_explorer(tables:dict,    # {name: DataFrame}: rows are methods or runs, columns metrics
+                     digits:int=1):  # decimals shown
+    "A kernel-free explorer of result tables: Dropdown(view) over each table, then each metric across them all."
+    from rome_nb.trace_plots import stack_explorer
+    fmt = lambda df: df.to_html(float_format=lambda x: f'{x:.{digits}f}', na_rep='')
+    views = {f'table: {k}': fmt(t) for k, t in tables.items()}
+    both = pd.concat(tables, names=['table'])
+    views.update({f'metric: {m}': fmt(both[[m]].dropna()) for m in both.columns})
+    return stack_explorer(views, names=('view',), width='30em')
 
 # %% ../nbs/43_summarize.ipynb #42fbfec6
 @command('rome_nb_summarize')

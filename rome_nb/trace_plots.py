@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['CMAPS', 'KIND_NAMES', 'PAPER_RC', 'token_label', 'layer_ticks', 'finish_figure', 'plot_trace_heatmap', 'plot_flows',
-           'plot_severed']
+           'plot_severed', 'figure_html', 'trace_html', 'stack_explorer']
 
 # %% ../nbs/09b_trace_plots.ipynb #a2084132
 import os
@@ -134,3 +134,60 @@ def plot_severed(result:dict,      # a result of `calculate_severed`, or an aver
         ax.set_xticks(range(n))
         ax.legend(frameon=False, fontsize=7)
     if fig is not None: finish_figure(fig, savepdf)
+
+# %% ../nbs/09b_trace_plots.ipynb #f6cb6f60
+def figure_html(fig,            # a matplotlib figure (closed once drawn)
+                dpi:int=70,     # the PNG's resolution (70 keeps a page of many views small)
+                colors:int=32): # the PNG's palette size (a heatmap needs few; 0: full colour)
+    "The figure as an HTML `<img>` holding a base64 PNG (the same figure gives the same bytes)."
+    import io, base64
+    import matplotlib.pyplot as plt
+    from PIL import Image
+    buf = io.BytesIO()
+    fig.savefig(buf, format='png', dpi=dpi, bbox_inches='tight', metadata={'Software': None})
+    plt.close(fig)
+    if colors:
+        img = Image.open(io.BytesIO(buf.getvalue())).convert('RGB').quantize(colors)
+        buf = io.BytesIO()
+        img.save(buf, format='png', optimize=True)
+    return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}"/>'
+
+def trace_html(result:dict,        # a trace result (see `plot_trace_heatmap`)
+               modelname:str=None, # model name in the x label
+               dpi:int=70):        # the PNG's resolution
+    "A trace's heatmap as an HTML `<img>`."
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(3.5, 0.6 + 0.16 * len(result['scores'])))
+    plot_trace_heatmap(result, modelname=modelname, ax=ax)
+    return figure_html(fig, dpi)
+
+# %% ../nbs/09b_trace_plots.ipynb #716e81d0
+def _views_shape(views):
+    "The outer labels and the inner ones ([] when `views` is one level); every outer view must have the same inner."
+    outer = list(views)
+    if not outer: raise ValueError('stack_explorer needs at least one view')
+    if not isinstance(views[outer[0]], dict): return outer, []
+    inner = list(views[outer[0]])
+    bad = [k for k, v in views.items() if not isinstance(v, dict) or list(v) != inner]
+    if bad: raise ValueError(f'views {bad} do not have the inner labels {inner}: give every outer view the same ones')
+    return outer, inner
+
+def stack_explorer(views:dict,             # {label: html} or {label: {label: html}}
+                   names=('view', 'kind'), # the dropdowns' descriptions, outer first
+                   width:str='22em'):      # the dropdowns' width
+    "Dropdowns jslinked to a `Stack` of HTML views (nested for two levels): an explorer that needs no kernel."
+    import ipywidgets as W
+    from ipywidgets.widgets.widget_string import HTMLStyle
+    outer, inner = _views_shape(views)
+    lay, sty = W.Layout(), HTMLStyle()  # one of each, shared: the saved state stays small
+    html = lambda h: W.HTML(h, layout=lay, style=sty)
+    pages = [W.Stack([html(h) for h in v.values()], selected_index=0, layout=lay) if inner else html(v)
+             for v in views.values()]
+    stack = W.Stack(pages, selected_index=0)
+    dd = lambda opts, name: W.Dropdown(options=opts, description=name, layout=W.Layout(width=width))
+    dds = [dd(outer, names[0])] + ([dd(inner, names[1])] if inner else [])
+    links = [W.jslink((dds[0], 'index'), (stack, 'selected_index'))]
+    links += [W.jslink((dds[1], 'index'), (p, 'selected_index')) for p in pages] if inner else []
+    box = W.VBox([W.HBox(dds), stack])
+    box.dropdowns, box.stack, box.links = dds, stack, links
+    return box

@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['guess_subject', 'window_covers_all', 'check_window', 'calculate_all_flows', 'calculate_hidden_flow',
            'plot_hidden_flow', 'plot_all_flow', 'calculate_severed', 'known_facts', 'save_trace', 'load_trace',
-           'trace_knowns', 'benchmark_tracing', 'trace_explorer', 'load_model_and_knowns', 'main',
-           'collect_embedding_std', 'EmbeddingGaussian', 'collect_embedding_gaussian', 'EmbeddingStudentT',
+           'trace_knowns', 'benchmark_tracing', 'trace_explorer', 'static_trace_explorer', 'load_model_and_knowns',
+           'main', 'collect_embedding_std', 'EmbeddingGaussian', 'collect_embedding_gaussian', 'EmbeddingStudentT',
            'collect_embedding_tdist', 'resolve_noise', 'corrupt_embeddings', 'TokenSequence', 'answer_probs',
            'trace_with_patch', 'layer_window', 'trace_important_states', 'trace_important_window', 'trace_with_repatch',
            'norm_kind', 'kind_suffix', 'EngineUnsupported', 'record_run', 'TraceEngine', 'Restoration',
@@ -32,7 +32,7 @@ from .trace_reference import (collect_embedding_std, EmbeddingGaussian, collect_
                                      layer_window, trace_important_states, trace_important_window,
                                      trace_with_repatch, norm_kind, kind_suffix)
 from .trace_engine import EngineUnsupported, record_run, TraceEngine, Restoration
-from .trace_plots import plot_trace_heatmap, plot_flows, plot_severed
+from .trace_plots import plot_trace_heatmap, plot_flows, plot_severed, trace_html, stack_explorer
 
 # %% ../nbs/10_tracing.ipynb #c71e3d28
 _all_ = ['collect_embedding_std', 'EmbeddingGaussian', 'collect_embedding_gaussian', 'EmbeddingStudentT',
@@ -494,6 +494,23 @@ def trace_explorer(mt, prompt:str='', subject:str='', kind:str='all', noise='s3'
     btn.on_click(run)
     box.run = run
     return box
+
+# %% ../nbs/10_tracing.ipynb #d5dec99b
+_STATIC_KINDS = {None: 'hidden states', 'mlp': 'MLP', 'attn': 'attention'}
+
+def _fact_label(i, result):
+    return f"{i + 1}. {''.join(result['input_tokens']).strip()} →{result['answer']}"
+
+def static_trace_explorer(results:list,      # one `calculate_all_flows` result ({kind: result}) per fact
+                          labels:list=None,  # a label per fact (default: its number, prompt and answer)
+                          modelname:str=None,# model name in the x labels
+                          dpi:int=70):       # the heatmaps' resolution
+    "A kernel-free explorer of precomputed traces: Dropdown(fact) and Dropdown(kind) linked to nested Stacks."
+    first = [next(iter(r.values())) for r in results]
+    labels = labels or [_fact_label(i, r) for i, r in enumerate(first)]
+    views = {lab: {_STATIC_KINDS[k]: trace_html(t, modelname=modelname, dpi=dpi) for k, t in r.items()}
+             for lab, r in zip(labels, results)}
+    return stack_explorer(views, names=('fact', 'kind'), width='30em')
 
 # %% ../nbs/10_tracing.ipynb #197a56f4
 def load_model_and_knowns(model_name:str, fact_file:str=None, device:str=None):
