@@ -94,35 +94,10 @@ def proc_nbs(work, root=ROOT, n_workers=2):
     vbin = Path(sys.executable).parent
     env = dict(os.environ, PATH=os.pathsep.join([str(fake), str(vbin), os.environ.get('PATH', '')]),
                OMP_NUM_THREADS='1')
-    kept = set_aside_widgets(src / 'nbs')
+    # the widget state goes through nbdev's writer as on the site (settings.ini `procs`: KeepWidgetLinks)
     run([str(vbin / 'nbdev_proc_nbs'), '--n_workers', str(n_workers)], cwd=src, env=env, timeout=600)
     if tried.exists(): raise RuntimeError(f'nbdev_proc_nbs tried to install: {tried.read_text().strip()}')
-    put_back_widgets(src / '_proc', kept)
     return src / '_proc'
-
-
-def _rewrite(path, change):
-    nb = json.loads(path.read_text(encoding='utf-8'))
-    out = change(nb)
-    path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + '\n', encoding='utf-8')
-    return out
-
-
-def set_aside_widgets(nbs):
-    """Take the saved widget state out of the notebooks in `nbs` (a copy): nbdev's writer (execnb's `nb2dict`)
-    takes every key named `source` for a cell's text and fails on a jslink's state (`source: [model, name]`).
-    Returns {notebook name: state} for `put_back_widgets`."""
-    kept = {}
-    for p in sorted(Path(nbs).glob('*.ipynb')):
-        w = _rewrite(p, lambda nb: nb.get('metadata', {}).pop('widgets', None))
-        if w is not None: kept[p.name] = w
-    return kept
-
-
-def put_back_widgets(proc, kept):
-    "Put the widget state `set_aside_widgets` kept back into the processed notebooks in `proc`."
-    for name, w in kept.items():
-        if (proc / name).exists(): _rewrite(proc / name, lambda nb: nb.setdefault('metadata', {}).update(widgets=w))
 
 
 def npm_file(spec, cache=CACHE):
