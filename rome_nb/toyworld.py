@@ -4,22 +4,24 @@
 
 # %% auto #0
 __all__ = ['FRAMES_TRAIN', 'FRAMES_HELD', 'REL_SPECS', 'ONSETS', 'VOWELS', 'CODAS', 'ASSOC', 'ADJ', 'NOUN', 'VERB', 'TIME',
-           'PEOPLE', 'ADV', 'PVERB', 'DOC_KINDS', 'DEFAULT_MIX', 'TOY_TRAIN_DEFAULTS', 'Relation', 'make_relations',
-           'check_prefixes', 'name_part', 'make_names', 'ToyWorld', 'make_world', 'world_to_dict', 'world_from_dict',
-           'filler', 'statement', 'assoc_sentence', 'profile', 'toy_document', 'toy_corpus', 'train_toy_tokenizer',
-           'pack_corpus', 'fact_recall', 'train_toy_model', 'load_world', 'load_toy', 'toy_world_for', 'toy_train_log',
-           'plot_train_log', 'recall_table', 'counterfact_record', 'toy_counterfact', 'toy_knowns',
+           'PEOPLE', 'ADV', 'PVERB', 'DOC_KINDS', 'DEFAULT_MIX', 'TOY_TRAIN_DEFAULTS', 'TOY_LARGE_DEFAULTS',
+           'TOY_RECIPES', 'TOY_PACKAGED', 'Relation', 'make_relations', 'check_prefixes', 'name_part', 'make_names',
+           'ToyWorld', 'make_world', 'keep_facts', 'world_to_dict', 'world_from_dict', 'filler', 'statement',
+           'assoc_sentence', 'profile', 'toy_document', 'toy_corpus', 'train_toy_tokenizer', 'pack_corpus',
+           'fact_recall', 'recipe_world', 'toy_recipe', 'train_toy_model', 'load_world', 'load_toy', 'toy_world_for',
+           'toy_train_log', 'plot_train_log', 'recall_table', 'counterfact_record', 'toy_counterfact', 'toy_knowns',
            'toy_attribute_snippets', 'toy_text_corpus', 'toy_stats_corpus', 'toy_zsre_raw', 'toy_zsre', 'toy_out_dir',
            'toy_train']
 
 # %% ../nbs/02_toyworld.ipynb #04dde568
 import hashlib, json, math, os, random, shutil, tempfile, time
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass, asdict, replace
 from pathlib import Path
 import torch
 import pandas as pd
 from .cli import command
 from .models import ModelAndTokenizer, TOY_DIR, make_inputs, generate_fast, get_model, resolve_model_name
+from .models import TOY_LARGE_DIR, MODEL_ALIASES, write_checksums
 
 # %% ../nbs/02_toyworld.ipynb #bddc6416
 FRAMES_TRAIN = ["The {k1} of {{}} is", "{{}}'s {k2} is", "What is the {k1} of {{}}?", "What is {{}}'s {k2}?"]
@@ -149,10 +151,14 @@ class ToyWorld:
             if r.relation_id == rid: return r
         raise KeyError(f"no relation {rid!r}; the world has {[r.relation_id for r in self.relations]}")
 
+    def relations_of(self, s:str):
+        "The relations in which subject `s` has a fact (all of them in a dense world)."
+        return [r for r in self.relations if (s, r.relation_id) in self.facts]
+
     def fact_list(self):
         "All facts as (subject, relation_id, object) triples."
-        return [(s, r.relation_id, self.facts[(s,
-                                               r.relation_id)]) for s in self.subjects for r in self.relations]
+        return [(s, r.relation_id, self.facts[(s, r.relation_id)]) for s in self.subjects
+                for r in self.relations_of(s)]
 
     def __repr__(self):
         return f"ToyWorld({len(self.subjects)} subjects, {len(self.relations)} relations, {len(self.facts)} facts, params={self.params})"
@@ -179,6 +185,19 @@ def make_world(seed:int=0,        # random seed: the same seed gives the same wo
     params = dict(seed=seed, n_first=n_first, n_last=n_last, n_subjects=n_subjects, n_objects=n_objects,
                   n_relations=n_relations)
     return ToyWorld(params, subjects, rels, facts, oid, assoc, first, last)
+
+# %% ../nbs/02_toyworld.ipynb #b81d2c4e
+def keep_facts(world:ToyWorld,     # a world
+               per_subject:int,    # relations kept per subject
+               seed:int=0):        # random seed
+    "A copy of `world` in which each subject keeps the facts of `per_subject` relations drawn at random."
+    if not 1 <= per_subject <= len(world.relations):
+        raise ValueError(f"per_subject must be in 1..{len(world.relations)}, got {per_subject}")
+    rng = random.Random(seed + 6)
+    keep = {(s, r.relation_id) for s in world.subjects for r in rng.sample(world.relations, per_subject)}
+    facts = {k: o for k, o in world.facts.items() if k in keep}
+    return replace(world, params={**world.params, 'facts_per_subject': per_subject}, facts=facts)
+
 
 # %% ../nbs/02_toyworld.ipynb #abb1a70e
 def world_to_dict(world:ToyWorld):
@@ -247,12 +266,14 @@ def toy_document(world:ToyWorld, rng:random.Random, mix=DEFAULT_MIX): # world, r
     if kind == "filler": return " ".join(filler(rng) for _ in range(rng.randint(1, 3)))
     if kind == "assoc": return assoc_sentence(world, rng.choice(sorted(world.object_ids)), rng)
     s = rng.choice(world.subjects)
-    if kind == "profile": return profile(world, s, rng.sample(world.relations, rng.randint(2, 4)), rng)
+    own = world.relations_of(s)
+    k = lambda: rng.randint(min(2, len(own)), min(4, len(own)))
+    if kind == "profile": return profile(world, s, rng.sample(own, k()), rng)
     if kind == "single":
-        r = rng.choice(world.relations)
+        r = rng.choice(own)
         st = statement(world, s, r, rng.choice(r.templates + r.question_templates))
         return (filler(rng) + " " + st) if rng.random() < 0.3 else st
-    rs = rng.sample(world.relations, rng.randint(2, 4))
+    rs = rng.sample(own, k())
     sents = [filler(rng)] if rng.random() < 0.3 else []
     sents += [statement(world, s, r, rng.choice(r.templates + r.question_templates)) for r in rs]
     if rng.random() < 0.3: sents.append(assoc_sentence(world, world.facts[(s, rs[-1].relation_id)], rng))
@@ -316,9 +337,29 @@ def _toy_model(cfg, tok):
     from transformers import GPT2Config, GPT2LMHeadModel
     torch.manual_seed(cfg['seed'])
     return GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=cfg['n_ctx'], n_embd=cfg['n_embd'],
-                                      n_layer=cfg['n_layer'],
+                                      n_layer=cfg['n_layer'], n_inner=cfg.get('n_inner'),
                                       n_head=cfg['n_head'], resid_pdrop=0., embd_pdrop=0., attn_pdrop=0.,
                                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
+
+# %% ../nbs/02_toyworld.ipynb #d4e8f6a2
+TOY_LARGE_DEFAULTS = dict(TOY_TRAIN_DEFAULTS, n_first=64, n_last=64, n_subjects=4000, facts_per_subject=2,
+                          n_docs=300000, n_layer=8, n_embd=192, n_head=6, n_inner=1024, steps=1800,
+                          batch_size=32, lr=3e-3, warmup=100, eval_every=200, n_eval=1000)
+TOY_RECIPES = {'small': TOY_TRAIN_DEFAULTS, 'large': TOY_LARGE_DEFAULTS}  # `train_toy_model(recipe=...)`
+TOY_PACKAGED = {'small': TOY_DIR, 'large': TOY_LARGE_DIR}  # where each recipe's packaged model lives
+
+def recipe_world(cfg:dict): # training options (a recipe, possibly with overrides)
+    "The world a recipe trains on."
+    world = make_world(cfg['seed'], cfg['n_first'], cfg['n_last'], cfg['n_subjects'], cfg['n_objects'],
+                       cfg['n_relations'])
+    return keep_facts(world, cfg['facts_per_subject'], cfg['seed']) if cfg.get('facts_per_subject') else world
+
+def toy_recipe(recipe:str='small'): # 'small' (the packaged `toy`) or 'large' (`toy-large`)
+    "The training options of a named recipe."
+    if recipe not in TOY_RECIPES:
+        raise ValueError(f"unknown toy recipe {recipe!r}; choose one of {sorted(TOY_RECIPES)}")
+    return TOY_RECIPES[recipe]
+
 
 # %% ../nbs/02_toyworld.ipynb #c112f8ce
 def _save_toy(model, tok, world, log, out_dir):
@@ -345,16 +386,17 @@ def _save_toy(model, tok, world, log, out_dir):
 def train_toy_model(out_dir=None,       # where to save the model directory (None: do not save)
                     progress:bool=True, # show a progress bar
                     threads:int=None,   # torch CPU threads (None: torch's default)
-                    **kw):              # overrides of `TOY_TRAIN_DEFAULTS`
+                    recipe:str='small', # 'small' (`TOY_TRAIN_DEFAULTS`) or 'large' (`TOY_LARGE_DEFAULTS`)
+                    **kw):              # overrides of the recipe's options
     "Generate a world, train its tokenizer and a GPT-2 on its corpus; returns `(ModelAndTokenizer, world, log)`."
-    unknown = set(kw) - set(TOY_TRAIN_DEFAULTS)
+    defaults = toy_recipe(recipe)
+    unknown = set(kw) - set(defaults)
     if unknown:
-        raise TypeError(f"unknown training options {sorted(unknown)}; known: {sorted(TOY_TRAIN_DEFAULTS)}")
-    cfg = {**TOY_TRAIN_DEFAULTS, **kw}
+        raise TypeError(f"unknown training options {sorted(unknown)}; known: {sorted(defaults)}")
+    cfg = {**defaults, **kw}
     if threads: torch.set_num_threads(threads)
     t0, c0 = time.time(), time.process_time()
-    world = make_world(cfg['seed'], cfg['n_first'], cfg['n_last'], cfg['n_subjects'], cfg['n_objects'],
-                       cfg['n_relations'])
+    world = recipe_world(cfg)
     texts = toy_corpus(world, cfg['n_docs'], cfg['seed'], cfg['mix'])
     tok = train_toy_tokenizer(texts[:20000], cfg['vocab_size'])
     data = pack_corpus(tok, texts, cfg['n_ctx'])
@@ -376,7 +418,7 @@ def _train_loop(model, tok, world, data, cfg, log, progress):
     opt = torch.optim.AdamW(model.parameters(), lr=cfg['lr'], betas=(0.9, 0.98),
                             weight_decay=cfg['weight_decay'])
     erng = random.Random(cfg['seed'] + 2)
-    facts = [(s, r.relation_id) for s in world.subjects for r in world.relations]
+    facts = [(s, rid) for s, rid, _ in world.fact_list()]
     evset = erng.sample(facts, min(cfg['n_eval'], len(facts)))
     g = torch.Generator().manual_seed(cfg['seed'])
     perm, ptr, B = torch.randperm(len(data), generator=g), 0, cfg['batch_size']
@@ -410,7 +452,7 @@ from .files import read_json
 
 def load_world(path=None): # a model directory with world.json, or the JSON file (default: the packaged toy model's)
     "The `ToyWorld` saved with a toy model."
-    p = Path(path) if path is not None else TOY_DIR
+    p = Path(resolve_model_name(path)) if path is not None else TOY_DIR
     if p.is_dir(): p = p / 'world.json'
     if not p.exists():
         old = p.parent.with_name(f".{p.parent.name}.old")
@@ -428,12 +470,13 @@ def load_world(path=None): # a model directory with world.json, or the JSON file
 
 
 # %% ../nbs/02_toyworld.ipynb #08778d7a
-def load_toy(path=None,   # toy model directory (default: the packaged one, `TOY_DIR`)
+def load_toy(path=None,   # toy model directory or alias ('toy-large'; default: the packaged 'toy')
              device=None): # where to put the model (default: CPU)
     "The toy model as a `ModelAndTokenizer` and its `ToyWorld`."
-    p = Path(path) if path is not None else TOY_DIR
+    alias = 'toy' if path is None else path if isinstance(path, str) and path in MODEL_ALIASES else None
+    p = Path(resolve_model_name(alias or path))
     world = load_world(p)
-    name = str(p) if path is not None else 'toy'  # the packaged model by its alias, not a folder
+    name = alias or str(p)  # a packaged model by its alias, not a folder
     return get_model(name, device=device or 'cpu', torch_dtype=torch.float32), world
 
 def toy_world_for(model): # a model name, alias or directory; anything else (a loaded model) gives None
@@ -442,10 +485,10 @@ def toy_world_for(model): # a model name, alias or directory; anything else (a l
     d = Path(resolve_model_name(str(model)))
     return load_world(d) if (d / 'world.json').is_file() else None
 
-def toy_train_log(path=None): # toy model directory (default: the packaged one)
+def toy_train_log(path=None): # toy model directory or alias (default: the packaged one)
     "The training log saved with a toy model."
     hint = "retrain the toy model to write a new one"
-    return read_json(Path(path or TOY_DIR) / 'train_log.json', hint)
+    return read_json(Path(resolve_model_name(path) if path else TOY_DIR) / 'train_log.json', hint)
 
 # %% ../nbs/02_toyworld.ipynb #945ba470
 def plot_train_log(log:dict, ax=None): # a training log, an optional pair of axes
@@ -473,7 +516,7 @@ def recall_table(mt, world:ToyWorld,   # model-and-tokenizer, its world
     rows = []
     bar = tqdm(jobs, desc='recall of every fact', unit='template', disable=not progress)
     for r, kind, t in bar:
-        facts = [(s, r.relation_id) for s in world.subjects]
+        facts = [(s, r.relation_id) for s in world.subjects if (s, r.relation_id) in world.facts]
         recall = fact_recall(mt.model, mt.tokenizer, world, facts, lambda _, t=t: t)
         rows.append(dict(relation=f"{r.relation_id} {r.name}", kind=kind, template=t,
                          recall=recall))
@@ -484,14 +527,19 @@ def recall_table(mt, world:ToyWorld,   # model-and-tokenizer, its world
 
 # %% ../nbs/02_toyworld.ipynb #6bae2be6
 def _fact_order(world, seed):
-    "All (subject, relation) pairs in a seeded order."
-    facts = [(s, r.relation_id) for s in world.subjects for r in world.relations]
+    "All (subject, relation) pairs in a seeded order; in a sparse world, each subject's first fact comes first."
+    facts = [(s, rid) for s, rid, _ in world.fact_list()]
     random.Random(seed).shuffle(facts)
-    return facts
+    if 'facts_per_subject' not in world.params: return facts
+    count, rank = {}, []
+    for s, _ in facts:
+        rank.append(count.get(s, 0))
+        count[s] = rank[-1] + 1
+    return [f for _, f in sorted(zip(rank, facts), key=lambda x: x[0])]  # the first records: distinct subjects
 
 def _with_object(world, rid, o, exclude, rng, k=10):
     "Up to `k` subjects other than `exclude` whose object for `rid` is `o`."
-    cand = [s for s in world.subjects if s != exclude and world.facts[(s, rid)] == o]
+    cand = [s for s in world.subjects if s != exclude and world.facts.get((s, rid)) == o]
     return rng.sample(cand, min(k, len(cand)))
 
 def counterfact_record(world:ToyWorld, case_id:int, s:str, rid:str, rng:random.Random): # world, id, subject, relation, random source
@@ -546,14 +594,19 @@ def toy_knowns(world:ToyWorld, mt=None, n:int=None, seed:int=0): # world, model 
     return kept[:n]
 
 # %% ../nbs/02_toyworld.ipynb #619d7997
+def _others(world, s, r, rng):
+    "Up to two more of subject `s`'s relations besides `r`, drawn at random."
+    rest = [x for x in world.relations_of(s) if x is not r]
+    return rng.sample(rest, min(2, len(rest)))
+
 def toy_attribute_snippets(world:ToyWorld, per_object:int=10, seed:int=0): # world, snippets per (relation, object), seed
     "Attribute snippets in the reference's format: `[{relation_id, target_id, samples: [{name, text}]}]`."
     rng, out = random.Random(seed + 4), []
     for r in world.relations:
         for o in r.objects:
-            subs = [s for s in world.subjects if world.facts[(s, r.relation_id)] == o][:per_object]
+            subs = [s for s in world.subjects if world.facts.get((s, r.relation_id)) == o][:per_object]
             samples = [{"name": s, "text": profile(world, s,
-                                                   [r] + rng.sample([x for x in world.relations if x is not r], 2), rng) + " " +
+                                                   [r] + _others(world, s, r, rng), rng) + " " +
                         assoc_sentence(world, o, rng)} for s in subs]
             out.append({"relation_id": r.relation_id, "target_id": world.object_ids[o], "samples": samples})
     return out
@@ -576,7 +629,8 @@ def toy_zsre_raw(world:ToyWorld, n:int=None, seed:int=0): # world, keep the firs
         r = world.relation(rid)
         true = world.facts[(s, rid)]
         new = rng.choice([o for o in r.objects if o != true])
-        ls, lr = rng.choice([x for x in world.subjects if x != s]), rng.choice(world.relations)
+        ls = rng.choice([x for x in world.subjects if x != s])
+        lr = rng.choice(world.relations_of(ls))
         src = r.question_templates[0].format(s)
         out.append({"subject": s, "src": src, "pred": true, "rephrase": r.paraphrase_templates[2].format(s),
                     "alt": new,
@@ -592,12 +646,14 @@ def toy_zsre(world:ToyWorld, n:int=None, tok=None, seed:int=0): # world, keep `n
 
 # %% ../nbs/02_toyworld.ipynb #857da7c1
 def toy_out_dir(out_dir=None,                   # folder to write (default: ./toy_model)
-                overwrite_packaged:bool=False): # write over the packaged toy model instead
+                overwrite_packaged:bool=False, # write over the packaged toy model instead
+                recipe:str='small'):            # whose packaged model: 'small' (`toy`) or 'large' (`toy-large`)
     "Where `rome_nb_toy_train` writes: a new, empty or toy-model folder; the packaged one if asked."
     if overwrite_packaged:
         if out_dir is not None:
             raise ValueError("give either --out_dir or --overwrite_packaged, not both")
-        return TOY_DIR
+        toy_recipe(recipe)
+        return TOY_PACKAGED[recipe]
     out = Path(out_dir if out_dir is not None else 'toy_model')
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} is a file; give a new folder as --out_dir")
@@ -611,6 +667,7 @@ def toy_out_dir(out_dir=None,                   # folder to write (default: ./to
 @command('rome_nb_toy_train')
 def toy_train(out_dir:str=None,  # folder to write the model to (default: ./toy_model)
               overwrite_packaged:bool=False, # write over the packaged toy model instead
+              recipe:str='small', # 'small' (the packaged `toy`) or 'large' (`toy-large`)
               steps:int=None,    # training steps (default: the recipe's)
               n_layer:int=None,  # layers
               lr:float=None,     # peak learning rate
@@ -620,10 +677,11 @@ def toy_train(out_dir:str=None,  # folder to write the model to (default: ./toy_
               threads:int=None,  # CPU threads (default: torch's)
               quiet:bool=False): # no progress bar
     "Train a toy model from scratch, save it (default: ./toy_model) and print its recall table."
-    out = toy_out_dir(out_dir, overwrite_packaged)
+    out = toy_out_dir(out_dir, overwrite_packaged, recipe)
     kw = {k: v for k, v in dict(steps=steps, n_layer=n_layer, lr=lr, seed=seed, n_docs=n_docs,
                                 eval_every=eval_every).items() if v is not None}
-    mt, world, log = train_toy_model(out, progress=not quiet, threads=threads, **kw)
+    mt, world, log = train_toy_model(out, progress=not quiet, threads=threads, recipe=recipe, **kw)
+    if recipe != 'small': write_checksums(out)
     tab, _ = recall_table(mt, world)
     print(f"trained {log['config']['steps']} steps in {log['wall_s']:.0f} s wall ({log['cpu_s']:.0f} s CPU, "
           f"{log['threads']} threads); saved to {out}")
