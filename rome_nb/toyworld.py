@@ -343,8 +343,8 @@ def _toy_model(cfg, tok):
 
 # %% ../nbs/02_toyworld.ipynb #d4e8f6a2
 TOY_LARGE_DEFAULTS = dict(TOY_TRAIN_DEFAULTS, n_first=64, n_last=64, n_subjects=4000, facts_per_subject=2,
-                          n_docs=300000, n_layer=8, n_embd=192, n_head=6, n_inner=1024, steps=1800,
-                          batch_size=32, lr=3e-3, warmup=100, eval_every=200, n_eval=1000)
+                          n_docs=400000, n_layer=8, n_embd=192, n_head=6, n_inner=1024, steps=2200,
+                          batch_size=32, lr=4e-3, warmup=100, eval_every=200, n_eval=1000)
 TOY_RECIPES = {'small': TOY_TRAIN_DEFAULTS, 'large': TOY_LARGE_DEFAULTS}  # `train_toy_model(recipe=...)`
 TOY_PACKAGED = {'small': TOY_DIR, 'large': TOY_LARGE_DIR}  # where each recipe's packaged model lives
 

@@ -6,7 +6,7 @@ import torch
 from rome_nb import toyworld as tw
 from rome_nb import toy_large as tl
 from rome_nb.models import (MODEL_ALIASES, TOY_DIR, TOY_LARGE_DIR, get_model, verify_checksums, write_checksums,
-                            file_sha256, resolve_model_name, tiny_model)
+                            file_sha256, resolve_model_name, tiny_model, tiny_tokenizer)
 
 HAVE_WEIGHTS = (TOY_LARGE_DIR / 'model.safetensors').is_file()
 needs_weights = pytest.mark.skipif(not HAVE_WEIGHTS, reason="toy-large weights not packaged yet")
@@ -95,7 +95,7 @@ def test_recipe_option_trains_a_sparse_world(tmp_path):
 
 
 def _saved_tiny(folder):
-    mt = get_model(tiny_model('gpt2'), device='cpu')
+    mt = get_model((tiny_model('gpt2'), tiny_tokenizer()), device='cpu')
     mt.model.save_pretrained(folder)
     mt.tokenizer.save_pretrained(folder)
     return folder
