@@ -129,9 +129,11 @@ def test_packaged_model_loads(world):
     assert mt.model.config.n_inner == tw.TOY_LARGE_DEFAULTS['n_inner']
     assert next(mt.model.parameters()).dtype == torch.float32
     log = tw.toy_train_log('toy-large')
-    assert log['evals'][-1]['train'] >= 0.9 and 'wall_s' in log and 'cpu_s' in log
-    facts = [(s, rid) for s, rid, _ in world.fact_list()][:300]
-    assert tw.fact_recall(mt.model, mt.tokenizer, world, facts, lambda r: r.templates[0]) >= 0.9
+    assert log['config'] == {k: list(v) if isinstance(v, tuple) else v for k, v in tw.TOY_LARGE_DEFAULTS.items()}
+    assert 'wall_s' in log and 'cpu_s' in log and log['steps'][-1] == log['config']['steps']
+    facts = [(s, rid) for s, rid, _ in world.fact_list()][:500]  # the weights recall what the log says
+    recall = tw.fact_recall(mt.model, mt.tokenizer, world, facts, lambda r: r.templates[0])
+    assert abs(recall - log['evals'][-1]['train']) <= 0.1, (recall, log['evals'][-1])
 
 
 @needs_weights
