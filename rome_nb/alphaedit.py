@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from .nethook import get_parameter
 from .models import model_arch
-from .editing import Rule, check_hparams, check_requests, add_to_weights, tentative_weights, hparams_path
-from .editing import restore_weights
+from .editing import (Rule, check_hparams, check_requests, add_to_weights, tentative_weights,
+                             hparams_path, restore_weights)
 from .edit_core import rome_templates, get_cov, memit_update, solve_keys, Timer
 from .memit import (MEMITHyperParams, memit_context_templates, group_targets, keys_and_residual,
                            write_memit_deltas, apply_memit_to_model, toy_edit_scores)
@@ -34,7 +34,8 @@ class AlphaEditHyperParams(MEMITHyperParams):
         super().__post_init__()
         check_hparams(self, ALPHAEDIT_RULES)
         if not self.mom2_adjustment:
-            raise ValueError("AlphaEdit's null space comes from the key statistics: set mom2_adjustment to true")
+            raise ValueError("AlphaEdit's null space comes from the key statistics: "
+                             "set mom2_adjustment to true")
 
 # %% ../nbs/26_alphaedit.ipynb #7dc5ef0b
 def null_space_projector(C:torch.Tensor,   # [d, d] second moment of the keys to preserve
@@ -43,7 +44,8 @@ def null_space_projector(C:torch.Tensor,   # [d, d] second moment of the keys to
     C = C.double()
     evals, evecs = torch.linalg.eigh((C + C.T) / 2)
     U0 = evecs[:, evals < threshold]
-    return U0 @ U0.T
+    P = U0 @ U0.T
+    return (P + P.T) / 2  # exactly symmetric
 
 # %% ../nbs/26_alphaedit.ipynb #6b4a43f6
 _PROJ_CACHE = {}
@@ -76,8 +78,8 @@ def _held(seq_state:dict, key:str, name:str, d:int):
     "`seq_state[key][name]` if there ([d, d], checked), else None."
     x = (seq_state or {}).get(key, {}).get(name)
     if x is not None and tuple(x.shape) != (d, d):
-        raise ValueError(f"seq_state[{key!r}][{name!r}] has shape {tuple(x.shape)}, but the keys of {name} have "
-                         f"width {d}; was seq_state started on another model? Start again with an empty dict")
+        raise ValueError(f"seq_state[{key!r}][{name!r}] has shape {tuple(x.shape)}, but the keys of {name} "
+                         f"have width {d}; was seq_state started on another model? Start with an empty dict")
     return x
 
 def batch_projectors(model, tok, hparams:AlphaEditHyperParams, seq_state:dict=None):
@@ -114,13 +116,14 @@ def execute_alphaedit(model, tok,
                       cache_template:str=None,       # file template of the targets (see `execute_memit`)
                       seq_state:dict=None,           # earlier batches' projectors and K_p K_p^T (only read)
                       timings:dict=None,             # add the seconds spent in each part
-                      info:dict=None,                # diagnostics (as `execute_memit`'s, plus null dimensions)
+                      info:dict=None,                # diagnostics (as `execute_memit`'s, plus null dims)
                       verbose=False):
     "AlphaEdit's updates `{weight_name: (adj_k, resid)}`, and the batch for `update_seq_state`."
     requests, orient = check_requests(requests, tok), model_arch(model).weight_orientation
     info = {} if info is None else info
     with Timer(timings, 'context_templates', model):
-        ctx = memit_context_templates(model, tok, hparams.context_template_length_params, hparams.context_prompts)
+        ctx = memit_context_templates(model, tok, hparams.context_template_length_params,
+                                      hparams.context_prompts)
     with Timer(timings, 'projectors', model): projs = batch_projectors(model, tok, hparams, seq_state)
     with Timer(timings, 'z_optimisation', model):
         reqs, zs = group_targets(model, tok, requests, hparams, ctx, cache_template, info, verbose=verbose)
@@ -138,16 +141,17 @@ def execute_alphaedit(model, tok,
                 layer=hparams.layers[j], null_dim=round(torch.trace(projs[name].double()).item()),
                 residual_norm=R.norm(dim=0).mean().item(), update_norm=upd.float().norm().item()))
             if verbose: print(info['layers'][-1])
-    return deltas, dict(projectors=projs, kkt=kkt, n_keys=len(reqs), nullspace_threshold=hparams.nullspace_threshold)
+    return deltas, dict(projectors=projs, kkt=kkt, n_keys=len(reqs),
+                        nullspace_threshold=hparams.nullspace_threshold)
 
 # %% ../nbs/26_alphaedit.ipynb #4695d17c
 def apply_AlphaEdit_to_model(model, tok,
-                             requests,                     # a request dict or a list of them, applied together
+                             requests,                     # a request dict or a list of them, edited together
                              hparams:AlphaEditHyperParams, # hyperparameters
                              copy=False,                   # edit a deep copy and leave `model` alone
                              return_orig_weights=False,    # return the original values of the changed weights
                              seq_state:dict=None,          # a sequence's state (see above); None: one batch
-                             cache_template:str=None,      # file template of the targets (see `execute_memit`)
+                             cache_template:str=None,      # file template of the targets (`execute_memit`)
                              return_orig_weights_device=None, # where to keep the originals (e.g. 'cpu')
                              **kwargs): # `timings`, `info`, `verbose` of `execute_alphaedit`; others ignored
     "Edit `model` with AlphaEdit: `(model, {weight_name: original})`; on any error nothing is changed."
@@ -178,14 +182,15 @@ def alphaedit_vs_memit(n:int=50,          # edits: the first n toy CounterFact r
     mt, world = load_toy()
     model, tok, recs = mt.model, mt.tokenizer, toy_counterfact(world, n)
     reqs = [{'case_id': r['case_id'], **r['requested_rewrite']} for r in recs]
-    runs = [('MEMIT', apply_memit_to_model, memit_hparams or MEMITHyperParams.from_json(hparams_path('MEMIT', 'toy'))),
-            ('AlphaEdit', apply_AlphaEdit_to_model,
-             hparams or AlphaEditHyperParams.from_json(hparams_path('AlphaEdit', 'toy')))]
+    memit_hparams = memit_hparams or MEMITHyperParams.from_json(hparams_path('MEMIT', 'toy'))
+    hparams = hparams or AlphaEditHyperParams.from_json(hparams_path('AlphaEdit', 'toy'))
+    runs = [('MEMIT', apply_memit_to_model, memit_hparams), ('AlphaEdit', apply_AlphaEdit_to_model, hparams)]
     rows = [dict(method='unedited', **toy_edit_scores(model, tok, recs, world.subjects))]
     for name, apply, hp in runs:
         t0 = time.perf_counter()
         orig = _edit_in_batches(apply, model, tok, reqs, hp, batches)
-        rows.append(dict(method=f"{name}, {batches} x {math.ceil(n / batches)}",
-                         **toy_edit_scores(model, tok, recs, world.subjects), wall_s=time.perf_counter() - t0))
+        scores = toy_edit_scores(model, tok, recs, world.subjects)
+        rows.append(dict(method=f"{name}, {batches} x {math.ceil(n / batches)}", **scores,
+                         wall_s=time.perf_counter() - t0))
         restore_weights(model, orig)
     return pd.DataFrame(rows).set_index('method')
