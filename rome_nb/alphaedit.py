@@ -67,20 +67,20 @@ def alphaedit_keys(P:torch.Tensor,       # [d, d] null-space projector
                    cum:torch.Tensor=None,# [d, d] K_p K_p^T of the keys edited in earlier batches (None: none)
                    L2:float=10.0):       # weight of the identity
     "(P (K K^T + K_p K_p^T) + L2 I)^-1 P K in float64: the update is this times the residual's transpose."
+    for what, x in (('P', P), ('K_p K_p^T', cum)):
+        if x is not None and tuple(x.shape) != (len(K), len(K)):
+            raise ValueError(f"{what} has shape {tuple(x.shape)}, but the keys have width {len(K)}; "
+                             f"a seq_state from another model? Start with an empty dict")
     K = K.double()
     P = P.to(K.device, torch.float64)
     M = K @ K.T if cum is None else K @ K.T + cum.to(K.device, torch.float64)
     A = P @ M + L2 * torch.eye(len(P), dtype=P.dtype, device=P.device)
     return torch.linalg.solve(A, P @ K)
 
-# %% ../nbs/26_alphaedit.ipynb #5e0b1666
-def _held(seq_state:dict, key:str, name:str, d:int):
-    "`seq_state[key][name]` if there ([d, d], checked), else None."
-    x = (seq_state or {}).get(key, {}).get(name)
-    if x is not None and tuple(x.shape) != (d, d):
-        raise ValueError(f"seq_state[{key!r}][{name!r}] has shape {tuple(x.shape)}, but the keys of {name} "
-                         f"have width {d}; was seq_state started on another model? Start with an empty dict")
-    return x
+# %% ../nbs/26_alphaedit.ipynb #a26335a0
+def _held(seq_state:dict, key:str, name:str):
+    "`seq_state[key][name]`, or None."
+    return (seq_state or {}).get(key, {}).get(name)
 
 def batch_projectors(model, tok, hparams:AlphaEditHyperParams, seq_state:dict=None):
     "{weight_name: P} of the critical layers: the first batch's from `seq_state`, or from the statistics."
@@ -91,9 +91,8 @@ def batch_projectors(model, tok, hparams:AlphaEditHyperParams, seq_state:dict=No
     out, tm = {}, rome_templates(model, hparams)
     for l in hparams.layers:  # all before any layer changes (the statistics depend on the lower layers)
         name = tm['rewrite_module_tmp'].format(l)
-        P = layer_projector(model, tok, name, hparams)
-        out[f"{name}.weight"] = _held(seq_state, 'projectors', f"{name}.weight", len(P))
-        if out[f"{name}.weight"] is None: out[f"{name}.weight"] = P
+        P = _held(seq_state, 'projectors', f"{name}.weight")
+        out[f"{name}.weight"] = layer_projector(model, tok, name, hparams) if P is None else P
     return out
 
 # %% ../nbs/26_alphaedit.ipynb #f4db5255
@@ -132,7 +131,7 @@ def execute_alphaedit(model, tok,
         for j, name in enumerate(projs):
             K, R = keys_and_residual(model, tok, reqs, zs, hparams, j, ctx, timings)
             with Timer(timings, 'update', model), torch.no_grad():
-                adj_k = alphaedit_keys(projs[name], K, _held(seq_state, 'cum_kkt', name, len(K)), hparams.L2)
+                adj_k = alphaedit_keys(projs[name], K, _held(seq_state, 'cum_kkt', name), hparams.L2)
                 resid = R / (len(hparams.layers) - j)
                 upd = memit_update(adj_k, resid, get_parameter(model, name), orient)
                 add_to_weights(model, {name: upd}, saved)
