@@ -388,6 +388,7 @@ def run_sequential(run:SeqRun, stop_after:int=None): # the run; stop after this 
     from tqdm.auto import tqdm
     cfg, originals = run.cfg, Originals(run.mt.model)
     batches = in_batches(seq_requests(run.records), cfg.batch)
+    for f in run.run_dir.glob('.checkpoint*.tmp*'): f.unlink(missing_ok=True)  # a killed write's
     ck = load_checkpoint(run.run_dir, next(run.mt.model.parameters()).device)
     if ck is None or not ck['finished']: warm_up(run, originals)  # on the unedited model
     st = resume_state(run, originals, ck)
