@@ -8,9 +8,9 @@ __all__ = ['DISABLE_FACTOR', 'HELD_OUT_SEED', 'CHECKPOINT', 'CURVE_COLUMNS', 'PL
            'unedited_neighbours', 'edit_scores', 'corpus_perplexity', 'unedited_recall', 'generation_entropy',
            'SeqConfig', 'check_config', 'run_key', 'new_seq_dir', 'check_same_run', 'find_seq_dir', 'save_checkpoint',
            'load_checkpoint', 'SeqRun', 'read_texts', 'seq_data', 'setup_sequential', 'score_point', 'warm_up',
-           'resume_state', 'run_sequential', 'curve_frame', 'sequential', 'plot_curves', 'format_curve', 'main']
+           'resume_state', 'curve_frame', 'run_sequential', 'sequential', 'plot_curves', 'format_curve', 'main']
 
-# %% ../nbs/45_sequential.ipynb #4af7bc24
+# %% ../nbs/45_sequential.ipynb #8c0ec263
 import dataclasses, inspect, json, math, statistics
 from pathlib import Path
 import pandas as pd
@@ -27,7 +27,7 @@ from .stats import quiet_stats
 from .summarize import case_metrics
 from .toyworld import toy_world_for, toy_text_corpus, fact_recall
 
-# %% ../nbs/45_sequential.ipynb #84567e1d
+# %% ../nbs/45_sequential.ipynb #58b14856
 def seq_requests(records:list): # CounterFact or zsRE records
     "The edit requests of `records` (each rewrite with its `case_id`), in order."
     return [{"case_id": r["case_id"], **r["requested_rewrite"]} for r in records]
@@ -37,7 +37,7 @@ def in_batches(items:list, size:int): # anything, the batch size
     if size < 1: raise ValueError(f"the batch size must be >= 1, got {size}")
     return [items[i:i + size] for i in range(0, len(items), size)]
 
-# %% ../nbs/45_sequential.ipynb #3d004db6
+# %% ../nbs/45_sequential.ipynb #65a672c4
 def takes_seq_state(apply_fn): # an editing method's apply function
     "True if `apply_fn` has a `seq_state` parameter (state kept across the batches of a sequential run)."
     return 'seq_state' in inspect.signature(apply_fn).parameters
@@ -50,7 +50,7 @@ def apply_batch(apply_fn, model, tok, requests:list, hparams, seq_state:dict):
         raise RuntimeError("the editing method returned another model; a sequential run needs the edits "
                            "made in place (copy=False)")
 
-# %% ../nbs/45_sequential.ipynb #2dde0158
+# %% ../nbs/45_sequential.ipynb #af8b8ba1
 class Originals:
     "The original parameters of a model (a CPU copy) and their fingerprints, to measure and rebuild edits."
     def __init__(self, model):
@@ -67,7 +67,7 @@ class Originals:
         params = dict(model.named_parameters())
         return {n: params[n].detach().cpu().double() - self.weights[n].double() for n in self.changed(model)}
 
-# %% ../nbs/45_sequential.ipynb #dcf3e93d
+# %% ../nbs/45_sequential.ipynb #571b2453
 @torch.no_grad()
 def put_deltas(model, originals:Originals, deltas:dict): # the model, its originals, `{name: W - W0}`
     "Set each parameter named in `deltas` to `W0 + delta` (rounded to its dtype), the others to `W0`."
@@ -76,7 +76,7 @@ def put_deltas(model, originals:Originals, deltas:dict): # the model, its origin
         new = (w0.double() + deltas[n].double()).to(w0.dtype) if n in deltas else w0
         p.copy_(new.to(p.device))
 
-# %% ../nbs/45_sequential.ipynb #8ce9adb3
+# %% ../nbs/45_sequential.ipynb #7e5b1ae7
 def delta_norms(originals:Originals, deltas:dict): # the originals, `{name: W - W0}`
     "`(total, {name: |dW| / |W0|})`: the cumulative change relative to the original, per weight and together."
     per, num, den = {}, 0.0, 0.0
@@ -85,7 +85,7 @@ def delta_norms(originals:Originals, deltas:dict): # the originals, `{name: W - 
         per[n], num, den = dn / wn, num + dn ** 2, den + wn ** 2
     return (math.sqrt(num / den) if den else 0.0), per
 
-# %% ../nbs/45_sequential.ipynb #15ce0ca3
+# %% ../nbs/45_sequential.ipynb #80b45a43
 DISABLE_FACTOR = 10.0  # a batch whose update norm exceeds this many times the run's median is disabling
 
 def disabling_batches(update_norms:list, factor:float=DISABLE_FACTOR): # each batch's |dW|, in order
@@ -95,7 +95,7 @@ def disabling_batches(update_norms:list, factor:float=DISABLE_FACTOR): # each ba
         if i > 0 and x > factor * statistics.median(update_norms[:i + 1]): out.append(i)
     return out
 
-# %% ../nbs/45_sequential.ipynb #a6c0f1c4
+# %% ../nbs/45_sequential.ipynb #9a8461ae
 def _subject_of(prompt, subjects):
     "The longest of `subjects` (sorted longest first) in `prompt`, or None."
     return next((s for s in subjects if s in prompt), None)
@@ -107,7 +107,7 @@ def unedited_neighbours(record:dict, edited:set): # a record, the (subject, rela
     subs = sorted({s for s, _ in edited}, key=len, reverse=True)
     return {**record, 'neighborhood_prompts': [p for p in nb if (_subject_of(p, subs), rid) not in edited]}
 
-# %% ../nbs/45_sequential.ipynb #284cd80d
+# %% ../nbs/45_sequential.ipynb #4fdae4d5
 def _rate(rows, key):
     "Mean of the per-case `post_<key>_success` (else `_acc`) in percent; None if no case has it."
     for k in (f'post_{key}_success', f'post_{key}_acc'):
@@ -119,12 +119,12 @@ def edit_scores(model, tok, records:list, ds_eval, n_first:int=100): # records e
     "ES over all `records` and over the first `n_first`, PS and NS (unedited neighbours), in percent."
     rw = [r['requested_rewrite'] for r in records]
     edited = {(x['subject'], x.get('relation_id')) for x in rw}
-    rows = [case_metrics({'case_id': r['case_id'], 'post': ds_eval(model, tok, unedited_neighbours(r, edited))})
-            for r in records]
+    post = [ds_eval(model, tok, unedited_neighbours(r, edited)) for r in records]
+    rows = [case_metrics({'case_id': r['case_id'], 'post': p}) for r, p in zip(records, post)]
     return {'ES': _rate(rows, 'rewrite'), f'ES_first{n_first}': _rate(rows[:n_first], 'rewrite'),
             'PS': _rate(rows, 'paraphrase'), 'NS': _rate(rows, 'neighborhood')}
 
-# %% ../nbs/45_sequential.ipynb #07d3e980
+# %% ../nbs/45_sequential.ipynb #59b19b32
 HELD_OUT_SEED = 200  # toy texts for perplexity: a seed other than training's (0) and the statistics' (100)
 
 def corpus_perplexity(model, tok, texts:list, max_tokens:int=100): # the model, texts, tokens kept per text
@@ -138,12 +138,12 @@ def unedited_recall(model, tok, world, edited_subjects:set): # the model, its to
     facts = [(s, r.relation_id) for s in world.subjects if s not in edited_subjects for r in world.relations]
     return fact_recall(model, tok, world, facts, lambda r: r.templates[0]) if facts else None
 
-# %% ../nbs/45_sequential.ipynb #9b266aaf
+# %% ../nbs/45_sequential.ipynb #fc121a78
 def generation_entropy(model, tok, prompts:list, max_out_len:int=60, seed:int=0):
     "The n-gram entropy (GE) of seeded continuations of `prompts`."
     return n_gram_entropy(generate_fast(model, tok, prompts, max_out_len=max_out_len, seed=seed))
 
-# %% ../nbs/45_sequential.ipynb #d6544e40
+# %% ../nbs/45_sequential.ipynb #fc32866c
 @dataclasses.dataclass
 class SeqConfig:
     "The settings of a sequential-editing run (one field per `rome_nb_sequential` option)."
@@ -164,7 +164,7 @@ class SeqConfig:
     device: str = None             # default: a GPU if there is one
     quiet: bool = False            # no progress bar
 
-# %% ../nbs/45_sequential.ipynb #0ea9d05f
+# %% ../nbs/45_sequential.ipynb #bab539b7
 def check_config(cfg:SeqConfig): # the settings
     "Raise on settings that cannot work, before anything is loaded; returns `cfg`."
     ALG_DICT[cfg.alg_name]  # an unknown method: the error lists the known ones
@@ -178,7 +178,7 @@ def check_config(cfg:SeqConfig): # the settings
         raise FileNotFoundError(f"no such texts file: {cfg.texts_file}; give a text file, one text per line")
     return cfg
 
-# %% ../nbs/45_sequential.ipynb #d4f2f9f0
+# %% ../nbs/45_sequential.ipynb #2305aee4
 def _jsonable(x): return json.loads(json.dumps(x, default=str))
 
 def _hparams_dict(hp):
@@ -194,7 +194,7 @@ def run_key(cfg:SeqConfig, hparams, records:list, texts:list):
                 records=json_digest([r['requested_rewrite'] for r in records]), texts=json_digest(texts),
                 hparams=json_digest(_jsonable(_hparams_dict(hparams))))
 
-# %% ../nbs/45_sequential.ipynb #6e05642d
+# %% ../nbs/45_sequential.ipynb #dfa3427b
 def new_seq_dir(alg_dir): # results/<alg_name>
     "Create and return the next free `seq_<NNN>` folder under `alg_dir`."
     alg_dir = Path(alg_dir)
@@ -217,7 +217,7 @@ def check_same_run(run_dir, key:dict): # a run folder, the key of the run to mak
         raise ValueError(f"{run_dir} holds a sequential run with other settings ({'; '.join(diff)}); "
                          "give the same settings to resume it, or another --out")
 
-# %% ../nbs/45_sequential.ipynb #9f38f3e7
+# %% ../nbs/45_sequential.ipynb #1f9e7680
 def find_seq_dir(cfg:SeqConfig, key:dict): # the settings, the run's key
     "The run's folder: `cfg.out` (checked), a `seq_<NNN>` with the same key, or a new `seq_<NNN>`."
     if cfg.out is not None:
@@ -229,7 +229,7 @@ def find_seq_dir(cfg:SeqConfig, key:dict): # the settings, the run's key
         if f.is_file() and read_json(f) == key: return d
     return new_seq_dir(alg_dir)
 
-# %% ../nbs/45_sequential.ipynb #33ca4185
+# %% ../nbs/45_sequential.ipynb #25603019
 CHECKPOINT = 'checkpoint.json'
 
 def _split_state(seq_state:dict):
@@ -242,7 +242,7 @@ def _split_state(seq_state:dict):
     return tens, rest
 
 def save_checkpoint(run_dir, st:dict, finished:bool=False): # the run folder, the run's state
-    "Checkpoint the run's state atomically: its tensors to a new file, then the JSON that names it; old files go."
+    "Checkpoint the run's state atomically: its tensors to a new file, then the JSON that names it."
     from safetensors.torch import save_file
     run_dir, (tens, rest) = Path(run_dir), _split_state(st['seq_state'])
     tensors = {**{f'delta/{n}': d for n, d in st['deltas'].items()},
@@ -250,13 +250,14 @@ def save_checkpoint(run_dir, st:dict, finished:bool=False): # the run folder, th
     name = f"checkpoint_{st['position']:06d}.safetensors"
     with atomic_path(run_dir / name) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
-    meta = dict(position=st['position'], finished=finished, curve=st['curve'], update_norms=st['update_norms'],
-                seq_state=rest, tensors=name, checksum={n: st['checksum'][n].tolist() for n in st['deltas']})
+    meta = dict(position=st['position'], finished=finished, curve=st['curve'],
+                update_norms=st['update_norms'], seq_state=rest, tensors=name,
+                checksum={n: st['checksum'][n].tolist() for n in st['deltas']})
     write_json_atomic(meta, run_dir / CHECKPOINT, indent=1)
     for f in run_dir.glob('checkpoint_*.safetensors'):
         if f.name != name: f.unlink(missing_ok=True)
 
-# %% ../nbs/45_sequential.ipynb #4c28bc00
+# %% ../nbs/45_sequential.ipynb #660a7cba
 def load_checkpoint(run_dir, device=None): # the run folder, where `seq_state`'s tensors go
     "The state saved in `run_dir` (None if it has none): position, curve, update norms, deltas, `seq_state`."
     from safetensors.torch import load_file
@@ -268,7 +269,7 @@ def load_checkpoint(run_dir, device=None): # the run folder, where `seq_state`'s
     state = {k[len('seq_state/'):]: v.to(device) for k, v in t.items() if k.startswith('seq_state/')}
     return {**meta, 'deltas': deltas, 'seq_state': {**meta['seq_state'], **state}}
 
-# %% ../nbs/45_sequential.ipynb #52863353
+# %% ../nbs/45_sequential.ipynb #848bfb05
 @dataclasses.dataclass
 class SeqRun:
     "A sequential run once it is set up: what `run_sequential` works with."
@@ -289,9 +290,10 @@ class SeqRun:
     @property
     def gen_prompts(self):
         "Prompts for the generation entropy: the first records' rewrite prompts."
-        return [fill(r['requested_rewrite']['prompt'], r['requested_rewrite']['subject']) for r in self.records[:5]]
+        rws = [r['requested_rewrite'] for r in self.records[:5]]
+        return [fill(x['prompt'], x['subject']) for x in rws]
 
-# %% ../nbs/45_sequential.ipynb #6366c140
+# %% ../nbs/45_sequential.ipynb #f568f0d7
 def read_texts(path): # a text file
     "The non-empty lines of a UTF-8 text file."
     return [l for l in Path(path).read_text(encoding='utf-8').splitlines() if l.strip()]
@@ -304,7 +306,7 @@ def seq_data(cfg:SeqConfig, tok, world): # the settings, the tokenizer, the toy 
     else: texts = toy_text_corpus(world, cfg.n_texts, seed=HELD_OUT_SEED) if world is not None else []
     return recs, texts[:cfg.n_texts]
 
-# %% ../nbs/45_sequential.ipynb #f635b41d
+# %% ../nbs/45_sequential.ipynb #8c102cad
 def setup_sequential(cfg:SeqConfig, records:list=None, texts:list=None, mt=None, hparams=None):
     "Check `cfg`, load hyperparameters, model, records and texts, find the run's folder: a `SeqRun`."
     check_config(cfg)
@@ -316,7 +318,8 @@ def setup_sequential(cfg:SeqConfig, records:list=None, texts:list=None, mt=None,
     recs = (records if records is not None else recs)[:cfg.n]
     txts = (texts if texts is not None else txts)[:cfg.n_texts]
     if len(recs) < cfg.n:
-        raise ValueError(f"n={cfg.n} edits asked for, but there are only {len(recs)} records; give n <= {len(recs)}")
+        raise ValueError(f"n={cfg.n} edits asked for, but there are only {len(recs)} records; "
+                         f"give n <= {len(recs)}")
     key = run_key(cfg, hp, recs, txts)
     run_dir = find_seq_dir(cfg, key)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -325,7 +328,7 @@ def setup_sequential(cfg:SeqConfig, records:list=None, texts:list=None, mt=None,
         write_json_atomic(_jsonable(_hparams_dict(hp)), run_dir / 'params.json', indent=1)
     return SeqRun(cfg, mt, hp, recs, txts, world, run_dir)
 
-# %% ../nbs/45_sequential.ipynb #934ff057
+# %% ../nbs/45_sequential.ipynb #f7e3bd07
 def score_point(run:SeqRun, st:dict, originals:Originals): # the run, its state, the original weights
     "One row of the curve: the scores of the model after the edits applied so far."
     model, tok, cfg = run.mt.model, run.mt.tokenizer, run.cfg
@@ -340,7 +343,7 @@ def score_point(run:SeqRun, st:dict, originals:Originals): # the run, its state,
                disabling=len(disabling_batches(st['update_norms'], cfg.disable_factor)))
     return {**row, **{f'dW_rel[{n}]': v for n, v in per.items()}}
 
-# %% ../nbs/45_sequential.ipynb #5cc80241
+# %% ../nbs/45_sequential.ipynb #d2af5b29
 def warm_up(run:SeqRun, originals:Originals): # the run, its unedited weights
     "Make the run's first edit and undo it, so that a method's caches come from the unedited model."
     extra = dict(seq_state={}) if takes_seq_state(run.apply_fn) else {}
@@ -351,19 +354,22 @@ def warm_up(run:SeqRun, originals:Originals): # the run, its unedited weights
         raise RuntimeError(f"{run.cfg.alg_name} did not return every weight it changed: "
                            f"{originals.changed(run.mt.model)[:3]}")
 
-# %% ../nbs/45_sequential.ipynb #0f27d3a1
-def resume_state(run:SeqRun, originals:Originals, ck:dict=None): # the run, its unedited weights, its checkpoint
+# %% ../nbs/45_sequential.ipynb #ae5ce20b
+def resume_state(run:SeqRun,             # the run
+                 originals:Originals,    # its unedited weights
+                 ck:dict=None):          # its checkpoint (`load_checkpoint`), if any
     "The run's state: the checkpoint's (its edits put back in the model and checked), else a fresh one."
     if ck is None:
         return dict(position=0, curve=[], update_norms=[], deltas={}, seq_state={}, finished=False)
     put_deltas(run.mt.model, originals, ck['deltas'])
     now = weights_checksum(run.mt.model)
-    bad = [n for n in ck['deltas'] if not torch.equal(now[n], torch.tensor(ck['checksum'][n], dtype=now[n].dtype))]
+    saved = {n: torch.tensor(v, dtype=torch.float64) for n, v in ck['checksum'].items()}
+    bad = [n for n in ck['deltas'] if not torch.equal(now[n], saved[n])]
     if bad: raise ValueError(f"the checkpoint in {run.run_dir} does not rebuild the weights {bad[:3]}; "
                              "delete it to start the run again")
     return ck
 
-# %% ../nbs/45_sequential.ipynb #3e67ae40
+# %% ../nbs/45_sequential.ipynb #c8a40df3
 def _update_norm(new:dict, old:dict):
     "Norm of one batch's update: the change of the cumulative deltas, over all weights."
     zero = torch.zeros(())
@@ -382,7 +388,17 @@ def _checkpoint(run:SeqRun, st:dict, originals:Originals, finished:bool):
     st['checksum'] = weights_checksum(run.mt.model)
     save_checkpoint(run.run_dir, st, finished)
 
-# %% ../nbs/45_sequential.ipynb #51b15fc0
+# %% ../nbs/45_sequential.ipynb #3ae1154e
+CURVE_COLUMNS = ['edits', 'ES', 'ES_first100', 'PS', 'NS', 'ppl', 'recall_unedited', 'GE', 'dW_rel',
+                 'disabling']
+
+def curve_frame(curve:list, run_dir=None): # the rows of a run's curve, its folder
+    "The curve as a table indexed by the number of edits (`attrs['run_dir']`: where it was written)."
+    df = pd.DataFrame(curve).set_index('edits')
+    df.attrs['run_dir'] = None if run_dir is None else str(run_dir)
+    return df.astype(float)
+
+# %% ../nbs/45_sequential.ipynb #739a9743
 def run_sequential(run:SeqRun, stop_after:int=None): # the run; stop after this many batches (a test's kill)
     "Apply the run's batches from its checkpoint on, score and checkpoint every `every` batches: the curve."
     from tqdm.auto import tqdm
@@ -398,21 +414,13 @@ def run_sequential(run:SeqRun, stop_after:int=None): # the run; stop after this 
     for i in range(st['position'], len(batches)):
         if stop_after is not None and i >= stop_after: break
         _step(run, st, originals, batches[i])
-        if (i + 1) % cfg.every == 0 or i + 1 == len(batches): _checkpoint(run, st, originals, i + 1 == len(batches))
+        last = i + 1 == len(batches)
+        if (i + 1) % cfg.every == 0 or last: _checkpoint(run, st, originals, last)
         bar.update(1)
     bar.close()
     return curve_frame(st['curve'], run.run_dir)
 
-# %% ../nbs/45_sequential.ipynb #dbfdd30e
-CURVE_COLUMNS = ['edits', 'ES', 'ES_first100', 'PS', 'NS', 'ppl', 'recall_unedited', 'GE', 'dW_rel', 'disabling']
-
-def curve_frame(curve:list, run_dir=None): # the rows of a run's curve, its folder
-    "The curve as a table indexed by the number of edits (`attrs['run_dir']`: where it was written)."
-    df = pd.DataFrame(curve).set_index('edits')
-    df.attrs['run_dir'] = None if run_dir is None else str(run_dir)
-    return df.astype(float)
-
-# %% ../nbs/45_sequential.ipynb #ce662ef6
+# %% ../nbs/45_sequential.ipynb #6c4c21a7
 def sequential(*args,             # a `SeqConfig`, or its fields in order (alg_name, model_name, ...)
                records:list=None, # the records (default: the toy world's or the dataset's first `n`)
                texts:list=None,   # held-out texts for perplexity
@@ -426,7 +434,7 @@ def sequential(*args,             # a `SeqConfig`, or its fields in order (alg_n
     with quiet_stats(cfg.quiet):
         return run_sequential(setup_sequential(cfg, records, texts, mt, hparams), stop_after)
 
-# %% ../nbs/45_sequential.ipynb #6de6b3e1
+# %% ../nbs/45_sequential.ipynb #58e11bf0
 PLOT_METRICS = ('ES', 'ES_first100', 'PS', 'NS', 'ppl', 'recall_unedited', 'GE', 'dW_rel')
 
 def plot_curves(curves:dict,               # label (e.g. the method) -> a `sequential` curve
@@ -446,18 +454,18 @@ def plot_curves(curves:dict,               # label (e.g. the method) -> a `seque
     plt.tight_layout()
     return axes
 
-# %% ../nbs/45_sequential.ipynb #66ec9373
+# %% ../nbs/45_sequential.ipynb #4017a734
 def format_curve(curve:pd.DataFrame): # a `sequential` curve
     "The curve as text: the main columns, then the change of each edited weight."
     main = [c for c in CURVE_COLUMNS[1:] if c in curve]
     rest = [c for c in curve if c not in main]
     return curve[main + rest].round(3).to_string()
 
-# %% ../nbs/45_sequential.ipynb #4b5974ab
+# %% ../nbs/45_sequential.ipynb #b3b0e4c7
 @command('rome_nb_sequential')
 def main(alg_name:str='MEMIT',       # editing method, a key of ALG_DICT
          model_name:str='toy',       # hub name, local directory, or alias ('toy')
-         hparams_fname:str=None,     # in hparams/<alg_name>/ or the package's, or a path (default: <model_name>.json)
+         hparams_fname:str=None,     # in hparams/<alg_name>/, the package's, or a path
          ds_name:str='cf',           # dataset: cf, mcf or zsre
          data_dir:str=None,          # data directory or dataset file (default: the toy world's records)
          n:int=200,                  # edits: the first n records
@@ -466,12 +474,12 @@ def main(alg_name:str='MEMIT',       # editing method, a key of ALG_DICT
          n_first:int=100,            # also report efficacy over the first n_first edits
          n_texts:int=50,             # held-out texts for perplexity
          texts_file:str=None,        # held-out texts, one per line (default: the toy world's)
-         disable_factor:float=DISABLE_FACTOR, # a batch whose update exceeds this times the median is disabling
+         disable_factor:float=DISABLE_FACTOR, # disabling: an update over this times the median
          out:str=None,               # the run folder (default: results/<alg_name>/seq_<NNN>)
          results_dir:str='results',  # where runs are written
          device:str=None,            # e.g. cuda:0 (default: a GPU if any)
          quiet:bool=False):          # no progress bar
-    "Sequential editing: N edits in batches, never undone, scored every k batches (resumable); prints the curve."
+    "Sequential editing: N edits in batches, never undone, scored every k batches (resumable); the curve."
     curve = sequential(SeqConfig(**locals()))
     print(f"{alg_name}: {n} edits in batches of {batch}; run folder {curve.attrs['run_dir']}")
     print(format_curve(curve))
