@@ -183,7 +183,8 @@ def main(model_name:str='toy',      # hub name, local directory, or 'toy'
     mt, world = get_model(model_name), toy_world_for(model_name)
     layers = check_layers(layers, mt.num_layers)
     hp = sweep_hparams(mt, hparams_fname)
-    if suggest: return _suggest(mt, _sweep_records(mt, world, data_dir, None), hp, n_val, layers, suggest, quick)
+    if suggest:
+        return _suggest(mt, _sweep_records(mt, world, data_dir, None), hp, n_val, layers, suggest, quick)
     t = layer_sweep(mt, _sweep_records(mt, world, data_dir, max(n, n_trace or n)), layers, n, hp, n_trace)
     print(t.round(3).to_string())
     print(sweep_verdict(t))
