@@ -72,7 +72,8 @@ def mlp_effects(mt,                  # a `ModelAndTokenizer`
 def edit_scores(mt,                     # a `ModelAndTokenizer`
                 records:list,           # CounterFact records, each edited alone
                 hparams:ROMEHyperParams, # ROME's hyperparameters
-                layer:int):             # the edited layer
+                layer:int,              # the edited layer
+                diffs:bool=False):      # also ES_diff: the mean p(new) - p(true) on the rewrite prompts
     "ES, PS, NS and S (percent) of ROME at `layer` over `records`."
     hp, rows = replace(hparams, layers=[layer]), []
     for r in records:
@@ -81,6 +82,7 @@ def edit_scores(mt,                     # a `ModelAndTokenizer`
         rows.append(case_metrics({'case_id': r['case_id'], 'post': post[r['case_id']]}))
     out = {k: 100 * float(np.mean([c[f'post_{key}_success'] for c in rows]))
            for k, key in (('ES', 'rewrite'), ('PS', 'paraphrase'), ('NS', 'neighborhood'))}
+    if diffs: out['ES_diff'] = 100 * float(np.mean([c['post_rewrite_diff'] for c in rows]))
     return dict(out, S=hmean([out['ES'], out['PS'], out['NS']]))
 
 # %% ../nbs/44_layer_sweep.ipynb #6ae4df39
