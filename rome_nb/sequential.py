@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['DISABLE_FACTOR', 'HELD_OUT_SEED', 'CHECKPOINT', 'CURVE_COLUMNS', 'PLOT_METRICS', 'seq_requests', 'in_batches',
            'takes_seq_state', 'apply_batch', 'Originals', 'put_deltas', 'delta_norms', 'disabling_batches',
-           'unedited_neighbours', 'edit_scores', 'corpus_perplexity', 'unedited_recall', 'generation_entropy',
+           'unedited_neighbours', 'seq_edit_scores', 'corpus_perplexity', 'unedited_recall', 'generation_entropy',
            'SeqConfig', 'check_config', 'run_key', 'new_seq_dir', 'check_same_run', 'find_seq_dir', 'save_checkpoint',
            'load_checkpoint', 'SeqRun', 'read_texts', 'seq_data', 'setup_sequential', 'score_point', 'warm_up',
            'resume_state', 'curve_frame', 'run_sequential', 'sequential', 'plot_curves', 'format_curve', 'main']
@@ -115,7 +115,7 @@ def _rate(rows, key):
         if xs: return 100 * sum(xs) / len(xs)
     return None
 
-def edit_scores(model, tok, records:list, ds_eval, n_first:int=100): # records edited so far, `DS_DICT` metric
+def seq_edit_scores(model, tok, records:list, ds_eval, n_first:int=100): # records edited so far, `DS_DICT` metric
     "ES over all `records` and over the first `n_first`, PS and NS (unedited neighbours), in percent."
     rw = [r['requested_rewrite'] for r in records]
     edited = {(x['subject'], x.get('relation_id')) for x in rw}
@@ -336,7 +336,7 @@ def score_point(run:SeqRun, st:dict, originals:Originals): # the run, its state,
     total, per = delta_norms(originals, st['deltas'])
     recall = unedited_recall(model, tok, run.world, {r['requested_rewrite']['subject'] for r in done}) \
         if run.world is not None else None
-    row = dict(edits=len(done), **edit_scores(model, tok, done, run.ds_eval, cfg.n_first),
+    row = dict(edits=len(done), **seq_edit_scores(model, tok, done, run.ds_eval, cfg.n_first),
                ppl=corpus_perplexity(model, tok, run.texts) if run.texts else None,
                recall_unedited=None if recall is None else 100 * recall,
                GE=generation_entropy(model, tok, run.gen_prompts), dW_rel=total,

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 from .nethook import TraceDict, untuple, retuple
 from .models import target_token_ids, pad_token_id
-from .metrics import score_rows
+from .metrics import score_rows, test_batch_prediction
 from .files import write_text_atomic
 from .edit_core import rome_templates, fact_lookup_idx, fill, frozen_params
 from .rome import ROMEHyperParams
@@ -30,10 +30,9 @@ def _rewrite(record:dict):
     return fill(rw['prompt'], rw['subject']), rw['subject'], rw['target_new']['str'], rw['target_true']['str']
 
 def _nlls(mt, prompt, new, true):
-    "Mean per-token NLL of the new and of the true object after `prompt`."
-    pairs = [target_token_ids(mt.tokenizer, prompt, t) for t in (new, true)]
-    scores = score_rows(mt.model, mt.tokenizer, [p + t for p, t in pairs], [len(p) for p, _ in pairs])
-    return [-lp.mean().item() for lp, _ in scores]
+    "Mean per-token NLL of the new and of the true object after `prompt` (`test_batch_prediction`'s)."
+    nll = test_batch_prediction(mt.model, mt.tokenizer, [prompt], new, true)[0]
+    return nll['target_new'], nll['target_true']
 
 def known_records(mt, records:list, # a `ModelAndTokenizer`; CounterFact records
                   n:int=None):      # stop when this many are found (None: all)
