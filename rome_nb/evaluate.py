@@ -52,6 +52,7 @@ ALG_DICT = AlgRegistry({
     "KN": "rome_nb.baselines.kn:KNHyperParams:apply_kn_to_model",
     "MEND": "rome_nb.baselines.mend:MENDHyperParams:apply_mend_to_model",
     "KE": "rome_nb.baselines.ke:EFKHyperParams:apply_ke_to_model",
+    "AlphaEdit": "rome_nb.alphaedit:AlphaEditHyperParams:apply_AlphaEdit_to_model",
 })
 
 DS_DICT = {

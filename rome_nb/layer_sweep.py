@@ -72,7 +72,8 @@ def mlp_effects(mt,                  # a `ModelAndTokenizer`
 def edit_scores(mt,                     # a `ModelAndTokenizer`
                 records:list,           # CounterFact records, each edited alone
                 hparams:ROMEHyperParams, # ROME's hyperparameters
-                layer:int):             # the edited layer
+                layer:int,              # the edited layer
+                diffs:bool=False):      # also ES_diff: the mean p(new) - p(true) on the rewrite prompts
     "ES, PS, NS and S (percent) of ROME at `layer` over `records`."
     hp, rows = replace(hparams, layers=[layer]), []
     for r in records:
@@ -81,6 +82,7 @@ def edit_scores(mt,                     # a `ModelAndTokenizer`
         rows.append(case_metrics({'case_id': r['case_id'], 'post': post[r['case_id']]}))
     out = {k: 100 * float(np.mean([c[f'post_{key}_success'] for c in rows]))
            for k, key in (('ES', 'rewrite'), ('PS', 'paraphrase'), ('NS', 'neighborhood'))}
+    if diffs: out['ES_diff'] = 100 * float(np.mean([c['post_rewrite_diff'] for c in rows]))
     return dict(out, S=hmean([out['ES'], out['PS'], out['NS']]))
 
 # %% ../nbs/44_layer_sweep.ipynb #6ae4df39
@@ -140,6 +142,25 @@ def plot_layer_sweep(t:pd.DataFrame,  # a `layer_sweep` table
     fig.savefig(savepdf, bbox_inches='tight')
     plt.close(fig)
 
+# %% ../nbs/44_layer_sweep.ipynb #b17c0001
+def _check_suggest_out(path, n_val):
+    "ValueError unless `path` can be written as a JSON file and `n_val` is at least 1."
+    if n_val < 1: raise ValueError(f"n_val must be at least 1, got {n_val}")
+    p = Path(path)
+    if p.suffix != '.json' or not p.parent.is_dir():
+        raise ValueError(f"--suggest {path}: give a .json file in an existing folder")
+
+def _suggest(mt, records, hp, n_val, layers, out, quick=False):
+    "Run `rome_nb.suggest.suggest_hparams`, write `out`, print what it chose."
+    from rome_nb.suggest import suggest_hparams, QUICK_GRID  # (that module builds on this one)
+    sug = suggest_hparams(mt, records, base=hp, n_val=n_val, layers=layers, out=out,
+                          grid=QUICK_GRID if quick else None)
+    src = sug.source
+    print(f"layer {src['layer']} ({src['layer_rule']}); validation {src['validation']}, free-vector ES "
+          f"{src['ceiling_validation_ES']:.1f}; v_lr {sug.v_lr}, steps {sug.v_num_grad_steps}, clamp "
+          f"{sug.clamp_norm_factor}, kl {sug.kl_factor}; written to {out}")
+    return sug
+
 # %% ../nbs/44_layer_sweep.ipynb #5eccb6f1
 def _sweep_records(mt, world, data_dir, size):
     "CounterFact records for the sweep: the toy world's, or those of `data_dir`."
@@ -154,12 +175,18 @@ def main(model_name:str='toy',      # hub name, local directory, or 'toy'
          hparams_fname:str=None,    # ROME hyperparameters: a file, or a model name (default: the model's)
          data_dir:str=None,         # CounterFact file or folder (not for the toy)
          out:str=None,              # write the table here as CSV
-         plot:str=None):            # save the figure here (png, pdf)
+         plot:str=None,             # save the figure here (png, pdf)
+         suggest:str=None,          # instead: write suggested hyperparameters here (`rome_nb.suggest`)
+         n_val:int=10,              # with --suggest: the validation edits
+         quick:bool=False):         # with --suggest: no search (the starting settings at the chosen layer)
     "Sweep ROME's edit layer against the traced MLP effect; print the table and the verdict."
     if n < 1 or (n_trace is not None and n_trace < 1): raise ValueError("n and n_trace must be at least 1")
+    if suggest: _check_suggest_out(suggest, n_val)
     mt, world = get_model(model_name), toy_world_for(model_name)
     layers = check_layers(layers, mt.num_layers)
     hp = sweep_hparams(mt, hparams_fname)
+    if suggest:
+        return _suggest(mt, _sweep_records(mt, world, data_dir, None), hp, n_val, layers, suggest, quick)
     t = layer_sweep(mt, _sweep_records(mt, world, data_dir, max(n, n_trace or n)), layers, n, hp, n_trace)
     print(t.round(3).to_string())
     print(sweep_verdict(t))

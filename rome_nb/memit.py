@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['FAST_UNEMBED', 'MEMIT_TIMING_PARTS', 'memit_benchmark', 'MEMITHyperParams', 'memit_context_templates',
            'reprs_at_words', 'compute_ks', 'key_groups', 'ZProblem', 'ZClean', 'compute_zs', 'compute_z',
-           'target_margins', 'execute_memit', 'apply_memit_to_model', 'toy_edit_scores', 'benchmark_memit', 'main',
-           'plot_tradeoff']
+           'target_margins', 'group_targets', 'keys_and_residual', 'execute_memit', 'write_memit_deltas',
+           'apply_memit_to_model', 'toy_edit_scores', 'benchmark_memit', 'main', 'plot_tradeoff']
 
 # %% ../nbs/25_memit.ipynb #2ef8b9d5
 import json, os, time, tempfile, hashlib, copy as _copy, math, warnings, contextlib
@@ -446,8 +446,8 @@ def _targets(model, tok, requests, groups, hparams, z_layer, flat, cache_templat
     return torch.stack([z.to(dev).float() for z in zs])
 
 # %% ../nbs/25_memit.ipynb #ea7c6af2
-def _group_targets(model, tok, requests, hparams, ctx, cache_template, info,
-                   **opts): # `skip_lower`, `verbose` of `compute_zs`
+def group_targets(model, tok, requests, hparams, ctx, cache_template, info,
+                  **opts): # `skip_lower`, `verbose` of `compute_zs`
     "The first request of each key group, and its target at the last critical layer (`info`: all targets)."
     z_layer, flat = hparams.layers[-1], [c for g in ctx for c in g]
     groups = key_groups(tok, requests, hparams.fact_token)
@@ -459,8 +459,8 @@ def _group_targets(model, tok, requests, hparams, ctx, cache_template, info,
     return [requests[i] for i in rep], zs[rep]
 
 # %% ../nbs/25_memit.ipynb #bdf472f9
-def _layer_factors(model, tok, reqs, zs, hparams, j:int, ctx, cov, timings=None):
-    "At the j-th critical layer: (adj_k, resid, R), R the part of the targets `zs` still missing."
+def keys_and_residual(model, tok, reqs, zs, hparams, j:int, ctx, timings=None):
+    "At the j-th critical layer: the keys K [key width, g] and R [hidden, g], what the targets `zs` still miss."
     l, tm = hparams.layers[j], rome_templates(model, hparams)
     with Timer(timings, 'keys', model):
         K = compute_ks(model, tok, reqs, hparams, l, ctx).T
@@ -469,6 +469,12 @@ def _layer_factors(model, tok, reqs, zs, hparams, j:int, ctx, cov, timings=None)
                            hparams.fact_token, 'output')
     with Timer(timings, 'update', model), torch.no_grad():
         R = (zs - H).T.double()
+    return K, R
+
+def _layer_factors(model, tok, reqs, zs, hparams, j:int, ctx, cov, timings=None):
+    "At the j-th critical layer: (adj_k, resid, R), R the part of the targets `zs` still missing."
+    K, R = keys_and_residual(model, tok, reqs, zs, hparams, j, ctx, timings)
+    with Timer(timings, 'update', model), torch.no_grad():
         adj_k = solve_keys(cov, K, hparams.mom2_update_weight)
         resid = R / (len(hparams.layers) - j)
     return adj_k, resid, R
@@ -494,8 +500,8 @@ def execute_memit(model, tok,
     with Timer(timings, 'covariance', model):
         covs = {l: get_cov(model, tok, tm['rewrite_module_tmp'].format(l), hparams) for l in hparams.layers}
     with Timer(timings, 'z_optimisation', model):
-        reqs, zs = _group_targets(model, tok, requests, hparams, ctx, cache_template, info,
-                                  skip_lower=skip_lower, verbose=verbose)
+        reqs, zs = group_targets(model, tok, requests, hparams, ctx, cache_template, info,
+                                 skip_lower=skip_lower, verbose=verbose)
     deltas = {}
     with tentative_weights(model) as saved:  # each layer's keys are read with the lower ones edited
         for j, l in enumerate(hparams.layers):
@@ -511,6 +517,17 @@ def execute_memit(model, tok,
     return deltas
 
 # %% ../nbs/25_memit.ipynb #3f23c7db
+def write_memit_deltas(model,
+                       deltas:dict,          # {weight_name: (adj_k, resid)}, as `execute_memit` gives
+                       orig_device=None):    # where to keep the originals (e.g. 'cpu')
+    "Add the updates `adj_k resid^T` to the weights, all or nothing: `{weight_name: original}`."
+    orient, originals = model_arch(model).weight_orientation, {}
+    with all_or_nothing(model, originals) as written:  # one weight at a time: less memory
+        for name, (adj_k, resid) in deltas.items():
+            upd = memit_update(adj_k, resid, get_parameter(model, name), orient)
+            add_to_weights(model, {name: upd}, written, orig_device)
+    return originals
+
 def apply_memit_to_model(model, tok,
                          requests,                 # a request dict or a list of them, applied together
                          hparams:MEMITHyperParams, # hyperparameters
@@ -527,11 +544,7 @@ def apply_memit_to_model(model, tok,
     requests = check_requests(requests, tok)
     if copy: model = _copy.deepcopy(model)
     deltas = execute_memit(model, tok, requests, hparams, cache_template, timings, info, skip_lower, verbose)
-    orient, originals = model_arch(model).weight_orientation, {}
-    with all_or_nothing(model, originals) as written:  # one weight at a time: less memory
-        for name, (adj_k, resid) in deltas.items():
-            upd = memit_update(adj_k, resid, get_parameter(model, name), orient)
-            add_to_weights(model, {name: upd}, written, return_orig_weights_device)
+    originals = write_memit_deltas(model, deltas, return_orig_weights_device)
     return model, (originals if return_orig_weights else {})
 
 # %% ../nbs/25_memit.ipynb #271444c0

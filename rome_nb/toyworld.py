@@ -326,14 +326,16 @@ def fact_recall(model, tok, world:ToyWorld, facts:list, template_fn, batch_size:
 TOY_TRAIN_DEFAULTS = dict(seed=0, n_first=30, n_last=200, n_subjects=200, n_objects=12, n_relations=8,
                           n_docs=60000,
                           mix=DEFAULT_MIX, vocab_size=1024, n_layer=6, n_embd=96, n_head=4, n_ctx=128,
-                          steps=2000, batch_size=16, lr=8e-3, warmup=50, weight_decay=0.0, eval_every=250, n_eval=400)
+                          steps=2000, batch_size=16, lr=8e-3, warmup=50, weight_decay=0.0, eval_every=250, n_eval=400,
+                          model_type='gpt2')  # or 'llama', 'gpt_neox', 'gptj' (`_toy_family_model`)
 
 def _lr_at(step, steps, lr, warmup):
     "Learning rate: linear warm-up, then cosine decay to a tenth."
     return lr * min(1, (step + 1) / warmup) * (0.1 + 0.45 * (1 + math.cos(math.pi * step / steps)))
 
 def _toy_model(cfg, tok):
-    "A freshly initialised GPT-2 of the recipe's shape, without dropout."
+    "A freshly initialised GPT-2 of the recipe's shape, without dropout (another family: `model_type`)."
+    if cfg.get('model_type', 'gpt2') != 'gpt2': return _toy_family_model(cfg, tok)
     from transformers import GPT2Config, GPT2LMHeadModel
     torch.manual_seed(cfg['seed'])
     return GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=cfg['n_ctx'], n_embd=cfg['n_embd'],
@@ -342,8 +344,8 @@ def _toy_model(cfg, tok):
                                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
 
 # %% ../nbs/02_toyworld.ipynb #d4e8f6a2
-TOY_LARGE_DEFAULTS = dict(TOY_TRAIN_DEFAULTS, n_first=64, n_last=64, n_subjects=4000, facts_per_subject=2,
-                          n_docs=400000, n_layer=8, n_embd=192, n_head=6, n_inner=1024, steps=2200,
+TOY_LARGE_DEFAULTS = dict(TOY_TRAIN_DEFAULTS, n_first=64, n_last=64, n_subjects=4000, facts_per_subject=1,
+                          n_docs=850000, n_layer=8, n_embd=192, n_head=6, n_inner=1024, steps=3600,
                           batch_size=32, lr=4e-3, warmup=100, eval_every=200, n_eval=1000)
 TOY_RECIPES = {'small': TOY_TRAIN_DEFAULTS, 'large': TOY_LARGE_DEFAULTS}  # `train_toy_model(recipe=...)`
 TOY_PACKAGED = {'small': TOY_DIR, 'large': TOY_LARGE_DIR}  # where each recipe's packaged model lives
@@ -360,6 +362,30 @@ def toy_recipe(recipe:str='small'): # 'small' (the packaged `toy`) or 'large' (`
         raise ValueError(f"unknown toy recipe {recipe!r}; choose one of {sorted(TOY_RECIPES)}")
     return TOY_RECIPES[recipe]
 
+
+# %% ../nbs/02_toyworld.ipynb #f4a1c0de
+def _family_shape(cfg, tok):
+    "Config arguments of the toy's shape for a `model_type` other than GPT-2."
+    d, n_l, n_h, n_ctx = cfg['n_embd'], cfg['n_layer'], cfg['n_head'], cfg['n_ctx']
+    common = dict(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                  pad_token_id=tok.pad_token_id)
+    shapes = dict(llama=dict(hidden_size=d, intermediate_size=4 * d, num_hidden_layers=n_l,
+                             num_attention_heads=n_h, max_position_embeddings=n_ctx),
+                  gpt_neox=dict(hidden_size=d, intermediate_size=4 * d, num_hidden_layers=n_l,
+                                num_attention_heads=n_h, max_position_embeddings=n_ctx, hidden_dropout=0.,
+                                attention_dropout=0.),
+                  gptj=dict(n_embd=d, n_layer=n_l, n_head=n_h, n_positions=n_ctx, rotary_dim=d // n_h,
+                            resid_pdrop=0., embd_pdrop=0., attn_pdrop=0.))
+    if cfg['model_type'] not in shapes:
+        raise ValueError(f"model_type must be 'gpt2' or one of {sorted(shapes)}, got {cfg['model_type']!r}")
+    return dict(common, **shapes[cfg['model_type']])
+
+def _toy_family_model(cfg, tok):
+    "A freshly initialised Llama, GPT-NeoX or GPT-J of the recipe's shape, without dropout."
+    from transformers import AutoConfig, AutoModelForCausalLM
+    shape = _family_shape(cfg, tok)
+    torch.manual_seed(cfg['seed'])
+    return AutoModelForCausalLM.from_config(AutoConfig.for_model(cfg['model_type'], **shape))
 
 # %% ../nbs/02_toyworld.ipynb #c112f8ce
 def _save_toy(model, tok, world, log, out_dir):

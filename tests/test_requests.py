@@ -5,7 +5,7 @@ import json, warnings
 import pytest
 from _editors import REQ, REQ2, snapshot, same, gpt2, rome_hp, memit_hp, mend_hp, ke_hp
 from rome_nb.models import tiny_tokenizer
-from rome_nb import rome as R, memit as M
+from rome_nb import rome as R, memit as M, alphaedit as A
 from rome_nb.editing import list_hparams, hparams_path
 from rome_nb.baselines import ft as FT, kn as KN, mend as MEND, ke as KE
 
@@ -157,7 +157,8 @@ def test_other_hparams_refused_when_made():
 
 
 def test_packaged_hparams_all_load():
-    classes = {'ROME': R.ROMEHyperParams, 'MEMIT': M.MEMITHyperParams, 'FT': FT.FTHyperParams,
+    classes = {'ROME': R.ROMEHyperParams, 'MEMIT': M.MEMITHyperParams, 'AlphaEdit': A.AlphaEditHyperParams,
+               'FT': FT.FTHyperParams,
                'KN': KN.KNHyperParams, 'MEND': MEND.MENDHyperParams, 'KE': KE.EFKHyperParams}
     names = list_hparams()
     assert len(names) >= 20
