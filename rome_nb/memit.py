@@ -6,7 +6,8 @@
 __all__ = ['FAST_UNEMBED', 'MEMIT_TIMING_PARTS', 'memit_benchmark', 'MEMITHyperParams', 'memit_context_templates',
            'reprs_at_words', 'compute_ks', 'key_groups', 'ZProblem', 'ZClean', 'compute_zs', 'compute_z',
            'target_margins', 'group_targets', 'keys_and_residual', 'execute_memit', 'write_memit_deltas',
-           'apply_memit_to_model', 'toy_edit_scores', 'benchmark_memit', 'main', 'plot_tradeoff']
+           'apply_memit_to_model', 'toy_edit_scores', 'benchmark_memit_rows', 'benchmark_memit', 'main',
+           'plot_tradeoff']
 
 # %% ../nbs/25_memit.ipynb #2ef8b9d5
 import json, os, time, tempfile, hashlib, copy as _copy, math, warnings, contextlib
@@ -575,7 +576,7 @@ def toy_edit_scores(model, tok,
                 n_neighbours=sum(c[3] for c in nb))
 
 # %% ../nbs/25_memit.ipynb #d2a602f4
-def _benchmark_memit(model, tok, world, recs, reqs, hp, lambdas=None, say=print):
+def benchmark_memit_rows(model, tok, world, recs, reqs, hp, lambdas=None, say=print):
     "The MEMIT rows of `benchmark_memit`: the packaged lambda (timed), then the others (targets reused)."
     tm, rows = rome_templates(model, hp), []
     for l in hp.layers:  # statistics first: not timed
@@ -642,7 +643,7 @@ def benchmark_memit(n:int=1000,            # edits (the first n toy CounterFact 
         f"{len(world.subjects) * len(world.relations)}; {people} people)")
     rows = []
     if with_pre: rows.append(dict(method='unedited', **toy_edit_scores(model, tok, recs, world.subjects)))
-    if with_memit: rows += _benchmark_memit(model, tok, world, recs, reqs, hp, lambdas, say)
+    if with_memit: rows += benchmark_memit_rows(model, tok, world, recs, reqs, hp, lambdas, say)
     if rome_hparams is not False: rows.append(_benchmark_rome(model, tok, world, recs, reqs, hp, rome_hparams))
     import pandas as pd
     return pd.DataFrame(rows).set_index('method')

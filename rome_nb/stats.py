@@ -184,7 +184,8 @@ def _hf_texts(name, download=True):
             if isinstance(t, str) and t.strip(): yield t
     return gen()
 
-DATASET_ALIASES = {'toy': toy_stats_corpus}  # short dataset names -> a function giving (ds_id, texts)
+DATASET_ALIASES = {'toy': toy_stats_corpus,  # short dataset names -> a function giving (ds_id, texts)
+                   'toy-large': lambda: toy_stats_corpus(model='toy-large')}
 
 def dataset_texts(ds_name, # local file/folder, list of strings, 'toy', or a Hugging Face dataset name
                   download=True): # allow downloading a Hugging Face dataset

@@ -641,11 +641,12 @@ def toy_text_corpus(world:ToyWorld, n:int=5000, seed:int=100): # world, document
     "Texts from the world's distribution (a fresh sample of the corpus), for layer statistics."
     return toy_corpus(world, n, seed)
 
-def toy_stats_corpus(n:int=20000): # documents
-    "`(dataset id, texts)`: the packaged toy world's text corpus, with an id that names the world, for `rome_nb.stats`."
-    world = load_world()
+def toy_stats_corpus(n:int=20000,     # documents
+                     model:str='toy'): # whose world: 'toy' or 'toy-large'
+    "`(dataset id, texts)`: a packaged toy world's text corpus, with an id that names the world, for `rome_nb.stats`."
+    world = load_world(None if model == 'toy' else model)
     key = hashlib.sha1(json.dumps(world_to_dict(world), sort_keys=True).encode()).hexdigest()[:10]
-    return f"toy-{key}-{n}", toy_text_corpus(world, n)
+    return f"{model}-{key}-{n}", toy_text_corpus(world, n)
 
 # %% ../nbs/02_toyworld.ipynb #e50bedc2
 def toy_zsre_raw(world:ToyWorld, n:int=None, seed:int=0): # world, keep the first `n`, seed

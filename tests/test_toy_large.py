@@ -30,13 +30,13 @@ def test_small_recipe_unchanged():
     assert tw.TOY_TRAIN_DEFAULTS == dict(
         seed=0, n_first=30, n_last=200, n_subjects=200, n_objects=12, n_relations=8, n_docs=60000,
         mix=tw.DEFAULT_MIX, vocab_size=1024, n_layer=6, n_embd=96, n_head=4, n_ctx=128, steps=2000,
-        batch_size=16, lr=8e-3, warmup=50, weight_decay=0.0, eval_every=250, n_eval=400)
+        batch_size=16, lr=8e-3, warmup=50, weight_decay=0.0, eval_every=250, n_eval=400, model_type='gpt2')
     assert tw.recipe_world(tw.TOY_TRAIN_DEFAULTS).facts == tw.load_world().facts
 
 
 def test_world_shape(world):
     assert len(world.subjects) == len(set(world.subjects)) == 4000
-    assert len(world.facts) == 8000 and {len(world.relations_of(s)) for s in world.subjects} == {2}
+    assert len(world.facts) == 4000 and {len(world.relations_of(s)) for s in world.subjects} == {1}
     assert len(world.first_names) == len(world.last_names) == 64
     sharing = tl.name_sharing(world)
     assert sharing['fewest people'].min() >= 2  # no name part identifies a person
@@ -54,7 +54,7 @@ def test_edit_sets_have_distinct_subjects(world):
         assert world.facts[(rr['subject'], rr['relation_id'])] == rr['target_true']['str']
         assert len(r['neighborhood_prompts']) == 10 and len(r['attribute_prompts']) == 10
     assert len({r['requested_rewrite']['relation_id'] for r in recs}) == 8
-    assert len(tw.toy_counterfact(world)) == 8000
+    assert len(tw.toy_counterfact(world)) == 4000
 
 
 def test_other_records(world):
@@ -89,8 +89,8 @@ def test_recipe_option_trains_a_sparse_world(tmp_path):
     mt, w, log = tw.train_toy_model(tmp_path / 'm', progress=False, recipe='large', n_subjects=30, n_first=6,
                                     n_last=6, n_docs=300, n_layer=2, n_embd=32, n_head=2, n_inner=64,
                                     steps=4, eval_every=2, n_eval=20, vocab_size=400)
-    assert mt.model.config.n_inner == 64 and log['config']['facts_per_subject'] == 2
-    assert len(w.facts) == 60 and tw.load_world(tmp_path / 'm').facts == w.facts
+    assert mt.model.config.n_inner == 64 and log['config']['facts_per_subject'] == 1
+    assert len(w.facts) == 30 and tw.load_world(tmp_path / 'm').facts == w.facts
     with pytest.raises(TypeError, match="unknown training options"): tw.train_toy_model(None, recipe='large', x=1)
 
 
@@ -141,3 +141,13 @@ def test_names_need_several_tokens(world):
     tok = get_model('toy-large', device='cpu').tokenizer
     sharing = tl.token_sharing(world, tok)
     assert sharing['sharing_rarest_token'].min() >= 2 and sharing['sharing_last_token'].min() >= 2
+
+
+def test_stats_dataset_alias(world):
+    from rome_nb.stats import dataset_texts
+    ds_id, texts = dataset_texts('toy-large')
+    assert ds_id.startswith('toy-large-') and ds_id.endswith('-20000')
+    first = [next(texts) for _ in range(200)]
+    assert any(s in t for t in first for s in world.subjects)  # the large world's people, not the small toy's
+    small_id, _ = dataset_texts('toy')
+    assert small_id.startswith('toy-') and not small_id.startswith('toy-large') and small_id != ds_id
