@@ -5,9 +5,9 @@
 # %% auto #0
 __all__ = ['KL_PROMPTS', 'CONTEXT_PROMPTS', 'FACT_TOKENS', 'MAX_COND', 'check_prompts', 'MLPEditHyperParams', 'rome_templates',
            'fill', 'fact_lookup_idx', 'get_context_templates', 'compute_keys', 'regularized_inverse', 'get_inv_cov',
-           'get_cov', 'rewrite_batch', 'unembed', 'head_logits', 'same_logits', 'loss_layer_of', 'frozen_params',
-           'add_at_lookups', 'skip_lower_layers', 'Timer', 'upd_matrix_match_shape', 'rank_one_update', 'solve_keys',
-           'memit_update']
+           'get_cov', 'original_statistics', 'rewrite_batch', 'unembed', 'head_logits', 'same_logits', 'loss_layer_of',
+           'frozen_params', 'add_at_lookups', 'skip_lower_layers', 'Timer', 'upd_matrix_match_shape', 'rank_one_update',
+           'solve_keys', 'memit_update']
 
 # %% ../nbs/20a_edit_core.ipynb #383528cc
 import time, math, re, warnings, contextlib
@@ -191,6 +191,7 @@ def get_inv_cov(model, tok,
 
 # %% ../nbs/20a_edit_core.ipynb #892ddb9e
 _COV_CACHE = {}
+_COV_PINNED = {}  # set by `original_statistics`: C of a model as it was, by model and layer
 
 def _key_width(model, layer_name):
     "Width of the keys entering `layer_name` (from its weight and the adapter's orientation)."
@@ -206,6 +207,8 @@ def get_cov(model, tok,
         return torch.eye(_key_width(model, layer_name), device=dev)  # the identity
     ds = hparams.mom2_dataset
     texts = ds if isinstance(ds, str) else f"texts{hash(tuple(ds))}"
+    pin = (id(model), layer_name, texts, hparams.mom2_n_samples, hparams.mom2_dtype, str(hparams.stats_dir))
+    if pin in _COV_PINNED: return _COV_PINNED[pin]  # see `original_statistics`
     key = (*model_label(model, tok, layer_name), layer_name, texts, hparams.mom2_n_samples,
            hparams.mom2_dtype, str(hparams.stats_dir))
     if key not in _COV_CACHE:
@@ -213,6 +216,23 @@ def get_cov(model, tok,
                            sample_size=hparams.mom2_n_samples, precision=hparams.mom2_dtype)
         _COV_CACHE[key] = stat.mom2.moment().float().to(dev)
     return _COV_CACHE[key]
+
+# %% ../nbs/20a_edit_core.ipynb #c4f1a8e3
+@contextlib.contextmanager
+def original_statistics(model, tok,
+                        layer_names:list,              # the rewritten modules
+                        hparams:MLPEditHyperParams):   # `mom2_*`, `stats_dir`
+    "Inside the block, `get_cov` gives C of `model` as it is on entry, however its weights change."
+    pins = {}
+    for name in layer_names:
+        C = get_cov(model, tok, name, hparams)
+        ds = hparams.mom2_dataset
+        texts = ds if isinstance(ds, str) else f"texts{hash(tuple(ds))}"
+        pins[(id(model), name, texts, hparams.mom2_n_samples, hparams.mom2_dtype, str(hparams.stats_dir))] = C
+    _COV_PINNED.update(pins)
+    try: yield pins
+    finally:
+        for k in pins: _COV_PINNED.pop(k, None)
 
 # %% ../nbs/20a_edit_core.ipynb #4e916eb2
 def rewrite_batch(tok,

@@ -8,15 +8,16 @@ __all__ = ['DISABLE_FACTOR', 'HELD_OUT_SEED', 'CHECKPOINT', 'CURVE_COLUMNS', 'PL
            'unedited_neighbours', 'seq_edit_scores', 'corpus_perplexity', 'unedited_recall', 'generation_entropy',
            'SeqConfig', 'check_config', 'run_key', 'new_seq_dir', 'check_same_run', 'find_seq_dir', 'save_checkpoint',
            'load_checkpoint', 'SeqRun', 'read_texts', 'seq_data', 'setup_sequential', 'score_point', 'warm_up',
-           'resume_state', 'curve_frame', 'run_sequential', 'sequential', 'plot_curves', 'format_curve', 'main']
+           'resume_state', 'curve_frame', 'pinned_stats', 'run_sequential', 'sequential', 'plot_curves', 'format_curve',
+           'main']
 
 # %% ../nbs/45_sequential.ipynb #8c0ec263
-import dataclasses, inspect, json, math, statistics
+import contextlib, dataclasses, inspect, json, math, statistics
 from pathlib import Path
 import pandas as pd
 import torch
 from .cli import command
-from .edit_core import fill
+from .edit_core import fill, rome_templates, original_statistics
 from .editing import hparams_path, default_hparams_fname, restore_weights
 from .evaluate import ALG_DICT, DS_DICT, UnknownNameError, toy_sources, load_sources, write_json_atomic
 from .evaluate import weights_checksum
@@ -163,6 +164,7 @@ class SeqConfig:
     results_dir: object = 'results' # where runs are written
     device: str = None             # default: a GPU if there is one
     quiet: bool = False            # no progress bar
+    recompute_stats: bool = False  # recompute C from the edited model (default: the unedited model's, as the reference)
 
 # %% ../nbs/45_sequential.ipynb #bab539b7
 def check_config(cfg:SeqConfig): # the settings
@@ -190,9 +192,10 @@ def run_key(cfg:SeqConfig, hparams, records:list, texts:list):
     m = cfg.model_name
     name = str(m) if isinstance(m, (str, Path)) else getattr(m, 'model_name', type(m).__name__)
     keep = ('alg_name', 'ds_name', 'n', 'batch', 'every', 'n_first', 'n_texts', 'disable_factor')
-    return dict({k: getattr(cfg, k) for k in keep}, model_name=name,
-                records=json_digest([r['requested_rewrite'] for r in records]), texts=json_digest(texts),
-                hparams=json_digest(_jsonable(_hparams_dict(hparams))))
+    key = dict({k: getattr(cfg, k) for k in keep}, model_name=name,
+               records=json_digest([r['requested_rewrite'] for r in records]), texts=json_digest(texts),
+               hparams=json_digest(_jsonable(_hparams_dict(hparams))))
+    return {**key, 'recompute_stats': True} if cfg.recompute_stats else key  # older runs' keys unchanged
 
 # %% ../nbs/45_sequential.ipynb #dfa3427b
 def new_seq_dir(alg_dir): # results/<alg_name>
@@ -398,6 +401,16 @@ def curve_frame(curve:list, run_dir=None): # the rows of a run's curve, its fold
     df.attrs['run_dir'] = None if run_dir is None else str(run_dir)
     return df.astype(float)
 
+# %% ../nbs/45_sequential.ipynb #f6b2d8c4
+def pinned_stats(run:SeqRun, finished:bool=False): # the run; whether it is already finished (nothing to pin)
+    "A context in which the run's edits read the statistics of the model as it is now (unedited)."
+    hp = run.hparams
+    if run.cfg.recompute_stats or finished or not getattr(hp, 'mom2_adjustment', False):
+        return contextlib.nullcontext({})
+    tm = rome_templates(run.mt.model, hp)
+    names = [tm['rewrite_module_tmp'].format(l) for l in hp.layers]
+    return original_statistics(run.mt.model, run.mt.tokenizer, names, hp)
+
 # %% ../nbs/45_sequential.ipynb #739a9743
 def run_sequential(run:SeqRun, stop_after:int=None): # the run; stop after this many batches (a test's kill)
     "Apply the run's batches from its checkpoint on, score and checkpoint every `every` batches: the curve."
@@ -407,17 +420,18 @@ def run_sequential(run:SeqRun, stop_after:int=None): # the run; stop after this 
     for f in run.run_dir.glob('.checkpoint*.tmp*'): f.unlink(missing_ok=True)  # a killed write's
     ck = load_checkpoint(run.run_dir, next(run.mt.model.parameters()).device)
     if ck is None or not ck['finished']: warm_up(run, originals)  # on the unedited model
-    st = resume_state(run, originals, ck)
-    if not st['curve']: _checkpoint(run, st, originals, False)
-    bar = tqdm(total=len(batches), initial=st['position'], unit='batch', disable=cfg.quiet,
-               desc=f"{cfg.alg_name} {run.run_dir.name}")
-    for i in range(st['position'], len(batches)):
-        if stop_after is not None and i >= stop_after: break
-        _step(run, st, originals, batches[i])
-        last = i + 1 == len(batches)
-        if (i + 1) % cfg.every == 0 or last: _checkpoint(run, st, originals, last)
-        bar.update(1)
-    bar.close()
+    with pinned_stats(run, ck is not None and ck['finished']):  # still unedited here
+        st = resume_state(run, originals, ck)
+        if not st['curve']: _checkpoint(run, st, originals, False)
+        bar = tqdm(total=len(batches), initial=st['position'], unit='batch', disable=cfg.quiet,
+                   desc=f"{cfg.alg_name} {run.run_dir.name}")
+        for i in range(st['position'], len(batches)):
+            if stop_after is not None and i >= stop_after: break
+            _step(run, st, originals, batches[i])
+            last = i + 1 == len(batches)
+            if (i + 1) % cfg.every == 0 or last: _checkpoint(run, st, originals, last)
+            bar.update(1)
+        bar.close()
     return curve_frame(st['curve'], run.run_dir)
 
 # %% ../nbs/45_sequential.ipynb #6c4c21a7
@@ -478,7 +492,8 @@ def main(alg_name:str='MEMIT',       # editing method, a key of ALG_DICT
          out:str=None,               # the run folder (default: results/<alg_name>/seq_<NNN>)
          results_dir:str='results',  # where runs are written
          device:str=None,            # e.g. cuda:0 (default: a GPU if any)
-         quiet:bool=False):          # no progress bar
+         quiet:bool=False,           # no progress bar
+         recompute_stats:bool=False): # recompute C from the edited model before each batch
     "Sequential editing: N edits in batches, never undone, scored every k batches (resumable); the curve."
     curve = sequential(SeqConfig(**locals()))
     print(f"{alg_name}: {n} edits in batches of {batch}; run folder {curve.attrs['run_dir']}")

@@ -164,3 +164,28 @@ def test_cli_sigkill_resume(tmp_path):
                        capture_output=True, text=True, cwd=tmp_path, env=env(stats), timeout=300)
     err = [l for l in r.stderr.splitlines() if l.strip()]
     assert r.returncode == 2 and len(err) == 1 and 'other settings' in err[0], r.stderr[-2000:]
+
+
+def test_memit_keeps_the_unedited_statistics(mt, tmp_path, monkeypatch):
+    "MEMIT reads C of the unedited model through a run (the reference's), unless `recompute_stats`."
+    import rome_nb.edit_core as ec
+    from rome_nb.memit import MEMITHyperParams
+    from rome_nb.editing import hparams_path
+    hp = MEMITHyperParams.from_json(hparams_path('MEMIT', 'toy'))
+    calls = []
+    real = ec.layer_stats
+    monkeypatch.setattr(ec, 'layer_stats', lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    counts = {}
+    for recompute in (False, True):
+        monkeypatch.setattr(ec, '_COV_CACHE', {})
+        calls.clear()
+        orig = Originals(mt.model)
+        try:
+            sequential('MEMIT', n=4, batch=2, every=2, n_texts=3, quiet=True, hparams=hp, mt=mt,
+                       out=str(tmp_path / f'r{recompute}'), recompute_stats=recompute)
+        finally: put_deltas(mt.model, orig, {})
+        counts[recompute] = list(calls)
+    assert sorted(counts[False]) == sorted(f'transformer.h.{l}.mlp.c_proj' for l in hp.layers)
+    assert len(counts[True]) > len(hp.layers)  # the layers above an edited one, again after the first batch
+    assert json.loads((tmp_path / 'rTrue' / 'seq_info.json').read_text())['recompute_stats'] is True
+    assert 'recompute_stats' not in json.loads((tmp_path / 'rFalse' / 'seq_info.json').read_text())
