@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['BUCKETS', 'token_buckets', 'average_indirect_effects', 'read_traces', 'effect_summary', 'plot_average_heatmap',
-           'plot_average_lines', 'average_severed']
+           'draw_average_lines', 'plot_average_lines', 'average_severed', 'average_views', 'static_average_explorer']
 
 # %% ../nbs/11_tracing_averaged.ipynb #86f1f3da
 import math, re
@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from .trace_reference import resolve_noise, norm_kind, kind_suffix
 from .trace_plots import PAPER_RC, CMAPS, KIND_NAMES, finish_figure, layer_ticks, plot_severed
+from .trace_plots import figure_html, stack_explorer
 from .tracing import known_facts, load_trace, calculate_severed
 
 # %% ../nbs/11_tracing_averaged.ipynb #6a42ec34
@@ -107,29 +108,33 @@ def plot_average_heatmap(avg:dict, savepdf:str=None, title:str=None, modelname:s
 
 # %% ../nbs/11_tracing_averaged.ipynb #4be15de3
 _COLOR_ORDER = (0, 1, 2, 4, 5, 3)  # tab10 colours per bucket, as in the paper
+_LINES_WHAT = {None: 'single hidden vector', 'mlp': 'run of {} MLP lookups', 'attn': 'run of {} Attn modules'}
+
+def draw_average_lines(ax, avg:dict, modelname:str=None): # the axes; one kind's averages; the model's name
+    "One panel of `plot_average_lines`: each bucket's mean indirect effect per layer with its 95% band."
+    import matplotlib.pyplot as plt
+    x, cmap = np.arange(avg['mean'].shape[1]), plt.get_cmap('tab10')
+    for i, label in enumerate(avg['labels']):
+        if avg['n'][i] == 0: continue
+        y, err, c = avg['mean'][i], avg['ci95'][i], cmap.colors[_COLOR_ORDER[i]]
+        ax.fill_between(x, y - err, y + err, alpha=0.3, color=c)
+        ax.plot(x, y, label=label, color=c)
+    ax.set_title(f"Average indirect effect of a {_LINES_WHAT[avg['kind']].format(avg['window'])}", fontsize=10)
+    ax.set_xlabel(f"Layer number in {modelname or 'the model'}")
+    ax.set_ylabel('Average indirect effect on p(o)')
+    ax.set_xticks(x)
 
 def plot_average_lines(avgs:dict, savepdf:str=None, modelname:str=None):
     "Line plots of the average indirect effect per bucket with 95% bands, a panel per kind in `avgs`."
     import matplotlib.pyplot as plt
-    what = {None: 'single hidden vector', 'mlp': 'run of {} MLP lookups', 'attn': 'run of {} Attn modules'}
     with plt.rc_context(rc=PAPER_RC):
         fig, axes = plt.subplots(1, len(avgs), figsize=(4.3 * len(avgs), 3.2), sharey=True, dpi=150,
                                  squeeze=False)
-        cmap = plt.get_cmap('tab10')
-        for ax, (kind, avg) in zip(axes[0], avgs.items()):
-            x = np.arange(avg['mean'].shape[1])
-            for i, label in enumerate(avg['labels']):
-                if avg['n'][i] == 0: continue
-                y, err, c = avg['mean'][i], avg['ci95'][i], cmap.colors[_COLOR_ORDER[i]]
-                ax.fill_between(x, y - err, y + err, alpha=0.3, color=c)
-                ax.plot(x, y, label=label, color=c)
-            ax.set_title(f"Average indirect effect of a {what[kind].format(avg['window'])}", fontsize=10)
-            ax.set_xlabel(f"Layer number in {modelname or 'the model'}")
-            ax.set_ylabel('Average indirect effect on p(o)')
-            ax.set_xticks(x)
+        for ax, avg in zip(axes[0], avgs.values()): draw_average_lines(ax, avg, modelname)
         axes[0][min(1, len(avgs) - 1)].legend(frameon=False, fontsize=8)
         fig.tight_layout()
     finish_figure(fig, savepdf)
+
 
 # %% ../nbs/11_tracing_averaged.ipynb #828f7a4a
 def average_severed(mt, knowns, samples:int=10, noise='s3', limit:int=None, expect:bool=True, engine:bool=True,
@@ -157,3 +162,27 @@ def average_severed(mt, knowns, samples:int=10, noise='s3', limit:int=None, expe
         v = np.stack(v)
         out[k], out[f'{k}_ci'] = v.mean(0), 1.96 * v.std(0) / math.sqrt(len(v))
     return out
+
+# %% ../nbs/11_tracing_averaged.ipynb #a11e0002
+_AVG_KINDS = {None: 'hidden states', 'mlp': 'MLP', 'attn': 'attention'}
+
+def average_views(avgs:dict,          # {kind: average_indirect_effects(...)}
+                  modelname:str=None, # the model's name in the x labels
+                  dpi:int=70):        # the PNGs' resolution
+    "Each kind's averaged heatmap and line plot as HTML `<img>`s: {kind: {'heatmap': html, 'lines': html}}."
+    import matplotlib.pyplot as plt
+    views = {}
+    for kind, avg in avgs.items():
+        with plt.rc_context(rc=PAPER_RC):
+            fig, ax = plt.subplots(figsize=(3.5, 2))
+            plot_average_heatmap(avg, modelname=modelname, ax=ax)
+            heat = figure_html(fig, dpi=dpi)
+            fig, ax = plt.subplots(figsize=(4.3, 3.2))
+            draw_average_lines(ax, avg, modelname)
+            ax.legend(frameon=False, fontsize=7)
+            views[_AVG_KINDS[kind]] = {'heatmap': heat, 'lines': figure_html(fig, dpi=dpi)}
+    return views
+
+def static_average_explorer(avgs:dict, modelname:str=None, dpi:int=70): # as `average_views`
+    "A kernel-free explorer of averaged traces: Dropdown(kind) and Dropdown(figure) linked to nested Stacks."
+    return stack_explorer(average_views(avgs, modelname, dpi), names=('kind', 'figure'))

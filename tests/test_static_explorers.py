@@ -84,6 +84,22 @@ def test_static_trace_explorer():
     assert len(ex.links) == 3
 
 
+def test_static_average_explorer():
+    import numpy as np
+    import torch
+    from rome_nb.tracing_averaged import average_indirect_effects, static_average_explorer
+    def res(kind, s):
+        return dict(scores=torch.tensor(s, dtype=torch.float), low_score=0.1, high_score=0.9, subject_range=(0, 1),
+                    kind=kind, correct_prediction=True, window=1, input_tokens=['t'] * 3)
+    avgs = {k: average_indirect_effects([res(k, [[0.1 * i, 0.2], [0.3, 0.4], [0.5, 0.6 + 0.1 * i]])])
+            for i, k in enumerate((None, 'mlp', 'attn'))}
+    ex = static_average_explorer(avgs, dpi=30)
+    assert [list(d.options) for d in ex.dropdowns] == [['hidden states', 'MLP', 'attention'], ['heatmap', 'lines']]
+    assert len(ex.stack.children) == 3 and all(len(p.children) == 2 for p in ex.stack.children)
+    views = [v.value for p in ex.stack.children for v in p.children]
+    assert len(set(views)) == 6 and all(v.startswith('<img') for v in views)
+
+
 def notebook_states_equal(a, b):
     "Whether two executions of a notebook saved the same widget state (model ids aside)."
     st = lambda p: json.load(open(p, encoding='utf-8'))['metadata']['widgets'][
