@@ -136,7 +136,8 @@ def corpus_perplexity(model, tok, texts:list, max_tokens:int=100): # the model, 
 
 def unedited_recall(model, tok, world, edited_subjects:set): # the model, its toy world, people edited so far
     "Top-1 recall of every fact of the people not edited so far (None when all were edited)."
-    facts = [(s, r.relation_id) for s in world.subjects if s not in edited_subjects for r in world.relations]
+    facts = [(s, r.relation_id) for s in world.subjects if s not in edited_subjects for r in world.relations
+             if (s, r.relation_id) in world.facts]  # a sparse world (toy-large) lacks some pairs
     return fact_recall(model, tok, world, facts, lambda r: r.templates[0]) if facts else None
 
 # %% ../nbs/45_sequential.ipynb #fc121a78
@@ -235,13 +236,21 @@ def find_seq_dir(cfg:SeqConfig, key:dict): # the settings, the run's key
 # %% ../nbs/45_sequential.ipynb #25603019
 CHECKPOINT = 'checkpoint.json'
 
+def _tensor_dict(v): # a value of `seq_state`
+    "True for a non-empty dict of tensors (e.g. AlphaEdit's projectors by layer)."
+    return isinstance(v, dict) and bool(v) and all(torch.is_tensor(x) for x in v.values())
+
 def _split_state(seq_state:dict):
-    "`seq_state` as (tensors, JSON values); raise on anything else."
+    "`seq_state` as (tensors by `'key'` or `'key/name'`, JSON values); raise on anything else."
     tens = {k: v for k, v in seq_state.items() if torch.is_tensor(v)}
-    rest = {k: v for k, v in seq_state.items() if k not in tens}
+    for k, v in seq_state.items():
+        if _tensor_dict(v): tens.update({f'{k}/{n}': x for n, x in v.items()})
+    bad = [k for k in seq_state if '/' in k and (torch.is_tensor(seq_state[k]) or _tensor_dict(seq_state[k]))]
+    if bad: raise TypeError(f"seq_state keys of tensors cannot hold '/': {bad}")
+    rest = {k: v for k, v in seq_state.items() if not torch.is_tensor(v) and not _tensor_dict(v)}
     try: json.dumps(rest, allow_nan=False)
     except (TypeError, ValueError) as e:
-        raise TypeError(f"seq_state can hold tensors and JSON values only, not: {e}") from None
+        raise TypeError(f"seq_state can hold tensors, dicts of tensors and JSON values only, not: {e}") from None
     return tens, rest
 
 def save_checkpoint(run_dir, st:dict, finished:bool=False): # the run folder, the run's state
@@ -269,7 +278,12 @@ def load_checkpoint(run_dir, device=None): # the run folder, where `seq_state`'s
     meta = read_json(f, "delete it (and the run's checkpoint_*.safetensors) to start the run again")
     t = load_file(str(Path(run_dir) / meta['tensors']))
     deltas = {k[len('delta/'):]: v for k, v in t.items() if k.startswith('delta/')}
-    state = {k[len('seq_state/'):]: v.to(device) for k, v in t.items() if k.startswith('seq_state/')}
+    state = {}
+    for k, v in t.items():
+        if not k.startswith('seq_state/'): continue
+        top, _, name = k[len('seq_state/'):].partition('/')  # 'key' or 'key/name' (a dict of tensors)
+        if name: state.setdefault(top, {})[name] = v.to(device)
+        else: state[top] = v.to(device)
     return {**meta, 'deltas': deltas, 'seq_state': {**meta['seq_state'], **state}}
 
 # %% ../nbs/45_sequential.ipynb #848bfb05

@@ -189,3 +189,22 @@ def test_memit_keeps_the_unedited_statistics(mt, tmp_path, monkeypatch):
     assert len(counts[True]) > len(hp.layers)  # the layers above an edited one, again after the first batch
     assert json.loads((tmp_path / 'rTrue' / 'seq_info.json').read_text())['recompute_stats'] is True
     assert 'recompute_stats' not in json.loads((tmp_path / 'rFalse' / 'seq_info.json').read_text())
+
+
+def test_alphaedit_state_checkpointed_and_resumed(mt, tmp_path):
+    "AlphaEdit keeps dicts of tensors (projectors, cumulative K K^T by layer): a stopped run resumes exactly."
+    from rome_nb.editing import hparams_path
+    hp = ALG_DICT['AlphaEdit'][0].from_json(hparams_path('AlphaEdit', 'toy'))
+    def go(out, **kw):
+        orig = Originals(mt.model)
+        try: return sequential('AlphaEdit', mt=mt, hparams=hp, n=4, batch=2, every=1, n_texts=5, quiet=True,
+                               out=str(tmp_path / out), **kw)
+        finally: put_deltas(mt.model, orig, {})
+    full = go('full')
+    go('part', stop_after=1)
+    saved = load_checkpoint(tmp_path / 'part')['seq_state']
+    assert set(saved) >= {'projectors', 'cum_kkt', 'n_keys'} and saved['n_keys'] > 0
+    assert set(saved['cum_kkt']) == set(saved['projectors']) and len(saved['cum_kkt']) == len(hp.layers)
+    assert go('part').equals(full)
+    a, b = (load_checkpoint(tmp_path / d)['seq_state'] for d in ('full', 'part'))
+    for n in a['cum_kkt']: assert torch.equal(a['cum_kkt'][n], b['cum_kkt'][n])

@@ -151,3 +151,31 @@ def test_stats_dataset_alias(world):
     assert any(s in t for t in first for s in world.subjects)  # the large world's people, not the small toy's
     small_id, _ = dataset_texts('toy')
     assert small_id.startswith('toy-') and not small_id.startswith('toy-large') and small_id != ds_id
+
+
+def test_packaged_hparams_for_toy_large():
+    "ROME, MEMIT and AlphaEdit have toy-large files, found by the model's name, reading toy-large's statistics."
+    from rome_nb.editing import hparams_path, default_hparams_fname
+    from rome_nb.rome import ROMEHyperParams
+    from rome_nb.memit import MEMITHyperParams
+    from rome_nb.alphaedit import AlphaEditHyperParams
+    fname = default_hparams_fname('toy-large')
+    assert fname == 'toy-large.json'
+    cfg = tw.TOY_LARGE_DEFAULTS
+    for alg, cls in (('ROME', ROMEHyperParams), ('MEMIT', MEMITHyperParams), ('AlphaEdit', AlphaEditHyperParams)):
+        hp = cls.from_json(hparams_path(alg, fname))
+        assert hp.mom2_dataset == 'toy-large'
+        assert all(0 <= l < cfg['n_layer'] for l in hp.layers)
+        assert hp.source, f"{alg}/toy-large.json says where its values come from"
+
+
+def test_unedited_recall_on_a_sparse_world(monkeypatch):
+    "The harness's recall of unedited people asks only the facts a sparse world has (one per person here)."
+    from rome_nb import sequential as sq
+    w = tw.load_world(TOY_LARGE_DIR)
+    seen = []
+    monkeypatch.setattr(sq, 'fact_recall', lambda m, t, world, facts, fn: seen.append(facts) or 1.0)
+    keep = set(w.subjects[:3])
+    assert sq.unedited_recall(None, None, w, set(w.subjects) - keep) == 1.0
+    assert sorted(seen[0]) == sorted(f for f in w.facts if f[0] in keep)
+    assert len(seen[0]) == 3  # one fact each, not one per relation
