@@ -136,8 +136,7 @@ def corpus_perplexity(model, tok, texts:list, max_tokens:int=100): # the model, 
 
 def unedited_recall(model, tok, world, edited_subjects:set): # the model, its toy world, people edited so far
     "Top-1 recall of every fact of the people not edited so far (None when all were edited)."
-    facts = [(s, r.relation_id) for s in world.subjects if s not in edited_subjects for r in world.relations
-             if (s, r.relation_id) in world.facts]  # a sparse world (toy-large) lacks some pairs
+    facts = [(s, rid) for s, rid, _ in world.fact_list() if s not in edited_subjects]  # a sparse world too
     return fact_recall(model, tok, world, facts, lambda r: r.templates[0]) if facts else None
 
 # %% ../nbs/45_sequential.ipynb #fc121a78
