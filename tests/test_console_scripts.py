@@ -242,3 +242,26 @@ def test_interrupt_exits_130_with_one_line(tmp_path):
     finally:
         if p.poll() is None: p.kill()
     assert p.returncode == 130 and lines(err) == ['rome_nb_demo: interrupted'], err[-3000:]
+
+
+_DROPPING = '''
+import sys, time
+from rome_nb.cli import command
+class Drops:
+    def __del__(self): raise KeyboardInterrupt  # a Ctrl-C landing in a finaliser
+@command('rome_nb_dropping')
+def dropping(n:int=1000): # sleeps of 10 ms after the dropped interrupt
+    "Drop an interrupt in a finaliser, then work."
+    Drops()
+    for _ in range(n): time.sleep(0.01)
+    print('finished')
+'''
+
+
+def test_interrupt_in_a_finaliser_is_not_lost(tmp_path):
+    "Python drops a KeyboardInterrupt raised in `__del__`; a command still stops with 130 and one line."
+    (tmp_path / 'dropping.py').write_text(_DROPPING)
+    r = subprocess.run([sys.executable, '-m', 'dropping'], capture_output=True, text=True, cwd=tmp_path,
+                       env=env(PYTHONPATH=str(tmp_path)), timeout=120)
+    assert r.returncode == 130 and lines(r.stderr) == ['rome_nb_dropping: interrupted'], r.stderr[-3000:]
+    assert 'finished' not in r.stdout
