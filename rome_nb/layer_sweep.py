@@ -177,7 +177,7 @@ def main(model_name:str='toy',      # hub name, local directory, or 'toy'
          out:str=None,              # write the table here as CSV
          plot:str=None,             # save the figure here (png, pdf)
          suggest:str=None,          # instead: write suggested hyperparameters here (`rome_nb.suggest`)
-         n_val:int=10,              # with --suggest: the validation edits
+         n_val:int=20,              # with --suggest: the validation edits
          quick:bool=False):         # with --suggest: no search (the starting settings at the chosen layer)
     "Sweep ROME's edit layer against the traced MLP effect; print the table and the verdict."
     if n < 1 or (n_trace is not None and n_trace < 1): raise ValueError("n and n_trace must be at least 1")

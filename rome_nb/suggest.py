@@ -4,8 +4,9 @@
 
 # %% auto #0
 __all__ = ['QUICK_GRID', 'FAMILY_DIR', 'FAMILY_BASE', 'FAMILY_RECIPES', 'known_records', 'split_records', 'free_vector',
-           'free_vector_ceiling', 'SuggestGrid', 'with_setting', 'trial_key', 'coordinate_search', 'pick_layer',
-           'suggest_hparams', 'reported_records', 'report_edits', 'family_model', 'world_hparams', 'family_report']
+           'free_vector_ceiling', 'SuggestGrid', 'with_setting', 'trial_key', 'coordinate_search', 'unedited_ns',
+           'ns_floor', 'pick_layer', 'suggest_hparams', 'reported_records', 'report_edits', 'family_model',
+           'world_hparams', 'family_report']
 
 # %% ../nbs/44a_suggest.ipynb #a17s0003
 import warnings
@@ -16,7 +17,8 @@ import pandas as pd
 import torch
 from .nethook import TraceDict, untuple, retuple
 from .models import target_token_ids, pad_token_id
-from .metrics import score_rows, test_batch_prediction
+from .metrics import score_rows, test_batch_prediction, compute_rewrite_quality_counterfact
+from .summarize import case_metrics
 from .files import write_text_atomic
 from .edit_core import rome_templates, fact_lookup_idx, fill, frozen_params
 from .rome import ROMEHyperParams
@@ -125,8 +127,8 @@ def free_vector_ceiling(mt, records:list, # a `ModelAndTokenizer`; CounterFact r
 class SuggestGrid:
     "The values the coordinate search tries, field by field in this order."
     context: tuple = ('reference', 'none')         # context prefixes: as given, or the bare prompt only
-    v_num_grad_steps: tuple = (20, 50, 100)        # Adam steps of the value
-    v_lr: tuple = (0.5, 0.1, 2.0)                  # their learning rate
+    v_num_grad_steps: tuple = (20, 50, 100, 200)   # Adam steps of the value
+    v_lr: tuple = (0.5, 0.1, 2.0, 5.0)             # their learning rate
     clamp_norm_factor: tuple = (4, 10, 30)         # bound on the change of the value (x its norm)
     kl_factor: tuple = (0.0625, 0.0, 0.5)          # weight of the KL term (0: off)
 
@@ -146,9 +148,9 @@ def _current(hp:ROMEHyperParams, name:str):
     if name == 'context': return 'none' if not hp.context_template_length_params else 'reference'
     return getattr(hp, name)
 
-def trial_key(sc:dict, ns_min:float=95): # `edit_scores(..., diffs=True)`; the least neighbourhood score
-    "How a trial ranks: (NS >= ns_min, ES, PS, ES_diff), higher is better."
-    return (sc['NS'] >= ns_min, sc['ES'], sc['PS'], sc['ES_diff'])
+def trial_key(sc:dict, ns_min:float=95): # `edit_scores(..., diffs=True)`; the neighbourhood floor
+    "How a trial ranks: (min(NS, ns_min), ES, PS, ES_diff), higher is better."
+    return (min(sc['NS'], ns_min), sc['ES'], sc['PS'], sc['ES_diff'])
 
 # %% ../nbs/44a_suggest.ipynb #a17s0025
 def coordinate_search(mt, records:list,     # a `ModelAndTokenizer`; the validation records
@@ -172,6 +174,20 @@ def coordinate_search(mt, records:list,     # a `ModelAndTokenizer`; the validat
             if kept: best, sc = hp, s
     return best, trials
 
+# %% ../nbs/44a_suggest.ipynb #a17s0051
+def unedited_ns(mt, records:list): # a `ModelAndTokenizer`; CounterFact records
+    "NS (percent) of the unedited model: how often each record's neighbours get the true object over the new."
+    pre = [compute_rewrite_quality_counterfact(mt.model, mt.tokenizer, r) for r in records]
+    rows = [case_metrics({'case_id': r['case_id'], 'pre': p}) for r, p in zip(records, pre)]
+    return 100 * float(np.mean([c['pre_neighborhood_success'] for c in rows]))
+
+def ns_floor(unedited:float,   # the unedited model's NS (percent) on the validation records
+             cap:float=95,     # the floor never rises above this
+             margin:float=3):  # points of neighbourhood an edit may lose
+    "The least validation NS a trial should keep: `min(cap, unedited - margin)`."
+    return min(cap, unedited - margin)
+
+
 # %% ../nbs/44a_suggest.ipynb #a17s0028
 def pick_layer(t:pd.DataFrame): # a `layer_sweep` table
     "(layer, rule): the best layer to edit by S then ES, or the traced peak when every S and ES is 0."
@@ -187,22 +203,24 @@ def _sweep_rows(t:pd.DataFrame):
 
 def suggest_hparams(mt, records:list,        # a `ModelAndTokenizer`; CounterFact records
                     base=None,               # starting hyperparameters (see `layer_sweep.sweep_hparams`)
-                    n_val:int=10,            # validation edits (the first known records)
+                    n_val:int=20,            # validation edits (the first known records)
                     layers=None,             # layers the sweep tries (None: all)
                     grid:SuggestGrid=None,   # values the search tries (None: `SuggestGrid()`)
                     out=None,                # write the JSON here
-                    ns_min:float=95,         # least validation neighbourhood score (percent) of a trial
+                    ns_min:float=None,       # neighbourhood floor of a trial (None: `ns_floor` of the unedited NS)
                     verbose=False):
     "ROME hyperparameters for `mt`: the layer from the sweep, the value optimisation tuned on `n_val` edits."
     val, _ = split_records(known_records(mt, records, n_val + 1), n_val)
     t = layer_sweep(mt, val, layers, n=n_val, hparams=base, verbose=verbose)
     layer, rule = pick_layer(t)
     start = replace(sweep_hparams(mt, base), layers=[layer])
+    ns0 = unedited_ns(mt, val)
+    ns_min = ns_floor(ns0) if ns_min is None else ns_min
     best, trials = coordinate_search(mt, val, start, grid, ns_min, verbose)
     final = [t_ for t_ in trials if t_['kept']][-1]
     report = dict(tool='rome_nb.suggest.suggest_hparams', model=str(mt.model_name), layer=layer,
                   layer_rule=rule, sweep=_sweep_rows(t), validation_case_ids=[r['case_id'] for r in val],
-                  ns_min=ns_min, trials=trials, validation={k: final[k] for k in ('ES', 'PS', 'NS', 'S')},
+                  unedited_validation_NS=ns0, ns_min=ns_min, trials=trials, validation={k: final[k] for k in ('ES', 'PS', 'NS', 'S')},
                   ceiling_validation_ES=free_vector_ceiling(mt, val, layer, best))
     best = replace(best, source=report)
     if out is not None: best.to_json(out)
@@ -258,7 +276,7 @@ def world_hparams(mt, world, n_texts:int=2000): # a toy-world model (loaded from
                            stats_dir=str(d / 'stats'))
 
 # %% ../nbs/44a_suggest.ipynb #a17s0040
-def family_report(name:str, n_val:int=10, n:int=20, cache_dir=None, verbose=False):
+def family_report(name:str, n_val:int=20, n:int=20, cache_dir=None, verbose=False):
     "(table of the reported edits, suggested hyperparameters) for one family model."
     mt, world = family_model(name, cache_dir)
     recs, base = toy_counterfact(world), world_hparams(mt, world)

@@ -14,7 +14,9 @@ from rome_nb.rome import ROMEHyperParams
 from rome_nb.toyworld import load_toy, toy_counterfact
 from rome_nb.layer_sweep import edit_scores
 from rome_nb.suggest import (QUICK_GRID, SuggestGrid, known_records, split_records, suggest_hparams,
-                             reported_records, free_vector, free_vector_ceiling, coordinate_search)
+                             reported_records, free_vector, free_vector_ceiling, coordinate_search,
+                             trial_key, ns_floor, unedited_ns)
+from rome_nb.edit_core import fill
 
 BIN = Path(sys.executable).parent
 
@@ -52,8 +54,10 @@ def test_json_round_trip(suggested):
     assert back == sug  # every setting
     src = json.loads(out.read_text())['source']
     assert back.source == src and src['layer'] == back.layers[0]
-    for k in ('sweep', 'layer_rule', 'validation_case_ids', 'trials', 'validation', 'ceiling_validation_ES'):
+    for k in ('sweep', 'layer_rule', 'validation_case_ids', 'trials', 'validation', 'ceiling_validation_ES',
+              'unedited_validation_NS', 'ns_min'):
         assert k in src, k
+    assert src['ns_min'] == ns_floor(src['unedited_validation_NS'])
     assert [r['layer'] for r in src['sweep']] == [0, 1]
 
 
@@ -80,6 +84,28 @@ def test_ceiling_at_least_the_edit(toy):
     assert ceiling >= weak and ceiling == 100.0
     for r in cases:  # per case: the free vector wins where the weak edit does
         assert free_vector(mt, r, 0, hp)[1]
+
+
+def test_ns_floor_and_ranking():
+    assert ns_floor(100) == 95 and ns_floor(94.5) == 91.5 and ns_floor(50, cap=40) == 40
+    strong = dict(ES=100, PS=100, NS=85, ES_diff=90)
+    gentle = dict(ES=0, PS=0, NS=90, ES_diff=-90)
+    assert trial_key(gentle, 95) > trial_key(strong, 95)  # both under the floor: more NS wins
+    assert trial_key(strong, 85) > trial_key(gentle, 85)  # both at or over it: ES wins
+
+
+def test_unedited_ns_counts_neighbours(toy):
+    "Records built so the answer is known: a known fact's own prompt as its neighbour, then with the objects swapped."
+    mt, records, _, _ = toy
+    recs = known_records(mt, records[:10], n=2)
+    own = [dict(r, neighborhood_prompts=[fill(r['requested_rewrite']['prompt'], r['requested_rewrite']['subject'])])
+           for r in recs]
+    rw = lambda r: r['requested_rewrite']
+    swapped = [dict(r, requested_rewrite=dict(rw(r), target_new=rw(r)['target_true'], target_true=rw(r)['target_new']))
+               for r in own]
+    assert unedited_ns(mt, own) == 100.0
+    assert unedited_ns(mt, swapped) == 0.0
+    assert unedited_ns(mt, own[:1] + swapped[1:]) == 50.0
 
 
 def test_search_keeps_the_better_value(toy):
