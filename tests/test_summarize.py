@@ -72,3 +72,11 @@ def test_run_benchmark_evaluates_and_summarizes(tmp_path, capsys):
     assert run == tmp_path / 'STEP' / 'run_000' and t.loc[('run_000', 'post'), 'n'] == 4
     assert t.loc[('run_000', 'post'), 'ES'] > t.loc[('run_000', 'pre'), 'ES'] and 'GE' in t.columns
     assert 'run_000 pre' in capsys.readouterr().out
+
+
+def test_paper_table_rows_agree_with_their_score():
+    "Each quoted row of the paper's Table 4: S is the harmonic mean of ES, PS, NS to the rounding."
+    from rome_nb.summarize import paper_table, hmean, PAPER_TABLE4
+    t = paper_table()
+    assert list(t.columns) == ['S', 'ES', 'PS', 'NS'] and list(t.index) == list(PAPER_TABLE4)
+    for _, r in t.iterrows(): assert abs(hmean([r.ES, r.PS, r.NS]) - r.S) < 0.15, r
