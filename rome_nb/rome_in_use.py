@@ -84,7 +84,7 @@ def edit_explorer(mt,                        # a `ModelAndTokenizer`
                   extra_prompts:list=None):  # more prompts for the table
     "An ipywidgets form: request -> apply -> before/after table and generations -> revert."
     import ipywidgets as W
-    from IPython.display import display
+    from IPython.display import display, HTML
     r = request or {'prompt': '{} plays the sport of', 'subject': '', 'target_new': {'str': ''}}
     prompt, subject = W.Text(value=r['prompt'],
                              description='prompt'), W.Text(value=r['subject'], description='subject')
@@ -107,15 +107,15 @@ def edit_explorer(mt,                        # a `ModelAndTokenizer`
                 pre, g0 = edit_table(mt.model, mt.tokenizer, req,
                                      prompts), generate_fast(mt.model, mt.tokenizer, gen_p, top_k=1,
                                                              max_out_len=30)
-                t0 = time.time()
                 _, state['orig'] = apply_rome_to_model(mt.model, mt.tokenizer, [req],
                                                        replace(hparams,
                                                                layers=[int(layer.value)]), return_orig_weights=True)
                 post, g1 = edit_table(mt.model, mt.tokenizer, req,
                                       prompts), generate_fast(mt.model, mt.tokenizer, gen_p, top_k=1,
                                                               max_out_len=30)
-                print(f"edited {list(state['orig'])} in {time.time() - t0:.1f} s")
-                display(pd.concat({'before': pre, 'after': post}, axis=1).style.format('{:.3f}'))
+                print(f"edited {list(state['orig'])}")  # no timing: a saved notebook keeps the same state
+                table = pd.concat({'before': pre, 'after': post}, axis=1)
+                display(HTML(table.to_html(float_format=lambda x: f'{x:.3f}')))
                 print(f"before: {g0[0]}\nafter:  {g1[0]}")
                 revert_b.disabled = False
             except Exception as e: print(f"{type(e).__name__}: {e}")
