@@ -187,7 +187,6 @@ def ns_floor(unedited:float,   # the unedited model's NS (percent) on the valida
     "The least validation NS a trial should keep: `min(cap, unedited - margin)`."
     return min(cap, unedited - margin)
 
-
 # %% ../nbs/44a_suggest.ipynb #a17s0028
 def pick_layer(t:pd.DataFrame): # a `layer_sweep` table
     "(layer, rule): the best layer to edit by S then ES, or the traced peak when every S and ES is 0."
@@ -220,7 +219,8 @@ def suggest_hparams(mt, records:list,        # a `ModelAndTokenizer`; CounterFac
     final = [t_ for t_ in trials if t_['kept']][-1]
     report = dict(tool='rome_nb.suggest.suggest_hparams', model=str(mt.model_name), layer=layer,
                   layer_rule=rule, sweep=_sweep_rows(t), validation_case_ids=[r['case_id'] for r in val],
-                  unedited_validation_NS=ns0, ns_min=ns_min, trials=trials, validation={k: final[k] for k in ('ES', 'PS', 'NS', 'S')},
+                  unedited_validation_NS=ns0, ns_min=ns_min, trials=trials,
+                  validation={k: final[k] for k in ('ES', 'PS', 'NS', 'S')},
                   ceiling_validation_ES=free_vector_ceiling(mt, val, layer, best))
     best = replace(best, source=report)
     if out is not None: best.to_json(out)

@@ -259,19 +259,19 @@ TOY_METHODS = {  # name in the table -> (method, its hyperparameter file for the
 
 def methods_table(methods:dict=None,  # name -> (method, hyperparameter file); None: `TOY_METHODS`
                   n:int=50,           # the first n toy CounterFact cases
-                  results_dir=None,   # where the runs go (None: a temporary folder)
+                  results_dir=None,   # keep the runs here (None: a temporary folder, removed after)
                   quiet:bool=True):
     "S, ES, PS, NS (percent) and wall seconds per edit of each method on the toy, the unedited model first."
     from rome_nb.evaluate import evaluate
-    rows, cols = {}, ['S', 'ES', 'PS', 'NS', 'time']
-    for name, (alg, hp) in (methods or TOY_METHODS).items():
-        run = evaluate(alg_name=alg, model_name='toy', hparams_fname=hp, dataset_size_limit=n,
-                       skip_generation_tests=True, results_dir=results_dir or tempfile.mkdtemp(),
-                       dir_name=name, quiet=quiet)
-        t = summarize(run)
-        rows.setdefault('unedited', t.xs('pre', level='stage').iloc[0])
-        rows[name] = t.xs('post', level='stage').iloc[0]
-    t = pd.DataFrame(rows).T.reindex(columns=cols).astype(float)
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (alg, hp) in (methods or TOY_METHODS).items():
+            run = evaluate(alg_name=alg, model_name='toy', hparams_fname=hp, dataset_size_limit=n,
+                           skip_generation_tests=True, results_dir=results_dir or tmp, dir_name=name, quiet=quiet)
+            t = summarize(run)
+            rows.setdefault('unedited', t.xs('pre', level='stage').iloc[0])
+            rows[name] = t.xs('post', level='stage').iloc[0]
+    t = pd.DataFrame(rows).T.reindex(columns=['S', 'ES', 'PS', 'NS', 'time']).astype(float)
     return t.rename(columns={'time': 'wall_s_per_edit'}).rename_axis('method')
 
 
