@@ -8,7 +8,7 @@ __all__ = ['SHAPES', 'PROFILES', 'SHAPE_SIZES', 'DEFAULT_SHAPES', 'measure', 'Sh
            'bench_rome', 'bench_hparams', 'bench_evaluation', 'bench_memit', 'bench_shape', 'bench_rows', 'bench_table',
            'check_device', 'parse_shapes', 'run_bench', 'write_report', 'main']
 
-# %% ../nbs/47_bench.ipynb #2a3ef760
+# %% ../nbs/47_bench.ipynb #f63869f1
 import os, re, sys, gc, json, time, tempfile, warnings, contextlib, dataclasses
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,7 +20,7 @@ from .models import (ModelAndTokenizer, tiny_model, tiny_tokenizer, make_inputs,
                             predict_from_input)
 from .toyworld import load_toy, load_world, toy_counterfact, toy_text_corpus, toy_knowns
 
-# %% ../nbs/47_bench.ipynb #a94073d0
+# %% ../nbs/47_bench.ipynb #ec966042
 from .trace_reference import collect_embedding_std, trace_important_states, trace_important_window
 from .trace_engine import TraceEngine
 from .stats import layer_stats, pack_batches, as_btd, model_max_len, quiet_stats
@@ -31,7 +31,7 @@ from .rome import ROMEHyperParams
 from .rome_in_use import benchmark_timing, benchmark_counterfact, paper_row
 from .memit import MEMITHyperParams, apply_memit_to_model
 
-# %% ../nbs/47_bench.ipynb #361bffdb
+# %% ../nbs/47_bench.ipynb #c4701475
 def _proc_mb(field):
     "A memory figure of this process from /proc/self/status (VmRSS, VmHWM), in MB; None where unavailable."
     try:
@@ -51,7 +51,7 @@ def _reset_peak(cuda, device):
     except OSError: return None  # the peak cannot be reset: no figure rather than a wrong one
     return _proc_mb('VmRSS')
 
-# %% ../nbs/47_bench.ipynb #5d50c63d
+# %% ../nbs/47_bench.ipynb #97ddcf77
 def measure(fn,           # the work: a function of no arguments
             device=None): # where it runs (a CUDA device: its clock synchronised, its memory measured)
     "`(fn(), {wall_s, cpu_s, peak_mb, extra_mb})`: seconds, the peak memory in use and its growth during the call."
@@ -66,7 +66,7 @@ def measure(fn,           # the work: a function of no arguments
     extra = None if peak is None else max(0.0, peak - base)
     return res, dict(wall_s=wall, cpu_s=cpu, peak_mb=peak, extra_mb=extra)
 
-# %% ../nbs/47_bench.ipynb #69705b11
+# %% ../nbs/47_bench.ipynb #9b4d965d
 @dataclass
 class Shape:
     "A model to benchmark: a random-weight model of a real architecture's shape (no `family`: the packaged toy)."
@@ -88,7 +88,7 @@ SHAPES = {
                                     max_position_embeddings=4096), 5, [4, 5, 6, 7, 8], 'bfloat16'),
 }
 
-# %% ../nbs/47_bench.ipynb #4336bba7
+# %% ../nbs/47_bench.ipynb #6eee04a7
 @contextlib.contextmanager
 def _default_dtype(dtype):
     "Within the block, new tensors are `dtype` (a torch dtype) by default."
@@ -106,7 +106,7 @@ def bench_model(name:str,          # a key of `SHAPES`
         model = tiny_model(s.family, **s.config)
     return ModelAndTokenizer(model=model, tokenizer=tiny_tokenizer(), device=device), load_world()
 
-# %% ../nbs/47_bench.ipynb #ecbcfdc8
+# %% ../nbs/47_bench.ipynb #fe43d3a9
 @dataclass
 class BenchSizes:
     "How much each benchmark does."
@@ -134,7 +134,7 @@ def bench_sizes(profile:str, name:str): # a key of `PROFILES`, a key of `SHAPES`
     "The sizes of profile `profile` for shape `name`."
     return replace(PROFILES[profile], **SHAPE_SIZES.get((profile, name), {}))
 
-# %% ../nbs/47_bench.ipynb #f34b7ac1
+# %% ../nbs/47_bench.ipynb #b21aa1e7
 def bench_prompt(mt, world, name:str): # the model, its world, its shape's name
     "`(prompt, subject)` that tracing benchmarks: the toy's first known fact, else the Eiffel Tower's."
     if SHAPES[name].family is None:
@@ -149,7 +149,7 @@ def trace_setup(mt, prompt:str, subject:str, samples:int=10):
     rng = tuple(int(i) for i in find_token_range(mt.tokenizer, inp['input_ids'][0], subject))
     return inp, rng, answer, 3 * collect_embedding_std(mt, [subject])
 
-# %% ../nbs/47_bench.ipynb #4ac5de73
+# %% ../nbs/47_bench.ipynb #02baffd7
 def bench_tracing(mt, prompt:str, subject:str,
                   samples:int=10, # corrupted rows
                   window:int=10): # the MLP / attention window
@@ -170,7 +170,7 @@ def bench_tracing(mt, prompt:str, subject:str,
                 plain_s=mp['wall_s'], speedup=mp['wall_s'] / me['wall_s'], engine_peak_extra_mb=me['extra_mb'],
                 max_abs_diff=max((a.float() - b.float()).abs().max().item() for a, b in zip(gp, ge)))
 
-# %% ../nbs/47_bench.ipynb #ba173fb9
+# %% ../nbs/47_bench.ipynb #0ba011bd
 def plain_second_moment(model, tok,
                         layer_name:str,    # the module whose inputs are the keys
                         texts:list,        # the texts
@@ -190,7 +190,7 @@ def plain_second_moment(model, tok,
         C, n = C + k.T @ k, n + len(k)
     return C / n, n
 
-# %% ../nbs/47_bench.ipynb #2e8640ec
+# %% ../nbs/47_bench.ipynb #70bca93f
 def _layer_stats_C(mt, lname, texts, precision, fwd, maxlen, batch_tokens):
     "`(C in float64, tokens)` of one fresh `layer_stats` run."
     with tempfile.TemporaryDirectory() as sd:
@@ -204,7 +204,7 @@ def _stats_limits(mt, maxlen=None, batch_tokens=None):
     maxlen = maxlen or min(model_max_len(mt.model) or 512, 512)
     return maxlen, batch_tokens or 8 * maxlen
 
-# %% ../nbs/47_bench.ipynb #5e70486d
+# %% ../nbs/47_bench.ipynb #bb54e482
 def bench_statistics(mt, layer:int, texts:list,
                      forward_dtypes=(), # also these forward dtypes (autocast), e.g. ('bfloat16',)
                      maxlen:int=None, batch_tokens:int=None):
@@ -224,7 +224,7 @@ def bench_statistics(mt, layer:int, texts:list,
                     f'{tag}_rel_err': moment_agreement(C, C64)['c_rel_frob']})
     return out
 
-# %% ../nbs/47_bench.ipynb #884e6873
+# %% ../nbs/47_bench.ipynb #584a55b9
 @contextlib.contextmanager
 def temp_root(path): # a folder
     "Within the block, `tempfile` makes its temporary files and folders inside `path`."
@@ -233,7 +233,7 @@ def temp_root(path): # a folder
     try: yield
     finally: tempfile.tempdir = was
 
-# %% ../nbs/47_bench.ipynb #e733e864
+# %% ../nbs/47_bench.ipynb #b62b90c1
 def bench_rome(mt, requests:list, # two or more requests: the first edit, then the warm ones
                hparams:ROMEHyperParams, workdir):
     "Seconds of the statistics, of the first edit (statistics cached) and of a warm edit, beside the plain path."
@@ -249,7 +249,7 @@ def bench_rome(mt, requests:list, # two or more requests: the first edit, then t
                 warm_v_s=float(warm['v_optimisation']), plain_warm_edit_s=float(plain['total']),
                 warm_speedup=float(plain['total'] / warm['total']))
 
-# %% ../nbs/47_bench.ipynb #512a6e6a
+# %% ../nbs/47_bench.ipynb #faa325e6
 def bench_hparams(cls,                # `ROMEHyperParams` or `MEMITHyperParams`
                   name:str,           # a key of `SHAPES`
                   sizes:BenchSizes,   # the profile's sizes
@@ -264,7 +264,7 @@ def bench_hparams(cls,                # `ROMEHyperParams` or `MEMITHyperParams`
     return cls(layers=layers, mom2_dataset=toy_text_corpus(world, sizes.edit_texts), stats_dir=str(stats_dir),
                **fewer)
 
-# %% ../nbs/47_bench.ipynb #f0035907
+# %% ../nbs/47_bench.ipynb #f9e4c058
 def bench_evaluation(mt, records:list, # records: the first runs untimed, the others are timed
                      hparams:ROMEHyperParams, workdir):
     "Cases per second of the evaluation run (ROME, no generation tests), and its ES, PS, NS."
@@ -275,7 +275,7 @@ def bench_evaluation(mt, records:list, # records: the first runs untimed, the ot
     return dict(cases=n, seconds=m['wall_s'], cases_per_s=n / m['wall_s'],
                 **{k: float(row[k]) for k in ('ES', 'PS', 'NS')})
 
-# %% ../nbs/47_bench.ipynb #92837998
+# %% ../nbs/47_bench.ipynb #74f6c764
 def bench_memit(mt, requests:list, hparams:MEMITHyperParams):
     "Seconds and peak memory of MEMIT writing `requests` at once (statistics computed beforehand)."
     tm = rome_templates(mt.model, hparams)
@@ -289,7 +289,7 @@ def bench_memit(mt, requests:list, hparams:MEMITHyperParams):
                 seconds=m['wall_s'], s_per_edit=m['wall_s'] / len(requests), peak_mb=m['peak_mb'],
                 extra_mb=m['extra_mb'], **{f'{k}_s': v for k, v in tim.items()})
 
-# %% ../nbs/47_bench.ipynb #2e6924d6
+# %% ../nbs/47_bench.ipynb #cd9598b5
 def _run_piece(out:dict, key:str, say, fn):
     "`out[key] = fn()`, or `{'error': ...}` if it fails; warnings are said once, as one line each."
     t0 = time.perf_counter()
@@ -304,7 +304,7 @@ def _run_piece(out:dict, key:str, say, fn):
     say(f"  {key}: " + (f"failed: {out[key]['error']}" if 'error' in out[key] else
                         f"done in {time.perf_counter() - t0:.1f} s"))
 
-# %% ../nbs/47_bench.ipynb #ae5b3561
+# %% ../nbs/47_bench.ipynb #a443f12a
 def bench_shape(name:str, sizes:BenchSizes, device:str, workdir, say=None):
     "The five benchmarks on shape `name`: `{benchmark: figures}` (the evaluation on the toy only)."
     mt, world = bench_model(name, device)
@@ -326,7 +326,7 @@ def bench_shape(name:str, sizes:BenchSizes, device:str, workdir, say=None):
         for k, fn in pieces.items(): _run_piece(out, k, say, fn)
     return out
 
-# %% ../nbs/47_bench.ipynb #a78358d5
+# %% ../nbs/47_bench.ipynb #91e41f23
 def _row(shape, bench, figure, value, plain=None, faster=None, check=''):
     "A row of the table; `faster` is the ratio (how many times faster than the plain path)."
     return dict(shape=shape, benchmark=bench, figure=figure, value=value, plain=plain, ratio=faster, check=check)
@@ -345,7 +345,7 @@ def _statistics_rows(s, r):
                          r['plain_tok_s'], r['bfloat16_speedup'], f"rel err {r['bfloat16_rel_err']:.1e}"))
     return rows
 
-# %% ../nbs/47_bench.ipynb #ca1c9c6f
+# %% ../nbs/47_bench.ipynb #c43ec271
 def _rome_rows(s, r):
     return [_row(s, 'ROME', f"s statistics ({r['stats_texts']} texts)", r['statistics_s']),
             _row(s, 'ROME', f"s first edit, statistics cached ({r['steps']} steps)", r['first_edit_s'],
@@ -364,7 +364,7 @@ def _memit_rows(s, r):
 _ROWS = {'tracing': _tracing_rows, 'statistics': _statistics_rows, 'rome': _rome_rows,
          'evaluation': _evaluation_rows, 'memit': _memit_rows}
 
-# %% ../nbs/47_bench.ipynb #e959063b
+# %% ../nbs/47_bench.ipynb #b088f4ac
 def bench_rows(results:dict): # {shape: {benchmark: figures}}
     "The table's rows (dicts) of `results`; a failed benchmark is one row with its error."
     rows = []
@@ -387,7 +387,7 @@ def bench_table(rows:list): # from `bench_rows`
     line = lambda xs: '  '.join(x.ljust(w[i]) if i < 3 or i == 6 else x.rjust(w[i]) for i, x in enumerate(xs))
     return '\n'.join(line(x).rstrip() for x in [cols] + cells)
 
-# %% ../nbs/47_bench.ipynb #7c43f922
+# %% ../nbs/47_bench.ipynb #5c59f998
 def check_device(device:str): # 'cpu', 'cuda' or 'cuda:N'
     "`device`, checked: a known kind, and a CUDA device that is there."
     if not re.fullmatch(r'cpu|cuda(:\d+)?', str(device)):
@@ -409,7 +409,7 @@ def parse_shapes(shapes:str, profile:str): # comma-separated names (None: the pr
         raise ValueError(f"unknown shape {bad[0] if bad else shapes!r}: choose among {', '.join(SHAPES)}")
     return names
 
-# %% ../nbs/47_bench.ipynb #90234420
+# %% ../nbs/47_bench.ipynb #601554c5
 def _machine(device):
     "What the figures were measured on."
     d = dict(device=device, torch=torch.__version__, threads=torch.get_num_threads(), cpus=os.cpu_count(),
@@ -421,9 +421,11 @@ def run_bench(shapes:str=None, device:str='cpu', quick:bool=False, say=None):
     "Run the benchmarks: `{machine, profile, sizes, results, rows, wall_s}`."
     device, say, t0 = check_device(device), say or (lambda m: None), time.perf_counter()
     profile = 'quick' if quick else torch.device(device).type
-    names, results = parse_shapes(shapes, profile), {}
-    rep = dict(machine=_machine(device), profile=profile, sizes={n: dataclasses.asdict(bench_sizes(profile, n))
-                                                                 for n in names})
+    names, results, machine = parse_shapes(shapes, profile), {}, _machine(device)
+    load = (machine['load_average'] or [0])[0]
+    if load > 0.5 * (machine['cpus'] or 1):
+        say(f"the machine is busy (load average {load:.1f} on {machine['cpus']} CPUs): slower, noisier figures")
+    rep = dict(machine=machine, profile=profile, sizes={n: dataclasses.asdict(bench_sizes(profile, n)) for n in names})
     with tempfile.TemporaryDirectory() as work, quiet_stats():
         for n in names:
             say(f"{n} ({profile} sizes) on {device}, {time.perf_counter() - t0:.0f} s in")
@@ -432,7 +434,7 @@ def run_bench(shapes:str=None, device:str='cpu', quick:bool=False, say=None):
             if device.startswith('cuda'): torch.cuda.empty_cache()
     return dict(rep, results=results, rows=bench_rows(results), wall_s=time.perf_counter() - t0)
 
-# %% ../nbs/47_bench.ipynb #833c9a5f
+# %% ../nbs/47_bench.ipynb #2069403b
 def write_report(rep:dict, path): # from `run_bench`, the JSON file
     "Write `rep` to `path` as JSON, atomically (never half-written)."
     write_text_atomic(json.dumps(rep, indent=1), path)
