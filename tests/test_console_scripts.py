@@ -7,7 +7,7 @@ import pytest
 
 BIN = Path(sys.executable).parent
 COMMANDS = ('demo', 'layer_stats', 'memit', 'evaluate', 'summarize', 'trace', 'toy_train', 'rome_bench',
-            'layer_sweep', 'sequential')
+            'layer_sweep', 'sequential', 'bench')
 
 
 def exe(cmd):
