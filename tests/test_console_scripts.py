@@ -231,9 +231,15 @@ def test_debug_shows_the_traceback(tmp_path):
     assert r.returncode == 2 and 'Traceback' in r.stderr
 
 
+def _ctrl_c_default():
+    "In the child: Ctrl-C as in a terminal (a shell's background job, e.g. `make test &`, inherits it ignored)."
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_interrupt_exits_130_with_one_line(tmp_path):
     p = subprocess.Popen([exe('demo'), '--quiet', '--out_dir', tmp_path / 'out'], cwd=tmp_path, text=True,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env(PYTHONUNBUFFERED='1'))
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env(PYTHONUNBUFFERED='1'),
+                         preexec_fn=_ctrl_c_default)
     try:
         first = p.stdout.readline()  # printed by main, so the command is running
         assert first.startswith('rome_nb demo'), first
@@ -262,6 +268,6 @@ def test_interrupt_in_a_finaliser_is_not_lost(tmp_path):
     "Python drops a KeyboardInterrupt raised in `__del__`; a command still stops with 130 and one line."
     (tmp_path / 'dropping.py').write_text(_DROPPING)
     r = subprocess.run([sys.executable, '-m', 'dropping'], capture_output=True, text=True, cwd=tmp_path,
-                       env=env(PYTHONPATH=str(tmp_path)), timeout=120)
+                       env=env(PYTHONPATH=str(tmp_path)), timeout=120, preexec_fn=_ctrl_c_default)
     assert r.returncode == 130 and lines(r.stderr) == ['rome_nb_dropping: interrupted'], r.stderr[-3000:]
     assert 'finished' not in r.stdout
