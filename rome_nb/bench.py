@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['SHAPES', 'PROFILES', 'SHAPE_SIZES', 'DEFAULT_SHAPES', 'measure', 'Shape', 'bench_model', 'BenchSizes', 'bench_sizes',
-           'bench_prompt', 'trace_setup', 'bench_tracing', 'plain_second_moment', 'bench_statistics', 'temp_root',
-           'bench_rome', 'bench_hparams', 'bench_evaluation', 'bench_memit', 'bench_shape', 'bench_rows', 'bench_table',
+           'bench_prompt', 'trace_setup', 'bench_tracing', 'plain_second_moment', 'bench_statistics', 'bench_rome',
+           'bench_hparams', 'bench_evaluation', 'bench_memit', 'bench_shape', 'bench_rows', 'bench_table',
            'check_device', 'parse_shapes', 'run_bench', 'write_report', 'main']
 
 # %% ../nbs/47_bench.ipynb #f63869f1
@@ -224,21 +224,12 @@ def bench_statistics(mt, layer:int, texts:list,
                     f'{tag}_rel_err': moment_agreement(C, C64)['c_rel_frob']})
     return out
 
-# %% ../nbs/47_bench.ipynb #584a55b9
-@contextlib.contextmanager
-def temp_root(path): # a folder
-    "Within the block, `tempfile` makes its temporary files and folders inside `path`."
-    was = tempfile.tempdir
-    tempfile.tempdir = str(path)
-    try: yield
-    finally: tempfile.tempdir = was
-
 # %% ../nbs/47_bench.ipynb #b62b90c1
 def bench_rome(mt, requests:list, # two or more requests: the first edit, then the warm ones
                hparams:ROMEHyperParams, workdir):
     "Seconds of the statistics, of the first edit (statistics cached) and of a warm edit, beside the plain path."
     if len(requests) < 2: raise ValueError("bench_rome needs two requests or more: a first edit and a warm one")
-    with temp_root(workdir): t = benchmark_timing(mt, requests, hparams)
+    t = benchmark_timing(mt, requests, hparams)
     nxt = f'mean of next {len(requests) - 1}'
     first, warm = t.loc[('lower layers once', 'first edit')], t.loc[('lower layers once', nxt)]
     plain = t.loc[('lower layers every step', nxt)]

@@ -204,11 +204,10 @@ def benchmark_counterfact(mt, records:list, hparams:ROMEHyperParams, results_dir
     "Run the evaluation harness on `records` (no generation tests) and return the summary table (`rome_nb.summarize`)."
     from rome_nb.evaluate import evaluate
     from rome_nb.summarize import summarize
-    results_dir = results_dir or tempfile.mkdtemp()
-    run = evaluate('ROME', model_name=mt, records=records, hparams=hparams, skip_generation_tests=True,
-                   results_dir=results_dir,
-                   dir_name=name, quiet=True)
-    return summarize(run)
+    with tempfile.TemporaryDirectory() as tmp:  # without results_dir the run is removed after its summary
+        run = evaluate('ROME', model_name=mt, records=records, hparams=hparams, skip_generation_tests=True,
+                       results_dir=results_dir or tmp, dir_name=name, quiet=True)
+        return summarize(run)
 
 def paper_row(table:pd.DataFrame, stage='post'):
     "S, ES, PS, NS (and their 95% half-widths) of one stage of a `summarize` table, with the number of cases and seconds per edit."
@@ -267,9 +266,12 @@ def summarize_sequential(steps:pd.DataFrame, final:dict, ppl0:float, blowup:floa
 # %% ../nbs/22_rome_in_use.ipynb #1541c8f5
 def benchmark_timing(mt, requests:list, hparams:ROMEHyperParams):
     "Seconds per part of an edit: the first (cold caches) and the mean of the others, with and without reusing the lower layers; statistics apart."
+    with tempfile.TemporaryDirectory() as sd:  # statistics computed afresh (the first edit inverts C), removed after
+        return _timing_table(mt, requests, replace(hparams, stats_dir=sd))
+
+def _timing_table(mt, requests, hparams):
+    "`benchmark_timing` with the statistics in `hparams.stats_dir`."
     from rome_nb.stats import layer_stats
-    hparams = replace(hparams,
-                      stats_dir=tempfile.mkdtemp())  # statistics computed afresh, and the first edit inverts C
     t0, c0 = time.perf_counter(), time.process_time()
     for l in hparams.layers:  # computed once per layer and cached on disk; not part of an edit
         layer_stats(mt.model, mt.tokenizer, mt.arch.layer(l, 'down_proj'), hparams.stats_dir,

@@ -226,14 +226,17 @@ def reference_summaries(dir_name, runs=None, first_n_cases:int=None, get_uncompr
     return out
 
 # %% ../nbs/43_summarize.ipynb #3b3245c0
+def _evaluate_summary(alg_name, model_name, ds_name, dataset_size_limit, results_dir, quiet, **kwargs):
+    "`(run_dir, summary table)` of one evaluation run."
+    from rome_nb.evaluate import evaluate
+    run = evaluate(alg_name=alg_name, model_name=model_name, ds_name=ds_name, dataset_size_limit=dataset_size_limit,
+                   results_dir=results_dir, quiet=quiet, **kwargs)
+    return run, summarize(run)
+
 def run_benchmark(alg_name:str="ROME", model_name="toy", ds_name:str="cf", dataset_size_limit:int=100,
                   results_dir="results", quiet:bool=False, **kwargs): # `rome_nb.evaluate.evaluate` arguments
     "Evaluate `alg_name` on `ds_name` and print the summary table; returns `(run_dir, table)`."
-    from rome_nb.evaluate import evaluate
-    run = evaluate(alg_name=alg_name, model_name=model_name, ds_name=ds_name,
-                   dataset_size_limit=dataset_size_limit,
-                   results_dir=results_dir, quiet=quiet, **kwargs)
-    t = summarize(run)
+    run, t = _evaluate_summary(alg_name, model_name, ds_name, dataset_size_limit, results_dir, quiet, **kwargs)
     with pd.option_context("display.width", 250, "display.max_columns", 40):
         print(f"{alg_name} on {ds_name} ({model_name if isinstance(model_name, str) else 'given model'}): "
               f"{run}\n" + format_table(t).to_string())
@@ -262,13 +265,11 @@ def methods_table(methods:dict=None,  # name -> (method, hyperparameter file); N
                   results_dir=None,   # keep the runs here (None: a temporary folder, removed after)
                   quiet:bool=True):
     "S, ES, PS, NS (percent) and wall seconds per edit of each method on the toy, the unedited model first."
-    from rome_nb.evaluate import evaluate
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, (alg, hp) in (methods or TOY_METHODS).items():
-            run = evaluate(alg_name=alg, model_name='toy', hparams_fname=hp, dataset_size_limit=n,
-                           skip_generation_tests=True, results_dir=results_dir or tmp, dir_name=name, quiet=quiet)
-            t = summarize(run)
+            _, t = _evaluate_summary(alg, 'toy', 'cf', n, results_dir or tmp, quiet, hparams_fname=hp,
+                                     skip_generation_tests=True, dir_name=name)
             rows.setdefault('unedited', t.xs('pre', level='stage').iloc[0])
             rows[name] = t.xs('post', level='stage').iloc[0]
     t = pd.DataFrame(rows).T.reindex(columns=['S', 'ES', 'PS', 'NS', 'time']).astype(float)
